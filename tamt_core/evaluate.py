@@ -1,0 +1,90 @@
+"""Pre-training losses of a subnetwork f(·; M ⊙ θ0) on held-out data, and export of a subnetwork.
+
+The dev losses are what Fig. 1 and Fig. 4 plot against downstream accuracy: MLM cross-entropy and the KD loss of
+Eq. 6 on the validation split, deterministic for a given seed (the corruption is drawn once, so every mask is
+scored on the same masked positions). The subnetwork keeps the checkpoint's own MLM head (reference-impl §9).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from tamt_core.data import pretrain
+from tamt_core.device import pick_device
+from tamt_core.losses import evaluate_kd, evaluate_mlm
+from tamt_core.masking import apply_fixed_mask, remove_masks, weight_shapes
+from tamt_core.masks import Mask, check_mask_matches
+from tamt_core.models import Pretrained, load_pretrained
+
+OBJECTIVES = ("mlm", "kd")
+
+
+def load_for_mask(mask: Mask | None, model: str | None, *, with_mlm_head: bool = True) -> Pretrained:
+    """θ0 of the model a mask was made on (or ``model``), checked against the mask's names, shapes, fingerprint."""
+    pretrained = load_pretrained(model if model is not None or mask is None else mask.meta["model"],
+                                 with_mlm_head=with_mlm_head)
+    if mask is not None:
+        check_mask_matches(mask, weight_shapes(pretrained.model), mask.meta.get("model_fingerprint"),
+                           model_name=pretrained.name)
+    return pretrained
+
+
+def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, data: str | None = None,
+                    objectives: tuple[str, ...] = OBJECTIVES, kd_distance: str = "cosine", seed: int = 42,
+                    batch_size: int = 16, block_size: int = 512, max_batches: int | None = None,
+                    device: str | None = None) -> dict[str, dict[str, float]]:
+    """``{label: {"mlm_loss": ..., "kd_loss": ...}}`` for each mask (``None`` = the dense model).
+
+    All masks must belong to the same model; data is tokenised and corrupted once and shared by all of them.
+    """
+    unknown = set(objectives) - set(OBJECTIVES)
+    if unknown:
+        raise ValueError(f"unknown objective(s) {sorted(unknown)}; choose from {OBJECTIVES}")
+    torch_device = pick_device(device)
+    first = next((m for m in masks.values() if m is not None), None)
+    pretrained = load_for_mask(first, model)
+    for mask in masks.values():
+        if mask is not None:
+            check_mask_matches(mask, weight_shapes(pretrained.model), pretrained.fingerprint, pretrained.name)
+    lines = pretrain.load_wikitext(data)["validation"]
+    tokenizer = pretrained.tokenizer
+    mlm_batches = kd_batches = None
+    if "mlm" in objectives:
+        blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=block_size)
+        mlm_batches = pretrain.fixed_mlm_eval_batches(blocks, tokenizer, batch_size=batch_size, seed=seed,
+                                                      max_blocks=None if max_batches is None else max_batches * batch_size)
+    if "kd" in objectives:
+        sequences = pretrain.kd_sequences(lines, tokenizer, max_seq_len=block_size, seed=seed)
+        kd_batches = pretrain.fixed_kd_eval_batches(sequences, tokenizer, batch_size=batch_size,
+                                                    max_sequences=None if max_batches is None else max_batches * batch_size)
+    model_ = pretrained.model.to(torch_device)
+    teacher = copy.deepcopy(model_).eval() if kd_batches is not None else None
+    results = {}
+    for label, mask in masks.items():
+        if mask is not None:
+            apply_fixed_mask(model_, mask.tensors)
+        row = {}
+        if mlm_batches is not None:
+            row["mlm_loss"] = evaluate_mlm(model_, mlm_batches, torch_device)
+        if kd_batches is not None:
+            row["kd_loss"] = evaluate_kd(model_, teacher, kd_batches, torch_device, distance=kd_distance)
+        if mask is not None:
+            row["sparsity"] = mask.sparsity
+            remove_masks(model_)
+        results[label] = row
+    return results
+
+
+def export_subnetwork(mask: Mask, out_dir: Path, *, model: str | None = None) -> Path:
+    """Write θ0 ⊙ M as a plain ``save_pretrained`` directory (encoder + pooler + tokenizer) for stock transformers."""
+    pretrained = load_for_mask(mask, model, with_mlm_head=False)
+    apply_fixed_mask(pretrained.model, mask.tensors)
+    with torch.no_grad():
+        remove_masks(pretrained.model, bake=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pretrained.model.save_pretrained(out_dir)
+    pretrained.tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,95 @@
+"""Pre-training losses of a subnetwork: MLM cross-entropy and the KD loss of Eq. 6.
+
+Both serve two purposes: objectives of mask training (§3.4.3) and the "dev loss" of a subnetwork f(·; M ⊙ θ0)
+(Fig. 1, Fig. 4, Tab. 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tamt_core.device import autocast
+from tamt_core.masking import base_model
+from tamt_core.models import mlm_head
+from tamt_core.training import to_device
+
+KD_DISTANCES = ("cosine", "mse")
+
+
+def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy over the corrupted positions only (labels ≠ −100), averaged over them as HF's MLM loss.
+
+    The vocabulary projection runs on the selected positions alone (~15 % of tokens): the same loss, without
+    computing logits nobody reads.
+    """
+    hidden = base_model(model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                               token_type_ids=batch.get("token_type_ids")).last_hidden_state
+    labels = batch["labels"]
+    selected = labels != -100
+    logits = mlm_head(model)(hidden[selected])
+    return F.cross_entropy(logits.float(), labels[selected])
+
+
+def encoder_layer_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Outputs of the L transformer layers, without the embedding output (reference-impl check vector 22)."""
+    out = encoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                  token_type_ids=batch.get("token_type_ids"), output_hidden_states=True)
+    return out.hidden_states[1:]
+
+
+def kd_loss(student_states, teacher_states, attention_mask: torch.Tensor | None, *,
+            distance: str = "cosine", include_padding: bool = False) -> torch.Tensor:
+    """Eq. 6: (1/L) Σ_l mean over tokens of 1 − cos(H^T_l, H^S_l); ``mse`` averages squared errors instead.
+
+    Tokens are the non-padding positions of the batch (Eq. 6's |x|); ``include_padding`` averages over every
+    position, as the released trainer did (reference-impl §6.1). ``mse`` is the released eval scripts' default
+    (reference-impl §9): mean over tokens and hidden units.
+    """
+    if distance not in KD_DISTANCES:
+        raise ValueError(f"unknown KD distance {distance!r}; choose one of {KD_DISTANCES}")
+    per_layer = []
+    for student, teacher in zip(student_states, teacher_states, strict=True):
+        if distance == "cosine":
+            per_token = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (B, T)
+        else:
+            per_token = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # (B, T)
+        if include_padding or attention_mask is None:
+            per_layer.append(per_token.mean())
+        else:
+            weights = attention_mask.to(per_token.dtype)
+            per_layer.append((per_token * weights).sum() / weights.sum())
+    return torch.stack(per_layer).mean()
+
+
+@torch.no_grad()
+def evaluate_mlm(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    """MLM dev loss: mean over batches of the batch-mean cross-entropy (as HF's Trainer, reference-impl §9)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for batch in batches:
+        with autocast(device):
+            losses.append(float(mlm_loss(model, to_device(batch, device))))
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def evaluate_kd(student: nn.Module, teacher: nn.Module, batches: list[dict[str, torch.Tensor]],
+                device: torch.device, *, distance: str = "cosine", include_padding: bool = False) -> float:
+    """KD dev loss of Eq. 6 (or MSE), both models in eval mode, mean over batches."""
+    was_training = student.training
+    student.eval()
+    teacher.eval()
+    losses = []
+    for batch in batches:
+        batch = to_device(batch, device)
+        with autocast(device):
+            loss = kd_loss(encoder_layer_states(base_model(student), batch),
+                           encoder_layer_states(base_model(teacher), batch), batch.get("attention_mask"),
+                           distance=distance, include_padding=include_padding)
+        losses.append(float(loss))
+    student.train(was_training)
+    return sum(losses) / len(losses)

