@@ -216,6 +216,10 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
     logging.getLogger("datasets").setLevel(logging.WARNING)
 
 

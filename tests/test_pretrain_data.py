@@ -281,12 +281,20 @@ def test_kd_sequences_follow_reference(kd_train: datasets.Dataset, corpus: Path,
     assert 0 < with_b < n  # some chunks are split into A and B, single-paragraph chunks have no B
 
 
-def test_kd_sequences_truncate_and_are_seeded(wikitext, kd_train: datasets.Dataset, tok):
-    again = P.kd_sequences(wikitext["train"], tok, seed=0)
+def test_kd_sequences_truncate_and_are_seeded(wikitext, kd_train: datasets.Dataset, tok, tmp: Path):
+    again = P.kd_sequences(wikitext["train"], tok, seed=0, cache_dir=tmp / "kd-again")  # regenerated, not cached
+    assert again.cache_files and all(str(tmp / "kd-again") in f["filename"] for f in again.cache_files)
     other = P.kd_sequences(wikitext["train"], tok, seed=1)
     assert again["input_ids"] == kd_train["input_ids"]
     assert again["masked_lm_position"] == kd_train["masked_lm_position"]
     assert other["masked_lm_position"] != kd_train["masked_lm_position"]
+    # short_seq_prob: with probability 1 each document gets a random target length in [2, 509], which splits
+    # these 300-token documents of 30 lines into several instances; with probability 0 each is one instance.
+    doc = [" the first line of the document is long enough to be kept by the filter of the reference code . \n",
+           *[f" line {i} has about ten tokens in it , fine . \n" for i in range(29)], " \n"]
+    lines = datasets.Dataset.from_dict({"text": doc * 20})
+    never, always = (P.kd_sequences(lines, tok, seed=0, short_seq_prob=p) for p in (0.0, 1.0))
+    assert len(never) == 20 and len(always) > 40
     short = P.kd_sequences(wikitext["validation"], tok, seed=0, max_seq_len=64)
     lengths = [len(x) for x in short["input_ids"]]
     assert max(lengths) == 64 and all(x[0] == tok.cls_token_id and x[-1] == tok.sep_token_id

@@ -127,7 +127,7 @@ class _Template:
 
 
 def _template(tokenizer: PreTrainedTokenizerBase, pair: bool) -> _Template:
-    sentinels = [tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("b", add_special_tokens=False)["input_ids"]]
+    sentinels = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in ("a", "b")]
     if any(len(s) != 1 for s in sentinels) or sentinels[0] == sentinels[1]:
         raise ValueError(f"cannot read the special-token template of {type(tokenizer).__name__}")
     enc = tokenizer("a", "b" if pair else None, add_special_tokens=True, return_token_type_ids=True)
@@ -169,7 +169,7 @@ def _group_blocks(table: pa.Table, *, body_len: int, prefix: tuple[int, ...],
     """All tokens of the split in order, cut into ``body_len`` chunks (tail dropped), wrapped in the specials."""
     flat = pc.list_flatten(table.column("input_ids")).to_numpy()
     n = len(flat) // body_len
-    body = flat[1: n * body_len + 1].reshape(n, body_len)
+    body = flat[: n * body_len].reshape(n, body_len)
     ids = np.hstack([np.tile(np.asarray(prefix, np.int32), (n, 1)), body,
                      np.tile(np.asarray(suffix, np.int32), (n, 1))]).astype(np.int32)
     special = np.zeros(ids.shape, np.int8)

@@ -76,7 +76,7 @@ class IMP:
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                context.log({"step": step, "loss": float(loss), "lr": schedule.get_last_lr()[0],
+                context.log({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
                              "sparsity": prunes_done / ROUNDS, "step_s": time.perf_counter() - started})
 
             keep = imp_prune(dense_weights(model), keep, prunes_done)

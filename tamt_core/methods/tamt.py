@@ -99,7 +99,7 @@ class TAMT:
             trained = time.perf_counter()
             if step % config.threshold_period == 0 or step in save_steps:
                 thresholds.reset()
-            context.log({"step": step, "loss": float(loss), "lr": schedule.get_last_lr()[0],
+            context.log({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
                          "step_s": time.perf_counter() - started, "threshold_s": time.perf_counter() - trained})
             if step in save_steps:
                 yield FoundMask(step, config.sparsity, current_mask(model))
