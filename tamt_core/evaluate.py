@@ -27,8 +27,7 @@ def load_for_mask(mask: Mask | None, model: str | None, *, with_mlm_head: bool =
     pretrained = load_pretrained(model if model is not None or mask is None else mask.meta["model"],
                                  with_mlm_head=with_mlm_head)
     if mask is not None:
-        check_mask_matches(mask, weight_shapes(pretrained.model), mask.meta.get("model_fingerprint"),
-                           model_name=pretrained.name)
+        check_mask_matches(mask, weight_shapes(pretrained.model), pretrained.fingerprint, model_name=pretrained.name)
     return pretrained
 
 

@@ -1,0 +1,48 @@
+"""Pre-training dev losses of subnetworks, mask/model matching, and export to stock transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+
+from tamt_core.evaluate import export_subnetwork, load_for_mask, pretrain_losses
+from tamt_core.masks import MaskFileError, load_mask
+from tamt_core.methods import SearchConfig
+from tamt_core.search import run_search
+
+
+@pytest.fixture(scope="module")
+def omp_mask_file(tiny_bert_dir, tmp_path_factory):
+    return run_search(SearchConfig(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
+                      model=str(tiny_bert_dir))[0]
+
+
+def test_export_round_trips_through_stock_automodel(omp_mask_file, tmp_path):
+    mask = load_mask(omp_mask_file)
+    out = export_subnetwork(mask, tmp_path / "exported")
+    exported = AutoModel.from_pretrained(out)
+    for name, kept in mask.tensors.items():
+        weight = exported.get_parameter(name)
+        assert torch.count_nonzero(weight[~kept]) == 0
+        assert torch.count_nonzero(weight[kept]) == int(kept.sum())
+    classifier = AutoModelForSequenceClassification.from_pretrained(out, num_labels=2)  # any head class loads it
+    assert torch.count_nonzero(classifier.bert.pooler.dense.weight) == int(mask.tensors["pooler.dense.weight"].sum())
+
+
+def test_mask_of_another_model_is_rejected(omp_mask_file, tiny_roberta_dir):
+    mask = load_mask(omp_mask_file)
+    with pytest.raises(MaskFileError, match="fingerprint|made for"):
+        load_for_mask(mask, str(tiny_roberta_dir))
+
+
+def test_pretrain_losses_are_deterministic_and_dense_kd_is_zero(omp_mask_file, tiny_bert_dir):
+    masks = {"dense": None, "omp": load_mask(omp_mask_file)}
+    first = pretrain_losses(masks, block_size=64, max_batches=2, batch_size=4)
+    second = pretrain_losses(masks, block_size=64, max_batches=2, batch_size=4)
+    assert first == second
+    assert first["dense"]["kd_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert first["omp"]["kd_loss"] > 1e-3
+    assert first["omp"]["sparsity"] == pytest.approx(0.6, abs=1e-4)  # round(s·n) per matrix
+    other_seed = pretrain_losses(masks, block_size=64, max_batches=2, batch_size=4, seed=7)
+    assert other_seed["dense"]["mlm_loss"] != first["dense"]["mlm_loss"]
