@@ -107,5 +107,5 @@ def fit_mlm_head(model, tokenizer) -> float:
         loss.backward()
         optimizer.step()
         if step % 25 == 0:
-            log.info("fitting the smoke MLM head: step %d/%d loss %.3f", step, HEAD_FIT_STEPS, float(loss))
-    return float(loss)
+            log.info("fitting the smoke MLM head: step %d/%d loss %.3f", step, HEAD_FIT_STEPS, loss.item())
+    return loss.item()

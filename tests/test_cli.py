@@ -1,0 +1,100 @@
+"""The ``tamt`` command: single runs end to end, and bad input refused with the fix before any compute."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tamt_core.cli import main
+
+
+def _fails(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_search_info_similarity_export_end_to_end(tiny_bert_dir, tmp_path, capsys):
+    assert main(["search", "omp", "--model", str(tiny_bert_dir), "--sparsity", "0.7", "--out", str(tmp_path)]) == 0
+    omp = capsys.readouterr().out.strip()
+    assert main(["search", "rand", "--model", str(tiny_bert_dir), "--sparsity", "0.7", "--seed", "1",
+                 "--out", str(tmp_path)]) == 0
+    rand = capsys.readouterr().out.strip()
+    assert main(["mask-info", omp, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["meta"]["method"] == "omp" and len(info["matrices"]) == 14
+    assert main(["similarity", omp, omp]) == 0
+    assert json.loads(capsys.readouterr().out) == {"similarity": 1.0, "distance": 0.0}
+    assert main(["similarity", omp, rand]) == 0
+    assert 0.1 < json.loads(capsys.readouterr().out)["similarity"] < 0.3  # (1 − s)/(1 + s) ≈ 0.18 for random
+    assert main(["export", "--mask", omp, "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "config.json").exists()
+
+
+def test_unknown_model_offline_names_the_fix(capsys, tmp_path):
+    _fails(capsys, ["search", "omp", "--model", "no-such-org/no-such-model", "--sparsity", "0.5",
+                    "--out", str(tmp_path)], "cannot load model", "--model DIR")
+
+
+def test_missing_model_directory_names_the_fix(capsys, tmp_path):
+    _fails(capsys, ["search", "omp", "--model", str(tmp_path / "nowhere"), "--sparsity", "0.5",
+                    "--out", str(tmp_path)], "does not exist")
+
+
+def test_non_bert_model_is_refused(capsys, tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
+    _fails(capsys, ["search", "omp", "--model", str(tmp_path / "gpt2"), "--sparsity", "0.5",
+                    "--out", str(tmp_path)], "not BERT-family", "gpt2")
+
+
+@pytest.mark.parametrize("sparsity", ["1.0", "-0.1", "seventy"])
+def test_sparsity_outside_unit_interval_is_refused(capsys, tmp_path, sparsity):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "omp", "--sparsity", sparsity, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "sparsity" in capsys.readouterr().err
+
+
+def test_unknown_method_is_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["search", "magnitude", "--sparsity", "0.5", "--out", str(tmp_path)])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_config_level_validation():
+    from tamt_core.methods import SearchConfig
+
+    with pytest.raises(ValueError, match="unknown method"):
+        SearchConfig(method="snip", sparsity=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        SearchConfig(method="omp", sparsity=1.0)
+    with pytest.raises(ValueError, match="multiple of 0.1"):
+        SearchConfig(method="imp", sparsity=0.75)
+
+
+def test_missing_dataset_names_files_before_loading_the_model(capsys, tiny_bert_dir, tmp_path, monkeypatch):
+    import tamt_core.search as search
+
+    monkeypatch.setattr(search, "load_pretrained", lambda *a, **k: pytest.fail("model loaded before data check"))
+    _fails(capsys, ["search", "tamt-mlm", "--model", str(tiny_bert_dir), "--data", str(tmp_path / "wikitext"),
+                    "--sparsity", "0.5",
+                    "--out", str(tmp_path)], "wiki.train.raw")
+
+
+def test_tampered_mask_is_refused(capsys, tiny_bert_dir, tmp_path):
+    assert main(["search", "omp", "--model", str(tiny_bert_dir), "--sparsity", "0.5", "--out", str(tmp_path)]) == 0
+    path = capsys.readouterr().out.strip()
+    data = bytearray(open(path, "rb").read())
+    data[-5] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    _fails(capsys, ["mask-info", path], "modified or truncated")
+
+
+def test_pretrain_loss_needs_a_mask(capsys):
+    _fails(capsys, ["pretrain-loss"], "--mask")
