@@ -1,0 +1,30 @@
+"""Project-level rules: the science core stays free of Ray/MLflow; the cluster config is valid for Ray."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tamt_core_imports_no_ray_or_mlflow():
+    code = ("import sys, tamt_core.cli, tamt_core.search, tamt_core.evaluate, tamt_core.methods; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'optuna')); print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    for path in (ROOT / "tamt_core").rglob("*.py"):
+        text = path.read_text()
+        assert "import ray" not in text and "import mlflow" not in text, path
+
+
+def test_cluster_yaml_passes_ray_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
