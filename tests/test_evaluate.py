@@ -46,3 +46,11 @@ def test_pretrain_losses_are_deterministic_and_dense_kd_is_zero(omp_mask_file, t
     assert first["omp"]["sparsity"] == pytest.approx(0.6, abs=1e-4)  # round(s·n) per matrix
     other_seed = pretrain_losses(masks, block_size=64, max_batches=2, batch_size=4, seed=7)
     assert other_seed["dense"]["mlm_loss"] != first["dense"]["mlm_loss"]
+
+
+def test_unknown_objective_is_refused_before_loading(monkeypatch):
+    import tamt_core.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "load_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="unknown objective"):
+        pretrain_losses({"dense": None}, objectives=("mlm", "nsp"))
