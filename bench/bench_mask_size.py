@@ -138,7 +138,8 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
          f"({'meets' if r['meets_target'] else 'misses'} target ≤ {r['target_bits_per_entry']})"),
         ("entropy of such a random mask (bits/entry)", f"{r['entropy_bits_per_entry']:.5f}"),
         ("save_mask", f"{r['save_s']:.3f} s"),
-        ("load_mask (hash + shape check)", f"{r['load_s']:.3f} s  (round trip {'ok' if r['roundtrip_ok'] else 'BROKEN'})"),
+        ("load_mask (hash + shape check)",
+         f"{r['load_s']:.3f} s  (round trip {'ok' if r['roundtrip_ok'] else 'BROKEN'})"),
         ("similarity, two random masks", f"{r['similarity_s']:.3f} s  (IoU {r['similarity']:.4f})"),
         ("similarity, loaded vs original", f"{r['self_similarity_s']:.3f} s  (IoU {r['self_similarity']:.4f})"),
     ]

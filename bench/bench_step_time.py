@@ -15,6 +15,11 @@ every clock read):
   (``tamt_core.threshold.kth_smallest``); the values are computed, compared with the banded result (they must be
   equal) and discarded.
 
+The banded re-set is at its slowest in the first ~100 TAMT steps: the scores start at 0 and α·φ and Adam moves them
+in steps of about one learning rate, so many sit near τ and the band holds 10-50 % of the entries (printed as "in the
+starting band"). ``--pretrain-steps N`` runs N untimed TAMT steps first to time a later phase (after 150 steps the band
+holds ~0.3 %).
+
 Dense and TAMT iterations are interleaved (dense step, TAMT step, banded reset, full reset, repeat), so slow drifts
 of the machine (other processes, clocks) hit both sides alike. The headline figure is
 ``(TAMT step + banded reset) / dense step``; the paper's Tab. 3 puts TAMT at the cost of dense MLM training, so the
@@ -53,7 +58,7 @@ from tamt_core.masking import EMBEDDING, apply_score_masks, base_model, dense_we
 from tamt_core.methods.tamt import ThresholdController, initial_scores  # noqa: E402
 from tamt_core.models import mlm_head  # noqa: E402
 from tamt_core.threshold import kth_smallest  # noqa: E402
-from tamt_core.training import adamw_with_schedule  # noqa: E402
+from tamt_core.training import adamw_with_schedule, linear_decay  # noqa: E402
 
 CONFIGS: dict[str, dict[str, int]] = {
     # The shape of tests/conftest.py's tiny BERT: a smoke shape, dominated by the 30522-row embedding.
@@ -140,17 +145,20 @@ class MLMStep:
         self.last_loss = math.nan
 
     def __call__(self) -> torch.Tensor:
+        # Gradients are cleared at the start, so a threshold re-set right after the step still sees them (as in
+        # tamt_core.methods.tamt, where the re-set runs between the optimizer step and zero_grad).
+        self.optimizer.zero_grad(set_to_none=True)
         with self.amp():
             loss = mlm_loss(self.model, self.batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trainable, TAMT_MLM.max_grad_norm)
         self.optimizer.step()
         self.schedule.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss
 
     def phases(self, device: torch.device) -> dict[str, float]:
         """The same step with a clock read (after a sync) between forward, backward, clip and optimizer."""
+        self.optimizer.zero_grad(set_to_none=True)
         clock = [_now(device)]
         with self.amp():
             loss = mlm_loss(self.model, self.batch)
@@ -161,7 +169,6 @@ class MLMStep:
         clock.append(_now(device))
         self.optimizer.step()
         self.schedule.step()
-        self.optimizer.zero_grad(set_to_none=True)
         clock.append(_now(device))
         return dict(zip(("forward", "backward", "clip", "optimizer"), (b - a for a, b in zip(clock, clock[1:]))))
 
@@ -207,7 +214,7 @@ def band_fraction(thresholds: ThresholdController) -> float:
     """
     inside = total = 0
     for name, mask in thresholds.masks.items():
-        flat, width = mask.scores.detach().reshape(-1), thresholds.selectors[name].width
+        flat, width = mask.scores.detach().reshape(-1), thresholds.search.widths[name]
         centre = mask.threshold.to(flat.dtype)
         if torch.isfinite(centre):
             inside += int(((flat >= centre - width) & (flat <= centre + width)).sum())
@@ -290,11 +297,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     amp = amp_context(device, dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("--steps must be ≥ 1 and --warmup ≥ 0")
+    if args.steps < 1 or args.warmup < 0 or args.pretrain_steps < 0:
+        raise SystemExit("--steps must be ≥ 1, --warmup and --pretrain-steps ≥ 0")
 
     load_before = _loadavg()
-    if device.type == "cpu" and load_before is not None and load_before > 0.5:
+    if device.type == "cpu" and load_before is not None and load_before > 0.75:
         print(f"warning: load average {load_before:.2f} before starting: other processes compete for the "
               f"{os.cpu_count()} cores, CPU timings will be noisy (try --threads 1)", file=sys.stderr)
     started = time.perf_counter()
@@ -323,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.warmup + args.steps):
         measured = i >= args.warmup
         if i == args.warmup:
-            fallbacks_before = sum(s.full_selections for s in tamt.thresholds.selectors.values())
+            fallbacks_before = tamt.thresholds.search.full_selections
         record: dict[str, float] = {}
         if dense is not None:
             _peak_reset(device)
@@ -338,11 +345,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             band_fractions.append(band_fraction(tamt.thresholds))
         record["reset_banded"], _ = timed(tamt.thresholds.reset, device)
         record["reset_full"], full = timed(lambda: full_kthvalue_thresholds(tamt.thresholds), device)
-        mismatches += sum(int(full[name] != mask.threshold) for name, mask in tamt.thresholds.masks.items())
+        mismatches += sum(int(full[name] != mask.threshold) for name, mask in tamt.thresholds.masks.items()
+                          if mask.scores.grad is not None)  # the re-set skips matrices no loss reaches
         if measured:
             for key, value in record.items():
                 times[key].append(value)
-    fallbacks = sum(s.full_selections for s in tamt.thresholds.selectors.values()) - fallbacks_before
+    fallbacks = tamt.thresholds.search.full_selections - fallbacks_before
 
     breakdown: dict[str, dict[str, float]] = {}
     if args.breakdown:
@@ -372,6 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seq_len": args.seq_len,
         "tokens_per_step": tokens,
         "sparsity": args.sparsity,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")} or None,
         "steps": args.steps,
         "warmup": args.warmup,
         "masked_matrices": len(tamt.thresholds.masks),
@@ -411,7 +420,9 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
     shape = r["model"] or r["config"]
     print(f"# step time: {shape}, {r['masked_matrices']} masked matrices ({r['masked_entries']:,} entries), "
           f"batch {r['batch_size']}×{r['seq_len']}, {r['device']} ({r['device_name']}), {r['dtype']}, "
-          f"{r['threads']} threads, median of {r['steps']} after {r['warmup']} warm-up", file=out)
+          f"{r['threads']} threads, median of {r['steps']} after {r['warmup']} warm-up"
+
+          + (f", {' '.join(f'{k}={v}' for k, v in r['malloc_env'].items())}" if r["malloc_env"] else ""), file=out)
     rows = [
         ("dense MLM step", r["dense_s"], r["tokens_per_s_dense"]),
         ("TAMT-MLM step (no reset)", r["tamt_s"], None),
@@ -439,8 +450,9 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
         for side, phases in r["breakdown_s"].items():
             print(f"breakdown {side:5}: " + ", ".join(f"{k} {_fmt_s(v).strip()}" for k, v in phases.items()),
                   file=out)
-    print(f"after {r['pretrain_steps']} untimed TAMT steps ({r['pretrain_s']:.1f} s); load average "
-          f"{r['loadavg_before']} -> {r['loadavg_after']}", file=out)
+    load = " -> ".join("?" if v is None else f"{v:.2f}" for v in (r["loadavg_before"], r["loadavg_after"]))
+    print(f"timed after {r['pretrain_steps']} untimed TAMT steps ({r['pretrain_s']:.1f} s); load average {load}",
+          file=out)
     print(f"setup: build {r['build_s']:.1f} s (TAMT: OMP init {r['tamt_setup_s']['omp_init']:.1f} s, "
           f"masks {r['tamt_setup_s']['total']:.1f} s); loss first/last: "
           + ", ".join(f"{k} {a:.3f}/{b:.3f}" for k, (a, b) in r["loss_first_last"].items()), file=out)

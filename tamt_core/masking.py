@@ -122,16 +122,24 @@ class FixedMask(nn.Module):
         return self.mask
 
 
-class _StraightThroughBinarize(torch.autograd.Function):
-    """Forward ``[M̄ > τ]``; backward passes the gradient of M to M̄ unchanged (Eq. 4, Bengio et al. 2013)."""
+class _MaskedByScores(torch.autograd.Function):
+    """``W ⊙ [M̄ > τ]`` with the straight-through gradient ∂L/∂M̄ := ∂L/∂(W ⊙ M) ⊙ W (Eq. 4, Bengio et al. 2013).
+
+    One op instead of binarise-then-multiply: no float copy of the mask is made or kept for backward.
+    """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return (scores > threshold).to(scores.dtype)
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        keep = scores > threshold
+        ctx.save_for_backward(weight, keep if weight.requires_grad else None)
+        return weight * keep
 
     @staticmethod
-    def backward(ctx, grad_mask: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
-        return grad_mask, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # noqa: D102
+        weight, keep = ctx.saved_tensors
+        grad_weight = grad * keep if ctx.needs_input_grad[0] else None
+        grad_scores = grad * weight if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_scores, None
 
 
 class ScoreMask(nn.Module):
@@ -147,7 +155,7 @@ class ScoreMask(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=scores.dtype))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * _StraightThroughBinarize.apply(self.scores, self.threshold)
+        return _MaskedByScores.apply(weight, self.scores, self.threshold)
 
     def binary_mask(self) -> torch.Tensor:
         return self.scores.detach() > self.threshold

@@ -36,8 +36,12 @@ def linear_decay(total_steps: int) -> Callable[[int], float]:
 
 def adamw_with_schedule(params: Iterable[torch.nn.Parameter], hp: PretrainHParams, lr: float, weight_decay: float,
                         total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (Tab. 1) with the linear-decay schedule over ``total_steps``."""
-    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon)
+    """AdamW (Tab. 1) with the linear-decay schedule over ``total_steps``.
+
+    The fused kernel updates all parameters in one pass: 5× faster than the default on a CPU for BERT-base's
+    109M masked entries (bench/README.md), on GPUs too.
+    """
+    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon, fused=True)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(total_steps))
 
 

@@ -15,7 +15,7 @@ from tamt_core.methods.random_mask import random_mask
 from tamt_core.methods.tamt import initial_scores
 from tamt_core.masks import similarity
 from tamt_core.pruning import n_zeros
-from tamt_core.threshold import BandedKthValue, kth_smallest
+from tamt_core.threshold import BandedThresholds, kth_smallest
 
 
 def _weights(*shapes, seed=0):
@@ -114,14 +114,27 @@ def test_threshold_reset_keeps_exact_count_by_signed_score():
     assert int(kept.sum()) == 4 and not kept[0, 0]
 
 
-def test_banded_selection_equals_full_kthvalue_as_scores_drift():
+def test_banded_thresholds_equal_full_kthvalue_as_scores_drift():
+    """The cheap per-step re-set is exact: the same τ as a full kthvalue, through small and large moves."""
     generator = torch.Generator().manual_seed(0)
-    scores = torch.where(torch.rand(300, 200, generator=generator) < 0.3, ALPHA * PHI, 0.0)
-    selector, tau = BandedKthValue(), torch.tensor(PHI)
-    k = n_zeros(scores.numel(), 0.7, "floor")
+    scores = {name: torch.where(torch.rand(shape, generator=generator) < 0.3, ALPHA * PHI, 0.0)
+              for name, shape in (("a", (300, 200)), ("b", (64, 32)), ("frozen", (16, 16)))}
+    zeros = {name: n_zeros(s.numel(), 0.7, "floor") for name, s in scores.items()}
+    thresholds = {name: torch.tensor(PHI) for name in scores}
+    search = BandedThresholds(zeros)
     for step in range(60):
-        scores += 5e-4 * torch.randn(scores.shape, generator=generator) * (1 + (step % 7 == 0) * 40)
-        tau = selector(scores, k, tau)
-        assert float(tau) == float(kth_smallest(scores, k))
-        assert int((scores <= tau).sum()) == k  # no ties once scores moved: exact count
-    assert selector.full_selections <= 10
+        for name in ("a", "b"):  # "frozen" never changes, like the pooler's scores
+            scores[name] += 5e-4 * torch.randn(scores[name].shape, generator=generator) * (1 + (step % 7 == 0) * 40)
+        search.reset(scores, thresholds)
+        for name in ("a", "b"):
+            assert float(thresholds[name]) == float(kth_smallest(scores[name], zeros[name]))
+            assert int((scores[name] <= thresholds[name]).sum()) == zeros[name]  # exact once ties are gone
+    assert float(thresholds["frozen"]) == 0.0  # k-th smallest of {0, 2φ} scores: reproduces the init mask
+    assert search.full_selections <= 10
+
+
+def test_threshold_of_zero_sparsity_keeps_everything():
+    search = BandedThresholds({"m": 0})
+    thresholds = {"m": torch.tensor(PHI)}
+    search.reset({"m": torch.full((3, 3), -1.0)}, thresholds)
+    assert float(thresholds["m"]) == float("-inf")

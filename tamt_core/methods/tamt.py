@@ -27,7 +27,7 @@ from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.methods.omp import omp_mask
 from tamt_core.models import mlm_head
 from tamt_core.pruning import n_zeros
-from tamt_core.threshold import BandedKthValue
+from tamt_core.threshold import BandedThresholds
 from tamt_core.training import adamw_with_schedule, endless_batches, steps_per_epoch, to_device
 
 
@@ -44,12 +44,14 @@ class ThresholdController:
     def __init__(self, model: torch.nn.Module, sparsity: float, rounding: str) -> None:
         self.masks = mask_parametrizations(model)
         self.zeros = {name: n_zeros(m.scores.numel(), sparsity, rounding) for name, m in self.masks.items()}
-        self.selectors = {name: BandedKthValue() for name in self.masks}
+        self.search = BandedThresholds(self.zeros)
 
-    @torch.no_grad()
-    def reset(self) -> None:
-        for name, mask in self.masks.items():
-            mask.threshold.copy_(self.selectors[name](mask.scores, self.zeros[name], mask.threshold))
+    def reset(self, only_trained: bool = True) -> None:
+        """Re-set τ; with ``only_trained``, only matrices whose scores have a gradient now (call it between the
+        optimizer step and ``zero_grad``): a matrix no loss reaches (the pooler) keeps its init mask either way
+        (reference-impl §5.7), and skipping it saves its selection every step."""
+        masks = {n: m for n, m in self.masks.items() if not only_trained or m.scores.grad is not None}
+        self.search.reset({n: m.scores for n, m in masks.items()}, {n: m.threshold for n, m in masks.items()})
 
 
 class TAMT:
@@ -95,10 +97,10 @@ class TAMT:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             schedule.step()
-            optimizer.zero_grad(set_to_none=True)
             trained = time.perf_counter()
             if step % config.threshold_period == 0 or step in save_steps:
                 thresholds.reset()
+            optimizer.zero_grad(set_to_none=True)
             context.log({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
                          "step_s": time.perf_counter() - started, "threshold_s": time.perf_counter() - trained})
             if step in save_steps:
