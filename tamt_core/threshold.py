@@ -36,11 +36,13 @@ class BandedThresholds:
         zeros: target number of zeros k per matrix.
         initial_width, min_width: half-width of the first band and the narrowest band allowed.
         attempts: band widenings before falling back to a full selection.
+        margin: the next band's half-width in units of the last move of τ.
     """
 
     def __init__(self, zeros: Mapping[str, int], initial_width: float = 1e-4, min_width: float = 1e-7,
-                 attempts: int = 4) -> None:
+                 attempts: int = 4, margin: float = 1.5) -> None:
         self.zeros = dict(zeros)
+        self.margin = margin
         self.widths = {name: initial_width for name in zeros}
         self.min_width = min_width
         self.attempts = attempts
@@ -86,4 +88,4 @@ class BandedThresholds:
             self.widths[name] = widths[name]
         if moves:  # next band: a few times this step's move, so it rarely misses and stays narrow
             for name, move in zip(moves, torch.stack(list(moves.values())).tolist()):
-                self.widths[name] = max(4.0 * move, self.min_width)
+                self.widths[name] = max(self.margin * move, self.min_width)
