@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tamt_core import hparams
 from tamt_core.methods.base import METHOD_NAMES, SearchConfig
 
 log = logging.getLogger("tamt")
@@ -55,13 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--out", type=Path, required=True, help="directory for the mask files")
     search.add_argument("--lr", type=float, help="learning rate (default: Tab. 1 for the method)")
     search.add_argument("--batch-size", type=int)
-    search.add_argument("--block-size", type=int, default=512, help="pre-training sequence length (Tab. 1: 512)")
+    search.add_argument("--block-size", type=int, default=hparams.TAMT_MLM.max_length,
+                        help="pre-training sequence length (Tab. 1: 512)")
     search.add_argument("--schedule-steps", type=int, help="length of the linear LR decay (default: 2 epochs)")
     search.add_argument("--threshold-period", type=int, default=1,
                         help="TAMT: re-set the threshold every N steps (the released code: 1000 MLM, 100 KD)")
     search.add_argument("--save-steps", type=_parse_steps, default=(),
                         help="TAMT: also save the masks at these steps, e.g. 1000,2000,5000")
-    search.add_argument("--pruning-interval", type=int, default=2792, help="IMP: steps between prunes (P)")
+    search.add_argument("--pruning-interval", type=int, default=hparams.IMP_PRUNING_INTERVAL,
+                        help="IMP: steps between prunes (P; Tab. 2: 2792)")
     search.add_argument("--no-rewind", dest="rewind", action="store_false",
                         help="IMP: keep trained weights after each prune, as the released code did")
     search.add_argument("--zero-rounding", choices=("floor", "half_even"), default="floor",
@@ -77,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--objective", choices=("mlm", "kd", "both"), default="both")
     loss.add_argument("--kd-distance", choices=("cosine", "mse"), default="cosine",
                       help="Eq. 6 cosine, or the MSE the released eval scripts used")
-    loss.add_argument("--seed", type=int, default=42, help="seed of the MLM corruption and KD sequences")
-    loss.add_argument("--batch-size", type=int, default=16)
-    loss.add_argument("--block-size", type=int, default=512)
+    loss.add_argument("--seed", type=int, default=hparams.DEV_LOSS_SEED, help="seed of the MLM corruption and KD sequences")
+    loss.add_argument("--batch-size", type=int, default=hparams.DEV_LOSS_BATCH_SIZE)
+    loss.add_argument("--block-size", type=int, default=hparams.TAMT_MLM.max_length)
     loss.add_argument("--max-batches", type=int, help="score only the first N batches")
     loss.add_argument("--device")
     loss.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tamt_core import hparams
 from tamt_core.data import pretrain
 from tamt_core.device import pick_device
 from tamt_core.losses import evaluate_kd, evaluate_mlm
@@ -32,8 +33,9 @@ def load_for_mask(mask: Mask | None, model: str | None, *, with_mlm_head: bool =
 
 
 def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, data: str | None = None,
-                    objectives: tuple[str, ...] = OBJECTIVES, kd_distance: str = "cosine", seed: int = 42,
-                    batch_size: int = 16, block_size: int = 512, max_batches: int | None = None,
+                    objectives: tuple[str, ...] = OBJECTIVES, kd_distance: str = "cosine", seed: int = hparams.DEV_LOSS_SEED,
+                    batch_size: int = hparams.DEV_LOSS_BATCH_SIZE, block_size: int = hparams.TAMT_MLM.max_length,
+                    max_batches: int | None = None,
                     device: str | None = None) -> dict[str, dict[str, float]]:
     """``{label: {"mlm_loss": ..., "kd_loss": ...}}`` for each mask (``None`` = the dense model).
 

@@ -42,6 +42,11 @@ IMP_MLM = PretrainHParams(lr=5e-5, batch_size=16, max_length=512, weight_decay=0
 TAMT_MLM = PretrainHParams(lr=5e-5, batch_size=16, max_length=512, weight_decay=0.0, max_epochs=2)
 TAMT_KD = PretrainHParams(lr=2e-5, batch_size=16, max_length=512, weight_decay=0.01, max_epochs=2)
 
+DEV_LOSS_SEED: int = 42
+"""Seed of the dev-set MLM corruption: the released eval scripts ran under HF's default seed 42 (reference-impl §9)."""
+DEV_LOSS_BATCH_SIZE: int = 16
+"""Eval batch of the released MLM/KD dev-loss scripts (reference-impl §9)."""
+
 MLM_PROBABILITY: float = 0.15
 """BERT's MLM corruption rate (Devlin et al. 2019; reference-impl §4.5), 80 % [MASK] / 10 % random / 10 % kept."""
 

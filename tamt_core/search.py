@@ -84,5 +84,5 @@ def _config_dict(config: SearchConfig) -> dict:
 
 def _log_progress(metrics: dict) -> None:
     step = metrics["step"]
-    if step == 1 or step % 10 == 0:
+    if step == 1 or step % (10 if step < 100 else 100) == 0:
         log.info("step %d  loss %.4f  lr %.2e  %.2fs/step", step, metrics["loss"], metrics["lr"], metrics["step_s"])

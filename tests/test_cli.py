@@ -98,3 +98,12 @@ def test_tampered_mask_is_refused(capsys, tiny_bert_dir, tmp_path):
 
 def test_pretrain_loss_needs_a_mask(capsys):
     _fails(capsys, ["pretrain-loss"], "--mask")
+
+
+def test_options_a_method_does_not_use_are_refused():
+    from tamt_core.methods import SearchConfig
+
+    with pytest.raises(ValueError, match="pruning_interval"):
+        SearchConfig(method="imp", sparsity=0.5, steps=100)
+    with pytest.raises(ValueError, match="one-shot"):
+        SearchConfig(method="omp", sparsity=0.5, steps=100)

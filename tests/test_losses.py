@@ -31,7 +31,7 @@ def test_kd_loss_is_zero_for_the_unmasked_student(tiny_bert_dir):
     for include_padding in (False, True):
         loss = kd_loss(encoder_layer_states(base_model(model), batch), encoder_layer_states(teacher, batch),
                        batch["attention_mask"], include_padding=include_padding)
-        assert float(loss) == pytest.approx(0.0, abs=1e-6)
+        assert loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_kd_loss_uses_layer_outputs_not_embeddings_and_eq6_averaging(tiny_bert_dir):

@@ -136,3 +136,15 @@ def test_run_search_writes_mask_files_with_metadata(tiny_bert_dir, tmp_path):
     again = load_mask(run_search(SearchConfig(method="rand", sparsity=0.5, seed=3), tmp_path / "again",
                                  model=str(tiny_bert_dir))[0])
     assert again.content_hash == mask.content_hash  # reproducible from the seed
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_registered_method_writes_masks_of_its_sparsity(method, tiny_bert_dir, tmp_path):
+    """Registering a method gets it run here: each writes loadable masks with the requested sparsity."""
+    options = {"imp": dict(pruning_interval=1, **SMALL), "tamt-mlm": dict(steps=2, **SMALL),
+               "tamt-kd": dict(steps=2, **SMALL)}.get(method, {})
+    config = SearchConfig(method=method, sparsity=0.3, **options)
+    paths = run_search(config, tmp_path, model=str(tiny_bert_dir))
+    final = load_mask(paths[-1])
+    assert final.meta["method"] == method and final.meta["sparsity"] == pytest.approx(0.3)
+    assert final.sparsity == pytest.approx(0.3, abs=2e-3)

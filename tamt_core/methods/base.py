@@ -55,7 +55,7 @@ class SearchConfig:
     lr: float | None = None
     batch_size: int | None = None
     weight_decay: float | None = None
-    block_size: int = 512
+    block_size: int = hparams.TAMT_MLM.max_length
     schedule_steps: int | None = None
     threshold_period: int = 1
     save_steps: tuple[int, ...] = field(default_factory=tuple)
@@ -76,6 +76,13 @@ class SearchConfig:
                              f"got {self.sparsity}")
         if self.method == "imp" and self.sparsity < 0.1:
             raise ValueError("IMP starts at 10 % sparsity (App. C); ask for 0.1 or more")
+        if self.method == "imp" and self.steps is not None:
+            raise ValueError("IMP's length follows from the sparsity and the pruning interval ((10·s − 1)·P steps, "
+                             "Tab. 2); set pruning_interval (--pruning-interval) instead of steps")
+        if self.method in ("omp", "rand") and (self.steps is not None or self.save_steps):
+            raise ValueError(f"{self.method} is one-shot and trains nothing; drop steps/save_steps")
+        if self.method in ("imp", "omp", "rand") and self.save_steps:
+            raise ValueError("save_steps selects TAMT checkpoints; IMP saves every sparsity along its run anyway")
         for name in ("steps", "batch_size", "schedule_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
