@@ -148,3 +148,29 @@ def test_every_registered_method_writes_masks_of_its_sparsity(method, tiny_bert_
     final = load_mask(paths[-1])
     assert final.meta["method"] == method and final.meta["sparsity"] == pytest.approx(0.3)
     assert final.sparsity == pytest.approx(0.3, abs=2e-3)
+
+
+def test_imp_builds_a_fresh_optimizer_after_every_prune(tiny_bert_dir, monkeypatch):
+    """Check vector 10: Adam moments restart at zero after each prune (a new optimizer per interval)."""
+    import tamt_core.methods.imp as imp
+
+    built = []
+    original = imp.adamw_with_schedule
+
+    def counting(params, *args):
+        optimizer, schedule = original(params, *args)
+        built.append(optimizer)
+        return optimizer, schedule
+
+    monkeypatch.setattr(imp, "adamw_with_schedule", counting)
+    _run(tiny_bert_dir, SearchConfig(method="imp", sparsity=0.4, pruning_interval=2, **SMALL))
+    assert len(built) == 3 and len({id(o) for o in built}) == 3
+    # each optimizer took exactly P steps: its Adam step count never carries over from the previous interval
+    assert all(int(next(iter(o.state.values()))["step"]) == 2 for o in built)
+
+
+def test_same_seed_reproduces_a_tamt_run(tiny_bert_dir, tmp_path):
+    config = SearchConfig(method="tamt-kd", sparsity=0.5, steps=3, lr=1e-2, seed=5, **SMALL)
+    first = load_mask(run_search(config, tmp_path / "a", model=str(tiny_bert_dir))[-1])
+    second = load_mask(run_search(config, tmp_path / "b", model=str(tiny_bert_dir))[-1])
+    assert first.content_hash == second.content_hash
