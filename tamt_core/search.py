@@ -7,9 +7,11 @@ This is the single entry point the CLI and the orchestrator call: it validates t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from tamt_core.data import pretrain
 from tamt_core.device import pick_device
@@ -62,7 +64,14 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     context = SearchContext(pretrained, torch_device, pretraining_data(pretrained, data, config),
                             log_step or _log_progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # dropout draws from torch's RNG: seed it, leave the caller's alone
+        torch.manual_seed(config.seed)
+        return list(_search_and_save(config, context, out_dir))
+
+
+def _search_and_save(config: SearchConfig, context: SearchContext, out_dir: Path) -> Iterator[Path]:
+    pretrained = context.pretrained
     for found in METHODS[config.method].search(context, config):
         meta = {"model": pretrained.name, "model_fingerprint": pretrained.fingerprint, "method": config.method,
                 "objective": config.objective, "sparsity": found.sparsity, "seed": config.seed, "step": found.step,
@@ -70,13 +79,10 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
         path = out_dir / mask_filename(config, found)
         save_mask(path, found.tensors, meta)
         log.info("wrote %s", path)
-        written.append(path)
-    return written
+        yield path
 
 
 def _config_dict(config: SearchConfig) -> dict:
-    from dataclasses import asdict
-
     out = asdict(config)
     out["save_steps"] = list(config.save_steps)
     return out
