@@ -38,7 +38,8 @@ def test_kd_loss_uses_layer_outputs_not_embeddings_and_eq6_averaging(tiny_bert_d
     """Check vector 22: L layer outputs (embedding output excluded); mean over non-padding tokens of 1 − cos."""
     model = load_pretrained(str(tiny_bert_dir)).model.eval()
     batch = _batch()
-    states = encoder_layer_states(base_model(model), batch)
+    with torch.no_grad():
+        states = encoder_layer_states(base_model(model), batch)
     assert len(states) == model.config.num_hidden_layers
     generator = torch.Generator().manual_seed(1)
     student = [s + 0.5 * torch.randn(s.shape, generator=generator) for s in states]
