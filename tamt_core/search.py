@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -75,17 +75,11 @@ def _search_and_save(config: SearchConfig, context: SearchContext, out_dir: Path
     for found in METHODS[config.method].search(context, config):
         meta = {"model": pretrained.name, "model_fingerprint": pretrained.fingerprint, "method": config.method,
                 "objective": config.objective, "sparsity": found.sparsity, "seed": config.seed, "step": found.step,
-                "config": _config_dict(config)}
+                "config": config.to_dict(), "config_id": config.config_id}
         path = out_dir / mask_filename(config, found)
         save_mask(path, found.tensors, meta)
         log.info("wrote %s", path)
         yield path
-
-
-def _config_dict(config: SearchConfig) -> dict:
-    out = asdict(config)
-    out["save_steps"] = list(config.save_steps)
-    return out
 
 
 def _log_progress(metrics: dict) -> None:

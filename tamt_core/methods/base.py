@@ -9,9 +9,11 @@ touch the file system. Methods share helpers (``tamt_core.pruning``, ``tamt_core
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
@@ -95,6 +97,18 @@ class SearchConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if any(s < 0 for s in self.save_steps):
             raise ValueError(f"save_steps must be ≥ 0, got {self.save_steps}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (tuples as lists), e.g. for mask metadata and result tables."""
+        out = asdict(self)
+        out["save_steps"] = list(self.save_steps)
+        return out
+
+    @property
+    def config_id(self) -> str:
+        """Content hash of the configuration: equal configs share it, so a run can be recognised and resumed."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
     def objective(self) -> str | None:
