@@ -174,3 +174,17 @@ def test_same_seed_reproduces_a_tamt_run(tiny_bert_dir, tmp_path):
     first = load_mask(run_search(config, tmp_path / "a", model=str(tiny_bert_dir))[-1])
     second = load_mask(run_search(config, tmp_path / "b", model=str(tiny_bert_dir))[-1])
     assert first.content_hash == second.content_hash
+
+
+def test_roberta_tamt_mlm_trains_lm_head_but_not_its_tied_decoder(tiny_roberta_dir):
+    found, _, model = _run(tiny_roberta_dir, SearchConfig(method="tamt-mlm", sparsity=0.5, steps=2, **SMALL))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".scores")}
+    assert trainable == {"lm_head.bias", "lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
+                         "lm_head.layer_norm.bias"}
+    assert len(found[-1].tensors) == 14 and POOLER in found[-1].tensors
+
+
+def test_missing_pooler_weights_are_initialised_reproducibly(tiny_roberta_dir):
+    first, second = load_pretrained(str(tiny_roberta_dir)), load_pretrained(str(tiny_roberta_dir))
+    assert torch.equal(dense_weights(first.model)[POOLER], dense_weights(second.model)[POOLER])
+    assert first.fingerprint == second.fingerprint
