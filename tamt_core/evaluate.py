@@ -46,7 +46,7 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
         raise ValueError(f"unknown objective(s) {sorted(unknown)}; choose from {OBJECTIVES}")
     torch_device = pick_device(device)
     first = next((m for m in masks.values() if m is not None), None)
-    pretrained = load_for_mask(first, model)
+    pretrained = load_pretrained(model if model is not None or first is None else first.meta["model"])
     for mask in masks.values():
         if mask is not None:
             check_mask_matches(mask, weight_shapes(pretrained.model), pretrained.fingerprint, pretrained.name)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from tamt_core.hparams import PHI
+from tamt_core.masks import check_mask_matches
 
 LAYER_MATRICES: tuple[str, ...] = (
     "attention.self.query",
@@ -172,20 +173,25 @@ def apply_fixed_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None
     """Attach a boolean mask to every matrix of the masked set (names as in :func:`masked_parameter_names`).
 
     Raises:
-        ValueError: when names or shapes of ``mask`` do not match the model.
+        MaskMismatchError: when names or shapes of ``mask`` do not match the model.
     """
-    shapes = weight_shapes(model)
-    _check_names_and_shapes(mask, shapes)
+    _check_fits(mask, model)
     _attach(model, lambda name, w: FixedMask(mask[name].to(device=w.device)))
 
 
 
 def apply_score_masks(model: nn.Module, scores: Mapping[str, torch.Tensor], threshold: float = PHI) -> None:
     """Attach TAMT score masks initialised to ``scores`` and freeze the dense originals (§3.4.1)."""
-    _check_names_and_shapes(scores, weight_shapes(model))
+    _check_fits(scores, model)
     _attach(model, lambda name, w: ScoreMask(scores[name].to(device=w.device, dtype=w.dtype), threshold))
     for module in masked_modules(model).values():
         module.parametrizations.weight.original.requires_grad_(False)
+
+
+def _check_fits(mask: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Names and shapes must match the model; a pooler entry is allowed for a model without a pooler (it would be
+    unused, e.g. RoBERTa's classification head reads the [CLS] state, reference-impl §1.1)."""
+    check_mask_matches(mask, weight_shapes(model), optional=(POOLER,))
 
 
 def mask_parametrizations(model: nn.Module) -> dict[str, nn.Module]:
@@ -208,19 +214,3 @@ def remove_masks(model: nn.Module, bake: bool = False) -> None:
     for module in masked_modules(model).values():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=bake)
-
-
-def _check_names_and_shapes(mask: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Names and shapes must match; a pooler entry is allowed for a model without a pooler (it would be unused,
-    e.g. RoBERTa's classification head reads the [CLS] state, reference-impl §1.1)."""
-    missing = [n for n in shapes if n not in mask]
-    extra = [n for n in mask if n not in shapes and n != POOLER]
-    wrong = [f"{n}: mask {tuple(mask[n].shape)} vs weight {shapes[n]}" for n in shapes
-             if n in mask and tuple(mask[n].shape) != shapes[n]]
-    if missing or extra or wrong:
-        raise ValueError(
-            "mask does not fit this model: "
-            + "; ".join(p for p in (f"missing {missing[:3]}" if missing else "",
-                                    f"unexpected {extra[:3]}" if extra else "",
-                                    f"shape mismatch {wrong[:3]}" if wrong else "") if p)
-            + ". Use a mask made for this model (see `tamt mask-info FILE`).")

@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,18 +325,22 @@ def load_mask(
 
 
 def check_mask_matches(
-    mask: Mask,
+    mask: Mask | Mapping[str, torch.Tensor],
     expected_shapes: Mapping[str, tuple[int, ...]] | None,
     expected_fingerprint: str | None = None,
     model_name: str | None = None,
+    optional: Collection[str] = (),
 ) -> None:
     """Raise :class:`MaskMismatchError` unless ``mask`` fits a model with these masked shapes / weights.
 
     ``expected_shapes`` maps each masked parameter of the target model to its shape; missing, extra and
     shape-mismatched names are all reported. ``expected_fingerprint`` is :func:`weights_fingerprint` of the target
     model's pretrained weights; it must equal the mask's ``meta["model_fingerprint"]``. ``model_name`` only makes
-    the message clearer.
+    the message clearer. Names in ``optional`` may be in the mask although the model lacks them (they go unused).
+    A bare ``{name: tensor}`` mapping is checked as a mask without metadata.
     """
+    if not isinstance(mask, Mask):
+        mask = Mask(dict(mask), {})
     made_for = mask.meta.get("model", "<unknown model>")
     made_fp = mask.meta.get("model_fingerprint", "<no fingerprint>")
     target = repr(model_name) if model_name else "this model"
@@ -344,7 +348,7 @@ def check_mask_matches(
         exp = {k: tuple(int(d) for d in v) for k, v in expected_shapes.items()}
         have = {k: tuple(int(d) for d in t.shape) for k, t in mask.tensors.items()}
         missing = [k for k in exp if k not in have]
-        extra = [k for k in have if k not in exp]
+        extra = [k for k in have if k not in exp and k not in optional]
         wrong = [f"{k}: mask {have[k]} vs model {exp[k]}" for k in exp if k in have and have[k] != exp[k]]
         if missing or extra or wrong:
             parts = []
