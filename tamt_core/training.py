@@ -1,4 +1,4 @@
-"""Small pieces every pre-training loop shares: batches, the optimizer and the linear-decay schedule."""
+"""Small pieces the pre-training and fine-tuning loops share: batches, the optimizer and the linear-decay schedule."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
-
-from tamt_core.hparams import PretrainHParams
 
 
 def endless_batches(dataset, collate: Callable, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -34,14 +32,14 @@ def linear_decay(total_steps: int) -> Callable[[int], float]:
     return lambda step: max(0.0, 1.0 - step / total_steps)
 
 
-def adamw_with_schedule(params: Iterable[torch.nn.Parameter], hp: PretrainHParams, lr: float, weight_decay: float,
+def adamw_with_schedule(params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float, eps: float,
                         total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (Tab. 1) with the linear-decay schedule over ``total_steps``.
 
     The fused kernel updates all parameters in one pass: 5× faster than the default on a CPU for BERT-base's
     109M masked entries (bench/README.md), on GPUs too.
     """
-    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon, fused=True)
+    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, eps=eps, fused=True)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(total_steps))
 
 

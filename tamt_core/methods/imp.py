@@ -65,7 +65,8 @@ class IMP:
         step = 0
         for prunes_done in range(1, final_round):
             params = [p for p in model.parameters() if p.requires_grad]
-            optimizer, schedule = adamw_with_schedule(params, hp, lr, weight_decay, total_steps)
+            optimizer, schedule = adamw_with_schedule(params, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon,
+                                                  total_steps=total_steps)
             for _ in range(period):
                 step += 1
                 started = time.perf_counter()

@@ -83,7 +83,8 @@ class TAMT:
         trainable = [m.scores.requires_grad_(True) for m in thresholds.masks.values()]
         if self.objective == "mlm":  # the head is trainable, except the decoder tied to the frozen embedding
             trainable += [p.requires_grad_(True) for p in mlm_head(model).parameters() if p is not embedding]
-        optimizer, schedule = adamw_with_schedule(trainable, hp, lr, weight_decay, total_steps)
+        optimizer, schedule = adamw_with_schedule(trainable, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon,
+                                                  total_steps=total_steps)
 
         if 0 in save_steps:
             yield FoundMask(0, config.sparsity, current_mask(model))
