@@ -116,3 +116,28 @@ def test_config_id_is_a_content_hash():
     assert a.config_id == SearchConfig(steps=100, seed=1, sparsity=0.7, method="tamt-mlm").config_id
     assert a.config_id != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=2, steps=100).config_id
     assert a.config_id != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000).config_id
+
+
+def test_finetune_end_to_end_and_rerun_resumes(tiny_bert_dir, tmp_path, capsys):
+    assert main(["search", "omp", "--model", str(tiny_bert_dir), "--sparsity", "0.7", "--out", str(tmp_path)]) == 0
+    mask = capsys.readouterr().out.strip()
+    argv = ["finetune", "--mask", mask, "--task", "rte", "--seed", "1", "--train-size", "48", "--batch-size", "16",
+            "--epochs", "1", "--eval-every", "3", "--out", str(tmp_path / "rte")]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "rte" / "result.json").read_text())
+    assert printed["best_score"] == saved["best_score"] == saved["curve"][0]["metrics"]["accuracy"]
+    assert saved["info"]["mask_sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert main(argv) == 0  # finished: answered from result.json
+    assert json.loads(capsys.readouterr().out)["run_id"] == printed["run_id"]
+
+
+def test_finetune_bad_input_names_the_fix(capsys, tiny_bert_dir, tmp_path):
+    base = ["finetune", "--full", "--model", str(tiny_bert_dir), "--seed", "1"]
+    _fails(capsys, base + ["--task", "qqp", "--out", str(tmp_path / "a")], "unknown task 'qqp'", "choose one of")
+    _fails(capsys, base + ["--task", "rte", "--train-size", "0", "--out", str(tmp_path / "b")], "--train-size")
+    _fails(capsys, base + ["--task", "rte", "--train-size", "99999999", "--out", str(tmp_path / "c")],
+           "must be between 1 and")
+    _fails(capsys, base + ["--task", "rte", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")],
+           "rte")
+    assert not (tmp_path / "c" / "checkpoint.safetensors").exists()
