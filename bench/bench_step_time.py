@@ -141,7 +141,8 @@ class MLMStep:
                  amp: Callable[[], contextlib.AbstractContextManager], lr: float = TAMT_MLM.lr,
                  weight_decay: float = TAMT_MLM.weight_decay) -> None:
         self.model, self.trainable, self.batch, self.amp = model, trainable, batch, amp
-        self.optimizer, self.schedule = adamw_with_schedule(trainable, TAMT_MLM, lr, weight_decay, SCHEDULE_STEPS)
+        self.optimizer, self.schedule = adamw_with_schedule(trainable, lr=lr, weight_decay=weight_decay,
+                                                            eps=TAMT_MLM.adam_epsilon, total_steps=SCHEDULE_STEPS)
         self.last_loss = math.nan
 
     def __call__(self) -> torch.Tensor:
