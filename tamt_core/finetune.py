@@ -316,6 +316,22 @@ def _write_json(path: Path, obj: Any) -> None:
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter],
+               optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
+    """One optimizer step on a batch already on the model's device; returns the (detached) loss.
+
+    A separate function so ``bench/bench_finetune.py`` times exactly the step the loop takes.
+    """
+    with autocast(next(model.parameters()).device):
+        loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, hparams.FINETUNE_MAX_GRAD_NORM)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None, mask_path: str | None = None,
              device: str | None = None, on_evaluation: Callable[[Evaluation], None] | None = None,
              checkpoint_every_s: float = CHECKPOINT_EVERY_S, keep_checkpoint: bool = False) -> FinetuneResult:
@@ -375,15 +391,9 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         started = time.monotonic()
         for batch in _train_batches(data.train, collate, batch_size, config.seed, epoch, done_in_epoch):
-            with autocast(torch_device):
-                loss = model(**to_device(batch, torch_device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, hparams.FINETUNE_MAX_GRAD_NORM)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(model, to_device(batch, torch_device), params, optimizer, schedule)
             step += 1
-            loss_sum += loss.detach().float()
+            loss_sum += loss.float()
             loss_steps += 1
             if step % eval_every:
                 continue

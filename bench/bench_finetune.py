@@ -1,0 +1,190 @@
+"""Fine-tuning cost: a masked model's step against a dense one's, and training examples/s per task.
+
+Two parts, each printed as a table (``--json PATH`` appends the full record as one JSON line):
+
+* **ratio** (``--part ratio``): one fixed random batch (``--batch-size`` × ``--seq-len``, Tab. 1: 32 × 128) through a
+  sequence-classification model of one shape, timed with ``tamt_core.finetune.train_step`` (the loop's own step:
+  forward under the loop's autocast, backward, clip at 1.0, AdamW, schedule, ``zero_grad``), once dense and once
+  with a ``--sparsity`` (70 %) mask attached by ``apply_fixed_mask``. Iterations alternate dense / masked so drifts
+  of the machine hit both alike; medians after ``--warmup``. Target: masked / dense ≤ 1.05.
+* **tasks** (``--part tasks``): the real loop's data path for each task (``load_task_data``: the built-in smoke data
+  by default, ``--data DIR`` for real GLUE/SQuAD), the first ``--task-steps`` batches of Tab. 1's batch size, timed
+  through ``train_step``: examples/s per task. From those, the implied device-hours of one paper cell (one mask, one
+  fine-tuning seed, the 7 tasks at Tab. 1's training-set sizes and epochs; evaluation not included). Smoke sentences
+  are shorter than GLUE's, so on the smoke data the hours are a lower bound; run with ``--data`` on real data for
+  the paper's figure.
+
+``python bench/bench_finetune.py --help``; ``bench/README.md`` lists the usual invocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step_time import CONFIGS, random_batch, synchronize  # noqa: E402
+
+from tamt_core import hparams  # noqa: E402
+from tamt_core.finetune import FinetuneConfig, _task_model, _train_batches, load_task_data, train_step  # noqa: E402
+from tamt_core.masking import apply_fixed_mask, weight_shapes  # noqa: E402
+from tamt_core.models import BUILTIN_MODEL_NAME, resolve_source  # noqa: E402
+from tamt_core.tasks import TASKS, get_task  # noqa: E402
+from tamt_core.training import adamw_with_schedule, to_device  # noqa: E402
+
+SCHEDULE_STEPS = 10_000
+"""Linear-decay length while timing: the learning rate stays near Tab. 1's."""
+
+
+def _optimizer(model: nn.Module, lr: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, schedule = adamw_with_schedule(params, lr=lr, weight_decay=hparams.FINETUNE_WEIGHT_DECAY,
+                                              eps=hparams.FINETUNE_ADAM_EPSILON, total_steps=SCHEDULE_STEPS)
+    return params, optimizer, schedule
+
+
+def _classifier(config: str, model: str | None, seed: int) -> nn.Module:
+    if model is not None:
+        return _task_model(get_task("sst2"), resolve_source(model)[1], seed)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BertForSequenceClassification(BertConfig(**CONFIGS[config], num_labels=2))
+
+
+def _random_mask(model: nn.Module, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
+    """A uniform random mask at ``sparsity``: step time does not depend on which entries are kept."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(shape, generator=generator) >= sparsity for name, shape in weight_shapes(model).items()}
+
+
+def _timed(device: torch.device, fn) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def part_ratio(args, device: torch.device) -> dict:
+    models = {"dense": _classifier(args.config, args.model, 0), "masked": _classifier(args.config, args.model, 0)}
+    apply_fixed_mask(models["masked"], _random_mask(models["masked"], args.sparsity, 0))
+    steps = {}
+    for name, model in models.items():
+        model.to(device).train()
+        params, optimizer, schedule = _optimizer(model, hparams.FINETUNE["sst2"].lr)
+        batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len, 0, device)
+        batch = {k: v for k, v in batch.items() if k != "labels"} | {
+            "labels": torch.randint(0, 2, (args.batch_size,), generator=torch.Generator().manual_seed(0)).to(device)}
+        steps[name] = (lambda m=model, b=batch, p=params, o=optimizer, s=schedule: train_step(m, b, p, o, s))
+    times: dict[str, list[float]] = {"dense": [], "masked": []}
+    for i in range(args.warmup + args.steps):
+        for name in ("dense", "masked"):
+            t = _timed(device, steps[name])
+            if i >= args.warmup:
+                times[name].append(t)
+    dense, masked = statistics.median(times["dense"]), statistics.median(times["masked"])
+    record = {"dense_step_s": dense, "masked_step_s": masked, "ratio": masked / dense, "times": times}
+    print(f"\nstep time, batch {args.batch_size} × {args.seq_len}, sparsity {args.sparsity}, "
+          f"{args.model or args.config}, {device}")
+    print(f"  dense step   {dense * 1e3:9.1f} ms")
+    print(f"  masked step  {masked * 1e3:9.1f} ms")
+    print(f"  ratio masked/dense {masked / dense:.3f}   (target ≤ 1.05)")
+    return record
+
+
+def part_tasks(args, device: torch.device) -> dict:
+    rows = {}
+    model_name = args.model or BUILTIN_MODEL_NAME
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(model_name)[1])
+    collate = DataCollatorWithPadding(tokenizer)
+    for name in args.tasks:
+        task = get_task(name)
+        tab1 = hparams.FINETUNE[task.name]
+        config = FinetuneConfig(task=task.name, seed=1, model=model_name, data=args.data)
+        data = load_task_data(task, config, tokenizer)
+        model = _task_model(task, resolve_source(model_name)[1], 1).to(device).train()
+        params, optimizer, schedule = _optimizer(model, tab1.lr)
+        batches = _train_batches(data.train, collate, tab1.batch_size, 1, 0, 0)
+        times, examples, tokens = [], 0, 0
+        for i, batch in enumerate(batches):
+            if i >= args.task_warmup + args.task_steps:
+                break
+            batch = to_device(batch, device)
+            t = _timed(device, lambda b=batch: train_step(model, b, params, optimizer, schedule))
+            if i >= args.task_warmup:
+                times.append(t)
+                examples += int(batch["input_ids"].shape[0])
+                tokens += int(batch["input_ids"].numel())
+        per_s = examples / sum(times)
+        hours = task.paper_train_size * tab1.max_epochs / per_s / 3600
+        rows[task.name] = {"examples_per_s": per_s, "padded_tokens_per_example": tokens / examples,
+                           "paper_train_size": task.paper_train_size, "epochs": tab1.max_epochs,
+                           "implied_hours": hours}
+    total = sum(r["implied_hours"] for r in rows.values())
+    print(f"\ntraining examples/s per task ({model_name}, {device}, data: {args.data or 'built-in smoke data'})")
+    print(f"  {'task':6} {'ex/s':>9} {'tokens/ex':>10} {'train size':>11} {'epochs':>6} {'hours':>8}")
+    for name, r in rows.items():
+        print(f"  {name:6} {r['examples_per_s']:9.1f} {r['padded_tokens_per_example']:10.1f} "
+              f"{r['paper_train_size']:11,d} {r['epochs']:6d} {r['implied_hours']:8.2f}")
+    print(f"  one paper cell (7 tasks × 1 seed, Tab. 1 sizes, training only): {total:.2f} h on this device; "
+          f"× 3 fine-tuning seeds: {3 * total:.2f} h")
+    return {"tasks": rows, "cell_hours": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("ratio", "tasks", "both"), default="both")
+    parser.add_argument("--config", choices=tuple(CONFIGS), default="minilm", help="random-weight shape (ratio)")
+    parser.add_argument("--model", help="real checkpoint (hub id or directory); tasks default: the built-in model")
+    parser.add_argument("--data", help="downstream data source (default: built-in smoke data)")
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--batch-size", type=int, default=hparams.FINETUNE["sst2"].batch_size)
+    parser.add_argument("--seq-len", type=int, default=hparams.FINETUNE["sst2"].max_length)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--tasks", type=lambda s: s.split(","), default=list(TASKS))
+    parser.add_argument("--task-steps", type=int, default=8)
+    parser.add_argument("--task-warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--json", type=Path, help="append the full record to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    device = torch.device(args.device)
+    record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "loadavg": os.getloadavg()}
+    if args.part in ("ratio", "both"):
+        record["ratio"] = part_ratio(args, device)
+    if args.part in ("tasks", "both"):
+        record["tasks"] = part_tasks(args, device)
+    if args.json:
+        with args.json.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
