@@ -14,13 +14,12 @@ This is a smoke default for tests and demos, not a benchmark: numbers on it say 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from tamt_core.data.caching import build_once, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +32,10 @@ HEAD_FIT_LR = 3e-3
 HEAD_FIT_BATCH = 512
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TAMT_CACHE", Path.home() / ".cache" / "tamt")).expanduser()
-
-
 def builtin_model_dir(root: Path | None = None) -> Path:
     """Directory of the built-in model, built on first use (about a minute on two CPU cores)."""
     target = (root or cache_root()) / f"builtin-minilm-l6-v{VERSION}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        _build(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished first; its copy is identical
-            shutil.rmtree(staging, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, _build, lambda d: (d / "config.json").exists())
 
 
 def _build(directory: Path) -> None:

@@ -27,10 +27,13 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tamt_core.data.pretrain import DatasetUnavailableError, _cache_file
+from tamt_core.data.caching import arrow_cache_file
+from tamt_core.data.pretrain import DatasetUnavailableError
 from tamt_core.tasks import Task
 
 log = logging.getLogger(__name__)
+
+_CACHE_VERSION = "glue-tokens-v1"  # part of every cache key: bump when tokenisation changes
 
 __all__ = ["DatasetUnavailableError", "hub_features", "load_task_dataset", "tokenize_glue", "subset_indices",
            "LOCAL_EXTENSIONS", "GLUE_TSV_FILES", "SQUAD_JSON_FILES"]
@@ -416,8 +419,8 @@ def tokenize_glue(split: datasets.Dataset, task: Task, tokenizer: PreTrainedToke
         fn_kwargs={"tokenizer": tokenizer, "text_fields": task.text_fields, "max_length": max_length,
                    "columns": columns, "regression": regression},
         desc=f"Tokenizing {task.name}",
-        cache_file_name=_cache_file(cache_dir, f"glue-{task.name}", split._fingerprint, tokenizer, max_length,
-                                    task.text_fields, columns))
+        cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, f"glue-{task.name}", split._fingerprint,
+                                         tokenizer, max_length, task.text_fields, columns))
 
 
 # --- low-data subsets (paper Fig. 7) -----------------------------------------------------------------------------

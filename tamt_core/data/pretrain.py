@@ -33,6 +33,7 @@ import torch
 from datasets.fingerprint import Hasher
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from tamt_core.data.caching import arrow_cache_file
 from tamt_core.data.smoke_corpus import smoke_wikitext_dir
 from tamt_core.hparams import MLM_PROBABILITY
 
@@ -147,20 +148,13 @@ def _tokenize_batch(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerB
     return {"input_ids": enc["input_ids"]}
 
 
-def _cache_file(cache_dir: Path | None, kind: str, *key: Any) -> str | None:
-    """Explicit Arrow cache path under ``cache_dir`` (also caches in-memory inputs), else datasets' default."""
-    if cache_dir is None:
-        return None
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return str(Path(cache_dir) / f"{kind}-{Hasher.hash([_CACHE_VERSION, *key])}.arrow")
-
-
 def _tokenized_lines(lines: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, num_proc: int | None,
                      cache_dir: Path | None) -> datasets.Dataset:
     """Token ids of every line, no special tokens; blank lines give ``[]``. Same fingerprint for MLM and KD."""
     return lines.map(_tokenize_batch, batched=True, fn_kwargs={"tokenizer": tokenizer}, num_proc=num_proc,
                      remove_columns=lines.column_names, features=_TOKEN_FEATURES, desc="Tokenizing lines",
-                     cache_file_name=_cache_file(cache_dir, "tokens", lines._fingerprint, tokenizer))
+                     cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, "tokens", lines._fingerprint,
+                                                      tokenizer))
 
 
 # --- MLM blocks (reference-impl §4.6) -----------------------------------------------------------------------------
@@ -198,7 +192,7 @@ def mlm_blocks(lines: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, bloc
         _group_blocks, batched=True, batch_size=None, remove_columns=tokens.column_names, features=_MLM_FEATURES,
         fn_kwargs={"body_len": body_len, "prefix": tpl.special_ids[0], "suffix": tpl.special_ids[1]},
         desc=f"Grouping into {block_size}-token blocks",
-        cache_file_name=_cache_file(cache_dir, "mlm-blocks", tokens._fingerprint, block_size, tpl))
+        cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, "mlm-blocks", tokens._fingerprint, block_size, tpl))
     return blocks.with_format(None)
 
 

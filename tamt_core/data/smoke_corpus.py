@@ -20,12 +20,11 @@ neighbours, so training on ``wiki.train.raw`` helps on ``wiki.valid.raw``.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from tamt_core.data.caching import build_once, cache_root
 
 GENERATOR_VERSION = "v1"
 """Bump whenever the generated text changes: the cache folder name includes it (see :func:`smoke_wikitext_dir`)."""
@@ -238,31 +237,12 @@ def write_smoke_wikitext(directory: Path, *, seed: int = 0, train_articles: int 
     return directory
 
 
-def _default_cache_root() -> Path:
-    return Path(os.environ.get("TAMT_CACHE") or Path.home() / ".cache" / "tamt")
-
-
-def smoke_wikitext_dir(cache_root: Path | None = None) -> Path:
+def smoke_wikitext_dir(root: Path | None = None) -> Path:
     """Return a directory holding the default smoke corpus, generating it on first use.
 
-    Lives in ``<cache_root>/smoke-wikitext-<GENERATOR_VERSION>`` (``cache_root`` defaults to ``$TAMT_CACHE`` or
-    ``~/.cache/tamt``), so a new generator version never reuses stale text. The corpus is written into a temporary
-    sibling directory and renamed into place, so concurrent processes never see a half-written corpus.
+    Lives in ``<root>/smoke-wikitext-<GENERATOR_VERSION>`` (``root`` defaults to ``$TAMT_CACHE`` or
+    ``~/.cache/tamt``), so a new generator version never reuses stale text.
     """
-    root = Path(cache_root) if cache_root is not None else _default_cache_root()
-    target = root / f"smoke-wikitext-{GENERATOR_VERSION}"
-    if all((target / f).is_file() for f in SPLIT_FILES.values()):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        write_smoke_wikitext(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process won the race (target exists and is complete, since it was renamed whole).
-            if not all((target / f).is_file() for f in SPLIT_FILES.values()):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    target = (root or cache_root()) / f"smoke-wikitext-{GENERATOR_VERSION}"
+    return build_once(target, write_smoke_wikitext,
+                      lambda d: all((d / f).is_file() for f in SPLIT_FILES.values()))

@@ -47,9 +47,9 @@ from typing import Any
 
 import datasets
 import numpy as np
-from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
+from tamt_core.data.caching import arrow_cache_file
 from tamt_core.hparams import (FINETUNE, SQUAD_DOC_STRIDE, SQUAD_MAX_ANSWER_LENGTH, SQUAD_MAX_QUERY_LENGTH,
                                SQUAD_N_BEST)
 
@@ -80,14 +80,6 @@ class _Window:
     @property
     def length(self) -> int:
         return self.last - self.first + 1
-
-
-def _cache_file(cache_dir: Path | None, kind: str, *key: Any) -> str | None:
-    """Explicit Arrow cache path under ``cache_dir`` (also caches in-memory inputs), else datasets' default."""
-    if cache_dir is None:
-        return None
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return str(Path(cache_dir) / f"{kind}-{Hasher.hash([_CACHE_VERSION, *key])}.arrow")
 
 
 def _model_inputs(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
@@ -268,8 +260,8 @@ def squad_train_features(examples: datasets.Dataset, tokenizer: PreTrainedTokeni
     return examples.map(_train_batch, batched=True, with_indices=True, fn_kwargs={"tokenizer": tokenizer, **params},
                         remove_columns=examples.column_names, features=_schema(tokenizer, labels),
                         desc="SQuAD training features",
-                        cache_file_name=_cache_file(cache_dir, "squad-train", examples._fingerprint, tokenizer,
-                                                    sorted(params.items())))
+                        cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, "squad-train", examples._fingerprint,
+                                                         tokenizer, sorted(params.items())))
 
 
 def squad_eval_features(examples: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, *,
@@ -293,8 +285,8 @@ def squad_eval_features(examples: datasets.Dataset, tokenizer: PreTrainedTokeniz
     return examples.map(_eval_batch, batched=True, with_indices=True, fn_kwargs={"tokenizer": tokenizer, **params},
                         remove_columns=examples.column_names, features=_schema(tokenizer, extra),
                         desc="SQuAD evaluation features",
-                        cache_file_name=_cache_file(cache_dir, "squad-eval", examples._fingerprint, tokenizer,
-                                                    sorted(params.items())))
+                        cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, "squad-eval", examples._fingerprint,
+                                                         tokenizer, sorted(params.items())))
 
 
 def _feature_logits(logits: np.ndarray, length: int, which: str, index: int) -> np.ndarray:
