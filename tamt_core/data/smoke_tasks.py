@@ -8,42 +8,49 @@ mismatched dev sets included), the same label sets — and each task is learnabl
 built-in model (:func:`tamt_core.smoke.builtin_model_dir`) with the paper's Tab. 1 settings clearly beats chance
 in well under a minute per task on two CPU cores. Numbers measured on them say nothing about the paper's numbers.
 
-The pair tasks are built from facts about invented people, towns and companies (``"Mara Quell lives in Dunmere."``),
-so the label follows from comparing the two texts, not from world knowledge:
+The pair tasks are built from short facts about invented people, towns and companies (``"Mara lives in
+Dunmere."``), so the label follows from comparing the two texts, not from world knowledge:
 
-* RTE / MNLI: the hypothesis restates a premise fact (entailment), gives the same attribute another value
-  (contradiction; ``not_entailment`` for RTE) or states an attribute the premise does not mention (neutral; also
-  ``not_entailment``). MNLI trains on people and towns; its mismatched dev set describes companies, with other
-  templates (a new "genre", as MNLI's mismatched genres are unseen in training).
-* MRPC: the second sentence says the same facts in other words (``equivalent``) or changes one of them.
-* STS-B: both sentences state two facts; the score is 1 for the same person plus 2 per shared fact (0–5), with a
-  little rater noise.
+* RTE / MNLI: the premise states one or two facts (MNLI: one); the hypothesis restates one of them, reworded half
+  of the time (entailment), gives the same kind of fact another value (contradiction; ``not_entailment`` for RTE)
+  or states a kind of fact the premise does not mention (neutral; also ``not_entailment``). MNLI trains on people
+  and towns; its mismatched dev set describes companies, with other wordings (a new "genre", as MNLI's mismatched
+  genres are unseen in training).
+* MRPC: a fact, then the same fact (reworded half of the time; ``equivalent``) or the same kind of fact with another
+  value.
+* STS-B: one fact per sentence; five similarity levels — same fact 5, same person and kind of fact but another
+  value 3.5, another person with the same fact 2, same person but another kind of fact 1, nothing shared 0 — plus
+  ±0.4 of rater noise.
 * CoLA: grammatical sentences versus the same sentences corrupted (words shuffled, verb agreement broken,
   neighbouring words swapped). SST-2: short reviews built from clearly positive or negative words, some negated.
-* SQuAD: paragraphs of facts about a few people; questions ask for one fact, the answer is the value's span
+* SQuAD: paragraphs of facts about one or two people; questions ask for one fact, the answer is the value's span
   (``answer_start`` exact). A few dev paragraphs need two 384-token windows.
 
+Sizes and designs were chosen by fine-tuning the built-in model densely with Tab. 1 settings (dropout on, as in
+training) and measuring the dev metric and the wall time on two CPU cores; ``docs/data.md`` lists the numbers.
+Texts are short because there a step costs about 0.07 s plus 0.0125 s per padded token position (batch 32), and
+the pair tasks need every step of the three epochs to be learnt at lr 2e-5.
+
 Labels are balanced. Files are JSON lines in the hub schema, ``<dir>/<task>/<split>.jsonl`` (the per-task layout
-that :func:`tamt_core.data.downstream.load_task_dataset` reads), cached under ``$TAMT_CACHE/smoke-tasks-v1``.
+that :func:`tamt_core.data.downstream.load_task_dataset` reads), cached under ``$TAMT_CACHE/smoke-tasks-v2``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GENERATOR_VERSION = "v1"
+from tamt_core.data.caching import build_once, cache_root
+
+GENERATOR_VERSION = "v2"
 """Bump whenever the generated data changes: the cache folder name includes it (see :func:`smoke_tasks_dir`)."""
 
 SPLIT_SIZES: dict[str, dict[str, int]] = {
-    "cola": {"train": 1000, "validation": 300},
+    "cola": {"train": 1400, "validation": 300},
     "sst2": {"train": 600, "validation": 300},
     "rte": {"train": 1000, "validation": 300},
     "mrpc": {"train": 1000, "validation": 300},
@@ -315,7 +322,12 @@ def _stsb(n: int, rng: random.Random) -> list[dict[str, Any]]:
         attr = rng.choice(list(_PEOPLE))
         other = person if same_person else rng.choice([p for p in _NAMES if p != person])
         attr2 = attr if same_attr else rng.choice([a for a in _PEOPLE if a != attr])
-        value2 = facts[attr2] if same_value else _other(_PEOPLE[attr2].values, facts[attr], rng)
+        if same_value:
+            value2 = facts[attr]
+        elif same_attr:
+            value2 = _other(_PEOPLE[attr].values, facts[attr], rng)
+        else:
+            value2 = rng.choice(_PEOPLE[attr2].values)
         noisy = min(5.0, max(0.0, score + rng.uniform(-0.4, 0.4)))
         rows.append({"sentence1": _state("people", person, attr, facts[attr], rng),
                      "sentence2": _state("people", other, attr2, value2, rng, paraphrase=rng.random() < 0.5),
@@ -327,12 +339,14 @@ def _stsb(n: int, rng: random.Random) -> list[dict[str, Any]]:
 
 # --- SQuAD --------------------------------------------------------------------------------------------------------
 def _squad_paragraph(rng: random.Random, people: int) -> tuple[str, list[tuple[str, str, str, int]]]:
-    """A paragraph of facts about ``people`` invented people; returns it and, per fact, (person, attr, value, start)."""
+    """A paragraph of facts about ``people`` invented people (3–5 facts each; 2–3 when there are two, to keep
+    training batches short); returns it and, per fact, (person, attr, value, answer start)."""
     names = rng.sample(_NAMES, people)
+    low, high = (2, 3) if people == 2 else (3, 5)
     context, facts = "", []
     for name in names:
         profile = _profile("people", rng)
-        for attr in rng.sample(list(_PEOPLE), rng.randint(3, 5)):
+        for attr in rng.sample(list(_PEOPLE), rng.randint(low, high)):
             template = rng.choice(_PEOPLE[attr].statements + _PEOPLE[attr].paraphrases)
             sentence = template.format(e=name, v=profile[attr])
             start = len(context) + (1 if context else 0) + len(template[: template.index("{v}")].format(e=name))
@@ -413,31 +427,12 @@ def _complete(directory: Path) -> bool:
                for split in splits)
 
 
-def _default_cache_root() -> Path:
-    return Path(os.environ.get("TAMT_CACHE") or Path.home() / ".cache" / "tamt").expanduser()
-
-
-def smoke_tasks_dir(cache_root: Path | None = None) -> Path:
+def smoke_tasks_dir(root: Path | None = None) -> Path:
     """Return the directory holding the smoke task data, generating it on first use.
 
-    Lives in ``<cache_root>/smoke-tasks-<GENERATOR_VERSION>`` (``cache_root`` defaults to ``$TAMT_CACHE`` or
-    ``~/.cache/tamt``), so a new generator version never reuses stale data. Written into a temporary sibling and
-    renamed into place, so concurrent processes never see half-written files.
+    Lives in ``<root>/smoke-tasks-<GENERATOR_VERSION>`` (``root`` defaults to ``$TAMT_CACHE`` or ``~/.cache/tamt``),
+    so a new generator version never reuses stale data; built atomically (:func:`tamt_core.data.caching.build_once`),
+    so concurrent processes never see half-written files.
     """
-    root = Path(cache_root) if cache_root is not None else _default_cache_root()
-    target = root / f"smoke-tasks-{GENERATOR_VERSION}"
-    if _complete(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        write_smoke_tasks(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process won the race (target exists and is complete, since it was renamed whole).
-            if not _complete(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    target = (root or cache_root()) / f"smoke-tasks-{GENERATOR_VERSION}"
+    return build_once(target, write_smoke_tasks, _complete)
