@@ -229,11 +229,11 @@ def test_missing_directory_names_every_layout_and_file(tmp: Path):
     with pytest.raises(DatasetUnavailableError) as err:
         D.load_task_dataset(get_task("mnli"), str(tmp / "nowhere"))
     msg = str(err.value)
-    for expected in ("GLUE MNLI", "does not exist", "'nyu-mll/glue'", "config 'mnli'",
-                     "DIR/mnli/train.jsonl", "DIR/mnli/validation_matched.jsonl", "DIR/mnli/validation_mismatched.jsonl",
+    for expected in ("GLUE MNLI", "does not exist", "'nyu-mll/glue'", "config 'mnli'", "DIR/mnli/train.jsonl",
+                     "DIR/mnli/validation_matched.jsonl", "DIR/mnli/validation_mismatched.jsonl",
                      "DIR/mnli/validation_mismatched-00000-of-00001.parquet",
-                     "hf download nyu-mll/glue --repo-type dataset --local-dir DIR",
-                     "DIR/MNLI/train.tsv", "DIR/MNLI/dev_matched.tsv", "DIR/MNLI/dev_mismatched.tsv", "not a benchmark"):
+                     "hf download nyu-mll/glue --repo-type dataset --local-dir DIR", "DIR/MNLI/train.tsv",
+                     "DIR/MNLI/dev_matched.tsv", "DIR/MNLI/dev_mismatched.tsv", "not a benchmark"):
         assert expected in msg, expected
     with pytest.raises(DatasetUnavailableError) as err:
         D.load_task_dataset(get_task("squad"), str(tmp / "nowhere"))

@@ -157,8 +157,8 @@ def test_imp_builds_a_fresh_optimizer_after_every_prune(tiny_bert_dir, monkeypat
     built = []
     original = imp.adamw_with_schedule
 
-    def counting(params, *args):
-        optimizer, schedule = original(params, *args)
+    def counting(params, **kwargs):
+        optimizer, schedule = original(params, **kwargs)
         built.append(optimizer)
         return optimizer, schedule
 

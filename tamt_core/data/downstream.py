@@ -187,7 +187,8 @@ def _snapshot_layouts(root: Path, task: Task) -> list[_Layout]:
 
 
 def _original_layouts(root: Path, task: Task) -> list[_Layout]:
-    """(c3) The original distribution: GLUE's ``DIR/<GLUE dir>/*.tsv`` or SQuAD's ``train-v1.1.json``/``dev-v1.1.json``."""
+    """(c3) The original distribution: GLUE's ``DIR/<GLUE dir>/*.tsv``, or SQuAD's ``train-v1.1.json`` and
+    ``dev-v1.1.json``."""
     if task.kind == "span":
         names, dirs = SQUAD_JSON_FILES, _dirs(root / task.name, root / "SQuAD", root)
     else:

@@ -6,7 +6,7 @@ from a seeded grammar in about a second with no downloads. They exercise exactly
 the same hub schemas (:func:`tamt_core.data.downstream.hub_features`), the same splits (MNLI's matched and
 mismatched dev sets included), the same label sets — and each task is learnable enough that fine-tuning the
 built-in model (:func:`tamt_core.smoke.builtin_model_dir`) with the paper's Tab. 1 settings clearly beats chance
-in well under a minute per task on two CPU cores. Numbers measured on them say nothing about the paper's numbers.
+in a minute or less per task on two CPU cores. Numbers measured on them say nothing about the paper's numbers.
 
 The pair tasks are built from short facts about invented people, towns and companies (``"Mara lives in
 Dunmere."``), so the label follows from comparing the two texts, not from world knowledge:
@@ -58,13 +58,14 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "mnli": {"train": 1200, "validation_matched": 300, "validation_mismatched": 300},
     "squad": {"train": 1000, "validation": 300},
 }
-"""Rows per split (questions for SQuAD): small, so a Tab. 1 fine-tuning run takes well under a minute on 2 cores."""
+"""Rows per split (questions for SQuAD): a Tab. 1 fine-tuning run takes 20-60 s on 2 CPU cores (docs/data.md)."""
 
 
 # --- the invented world -------------------------------------------------------------------------------------------
-# Short sentences and one-word names on purpose: on two CPU cores a fine-tuning step costs about 0.3 s plus 0.01 s
-# per padded token position, so short pairs buy the optimizer steps that the pair tasks need to be learnt with
-# Tab. 1 settings (with two-word names and longer wordings RTE stayed at 60 % and MRPC at 55 %).
+# Short sentences and one-word names on purpose: on two CPU cores a fine-tuning step of the built-in model costs
+# about 0.07 s plus 0.0125 s per padded token position (batch 32), so short pairs buy the optimizer steps that the
+# pair tasks need to be learnt with Tab. 1 settings (with two-word names, two to three facts per text and longer
+# wordings, RTE stayed near 60 %, MRPC near 55-66 % and STS-B's Pearson below 0 after three epochs).
 _NAMES = ("Mara", "Tobin", "Elsa", "Jonah", "Greta", "Silas", "Nora", "Felix", "Ida", "Oscar", "Lena", "Hugo",
           "Wren", "Cyrus", "Tess", "Milo", "Ada", "Rufus", "Vera", "Otto", "June", "Abel", "Iris", "Dorian")
 _PLACES = ("Dunmere", "Olvent", "Brask", "Karrow", "Pellin", "Sorvik", "Tamsford", "Ulbury", "Varnholt", "Wexley",
@@ -375,9 +376,11 @@ def _squad(n: int, rng: random.Random, *, split: str) -> list[dict[str, Any]]:
                 raise AssertionError(f"answer offset wrong in {context!r}")
             texts, starts = [value], [start]
             if split != "train":  # dev questions carry 1-3 reference answers, like SQuAD's dev set
-                for _ in range(rng.randrange(3)):
-                    texts.append(value)
-                    starts.append(start)
+                article = next((a for a in ("a ", "the ") if context[max(0, start - len(a)): start] == a), "")
+                for _ in range(rng.randrange(3)):  # another annotator: the same span, or with its article
+                    extended = bool(article) and rng.random() < 0.5
+                    texts.append(article + value if extended else value)
+                    starts.append(start - len(article) if extended else start)
             rows.append({"id": f"{rng.getrandbits(96):024x}", "title": title, "context": context,
                          "question": rng.choice(_PEOPLE[attr].questions).format(e=name),
                          "answers": {"text": texts, "answer_start": starts}})
