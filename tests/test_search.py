@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tamt_core.hparams import PHI
-from tamt_core.masking import POOLER, base_model, current_mask, dense_weights, mask_parametrizations
+from tamt_core.masking import POOLER, current_mask, dense_weights, mask_parametrizations
 from tamt_core.masks import load_mask
 from tamt_core.methods import METHODS, SearchConfig
 from tamt_core.methods.base import SearchContext
