@@ -108,6 +108,8 @@ FINETUNE_WEIGHT_DECAY: float = 0.0
 FINETUNE_ADAM_EPSILON: float = 1e-8
 FINETUNE_MAX_GRAD_NORM: float = 1.0
 FINETUNE_SEEDS: tuple[int, ...] = (1, 2, 3)
+MASK_SEEDS: tuple[int, ...] = (1, 2, 3)
+"""Seeds of the random, IMP and TAMT masks (reference-impl §3, §5.6: seeds 1, 2, 3); OMP needs none."""
 """Fine-tuning seeds of every subnetwork (§4.1.3: "average of nine runs" = 3 mask seeds × these)."""
 
 SQUAD_DOC_STRIDE: int = 128

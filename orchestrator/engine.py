@@ -1,0 +1,235 @@
+"""Run a plan on Ray: one Tune experiment whose searcher hands out trials as their inputs exist.
+
+Ray Tune has no trial dependencies, so :class:`PlanSearcher` (a Tune ``Searcher``) keeps the DAG: it suggests a
+mask search at once and a fine-tune only when the search it needs has finished, so no stage waits for a whole stage.
+Tune keeps doing what it does well: placing trials on nodes with the resources they ask for, retrying a failed trial
+(``FailureConfig``), stopping cleanly on Ctrl-C. Which trials are already done is read from the results table, not
+from Tune's experiment state, so a rerun (even of a grid that has grown) runs only what is missing, and an
+interrupted fine-tune continues from the checkpoint in its run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import ray
+from ray import tune
+from ray.tune.search import Searcher
+
+from orchestrator import results
+from orchestrator.plan import Plan, PlanError
+from orchestrator.storage import Storage
+from orchestrator.tracking import MlflowTracker, check_tracking_uri
+from orchestrator.trial import TrialSettings, tune_trial
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial holds while it runs (Ray logical resources); fractional GPUs pack small fine-tunes."""
+
+    search_cpu: float = 1.0
+    search_gpu: float = 0.0
+    finetune_cpu: float = 1.0
+    finetune_gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("search_cpu", "search_gpu", "finetune_cpu", "finetune_gpu"):
+            value = getattr(self, name)
+            if value < 0 or (name.endswith("gpu") and value > 1 and value != int(value)):
+                raise PlanError(f"{name} must be ≥ 0 (a fraction ≤ 1 or a whole number of GPUs), got {value}")
+        if self.search_cpu + self.search_gpu == 0 or self.finetune_cpu + self.finetune_gpu == 0:
+            raise PlanError("a trial must hold some CPU or GPU (Ray cannot schedule an empty request); "
+                            "give --cpus-per-trial > 0")
+
+    def for_stage(self, stage: str) -> dict[str, float]:
+        cpu, gpu = (self.search_cpu, self.search_gpu) if stage == "search" else (self.finetune_cpu, self.finetune_gpu)
+        return {"cpu": cpu, "gpu": gpu}
+
+
+class PlanSearcher(Searcher):
+    """Suggests the plan's unfinished trials in dependency order: searches first, each fine-tune once its mask exists.
+
+    A search that fails for good (after Tune's retries) blocks its fine-tunes, which are reported, not run.
+    """
+
+    def __init__(self, plan: Plan, todo: list[str], settings: TrialSettings) -> None:
+        super().__init__()
+        self.plan, self.settings = plan, settings
+        self.ready: deque[str] = deque()
+        self.waiting: dict[str, list[str]] = {}
+        unfinished = set(todo)
+        for run_id in todo:
+            dependency = plan.dependency(plan.get(run_id))
+            if dependency is not None and dependency in unfinished:
+                self.waiting.setdefault(dependency, []).append(run_id)
+            else:
+                self.ready.append(run_id)
+        self.run_of_trial: dict[str, str] = {}
+        self.succeeded: set[str] = set()
+        self.failed: set[str] = set()
+        self.blocked: set[str] = set()
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.ready:
+            run_id = self.ready.popleft()
+            self.run_of_trial[trial_id] = run_id
+            return {"spec": self.plan.get(run_id).to_dict(), "settings": self.settings.to_dict(), "run_id": run_id}
+        if self.waiting:
+            return None  # fine-tunes wait for searches still running
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        run_id = self.run_of_trial.get(trial_id)
+        if run_id is None:
+            return
+        dependents = self.waiting.pop(run_id, [])
+        if error:
+            self.failed.add(run_id)
+            self.blocked.update(dependents)
+        else:
+            self.succeeded.add(run_id)
+            self.ready.extend(dependents)
+
+    @property
+    def unsuggested(self) -> int:
+        return len(self.ready) + sum(len(v) for v in self.waiting.values())
+
+
+class Progress(tune.Callback):
+    """One line every ``every_s`` seconds: done / running / pending / failed and an ETA from this run's pace."""
+
+    def __init__(self, searcher: PlanSearcher, total: int, skipped: int, every_s: float = 10.0,
+                 out: TextIO = sys.stdout) -> None:
+        self.searcher, self.total, self.skipped, self.every_s, self.out = searcher, total, skipped, every_s, out
+        self.started = time.monotonic()
+        self.last_print = 0.0
+
+    def line(self, trials) -> str:
+        status = Counter(trial.status for trial in trials)
+        done = len(self.searcher.succeeded)
+        running = status.get("RUNNING", 0)
+        pending = status.get("PENDING", 0) + self.searcher.unsuggested
+        elapsed = time.monotonic() - self.started
+        left = self.total - done - len(self.searcher.failed) - len(self.searcher.blocked)
+        eta = "—" if done == 0 else _duration(elapsed / done * left)
+        return (f"[tamt] {elapsed:6.0f}s  done {done}/{self.total} (+{self.skipped} already done)  running {running}  "
+                f"pending {pending}  failed {len(self.searcher.failed)}  blocked {len(self.searcher.blocked)}  "
+                f"ETA {eta}")
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if now - self.last_print >= self.every_s:
+            self.last_print = now
+            print(self.line(trials), file=self.out, flush=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        print(self.line(trials), file=self.out, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass
+class SweepReport:
+    """What a sweep invocation did."""
+
+    storage: Storage
+    mlflow_uri: str
+    planned: int
+    skipped: int
+    succeeded: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.blocked and not self.interrupted
+
+
+def prepare(plan: Plan, storage: Storage, mlflow_uri: str | None) -> tuple[set[str], str]:
+    """Every check that must pass before Ray starts; returns the finished run ids and the tracking URI.
+
+    Raises:
+        StorageError, TrackingError, PlanError: with the fix in the message.
+    """
+    storage.prepare()
+    uri = mlflow_uri or storage.default_mlflow_uri()
+    if uri is None:
+        from orchestrator.tracking import TrackingError
+
+        raise TrackingError(f"storage {storage.uri} is remote, so the embedded sqlite MLflow store cannot live in it; "
+                            "pass --mlflow-uri http://HOST:PORT of a tracking server (docs/mlflow.md)")
+    check_tracking_uri(uri)
+    finished = results.finished_run_ids(storage)
+    plan.validate(finished)
+    return finished, uri
+
+
+def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None = None,
+              resources: Resources = Resources(), max_concurrent: int | None = None, max_failures: int = 3,
+              checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
+              ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
+              out: TextIO = sys.stdout) -> SweepReport:
+    """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
+
+    ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
+    ``RAY_ADDRESS`` names, else starts a local Ray with ``ray_init`` (e.g. ``{"num_cpus": 2}``).
+    """
+    finished, uri = prepare(plan, storage, mlflow_uri)
+    todo = [run_id for run_id in [*plan.searches, *plan.finetunes] if run_id not in finished]
+    report = SweepReport(storage, uri, len(plan), len(plan) - len(todo))
+    print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run",
+          file=out, flush=True)
+    if not todo:
+        return report
+    settings = TrialSettings(storage.uri, checkpoint_every_s, device)
+    searcher = PlanSearcher(plan, todo, settings)
+    tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
+    trainable = tune.with_resources(tune_trial, lambda config: resources.for_stage(config["spec"]["stage"]))
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=ray_address, **({} if ray_address else (ray_init or {})))
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                                        max_concurrent_trials=max_concurrent,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=storage.ray_storage_path(), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
+                                      callbacks=[tracker, Progress(searcher, len(todo), report.skipped,
+                                                                   progress_every_s, out)]))
+        grid = tuner.fit()
+        report.interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
+        for result in grid:
+            if result.error is not None:
+                run_id = result.config.get("run_id") if result.config else None
+                report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
+    except KeyboardInterrupt:
+        report.interrupted = True
+        tracker.finish("KILLED")
+        raise
+    finally:
+        report.succeeded = set(searcher.succeeded)
+        report.blocked = set(searcher.blocked)
+        if started_here:
+            ray.shutdown()
+    return report
+
+
+def _trial_name(trial) -> str:
+    spec = trial.config.get("spec", {})
+    return f"{spec.get('stage', 'trial')}-{trial.config.get('run_id', trial.trial_id)}"
+

@@ -1,0 +1,87 @@
+"""GPU-hours a plan will cost, from a documented throughput table (``docs/orchestrator.md`` explains each figure).
+
+Search figures are the paper's own: Tab. 3 times 22.34K IMP / 22K TAMT iterations on one V100, which gives seconds
+per iteration. The paper gives no fine-tuning times, so the fine-tuning figures are assumptions for a V100 in fp32
+(BERT-base, dynamic padding), marked as such; ``bench/bench_finetune.py`` measures the real figure on your GPU, and
+:data:`THROUGHPUT` is the one place to put it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from tamt_core import hparams
+from tamt_core.tasks import get_task
+
+from orchestrator.plan import Plan
+from orchestrator.specs import FinetuneSpec, SearchSpec
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Seconds per pre-training iteration by (model family, method), and fine-tuning examples per second."""
+
+    source: str
+    search_s_per_iteration: dict[tuple[str, str], float]
+    glue_train_per_s: float
+    glue_eval_per_s: float
+    squad_train_per_s: float
+    squad_eval_per_s: float
+    load_s: float
+
+
+_TAB3_S = {("bert", "imp"): 4 * 3600 + 6 * 60 + 26, ("bert", "tamt-mlm"): 3 * 3600 + 54 * 60 + 58,
+           ("bert", "tamt-kd"): 4 * 3600 + 46 * 60 + 46, ("roberta", "imp"): 4 * 3600 + 33 * 60 + 9,
+           ("roberta", "tamt-mlm"): 4 * 3600 + 17 * 60 + 15, ("roberta", "tamt-kd"): 4 * 3600 + 51 * 60 + 55}
+_TAB3_ITERATIONS = {"imp": 22_340, "tamt-mlm": 22_000, "tamt-kd": 22_000}
+
+THROUGHPUT: dict[str, Throughput] = {
+    "v100": Throughput(
+        source="search: paper Tab. 3 (one 32GB V100); fine-tuning: assumed V100 fp32 BERT-base figures",
+        search_s_per_iteration={key: seconds / _TAB3_ITERATIONS[key[1]] for key, seconds in _TAB3_S.items()},
+        glue_train_per_s=400.0, glue_eval_per_s=1600.0, squad_train_per_s=90.0, squad_eval_per_s=300.0,
+        load_s=30.0),
+}
+"""Per device class. Fine-tuning figures are assumptions until measured (``bench/bench_finetune.py``)."""
+
+DEV_SIZES = {"cola": 1_043, "sst2": 872, "rte": 277, "mrpc": 408, "stsb": 1_500, "mnli": 9_815 + 9_832,
+             "squad": 10_570}
+"""GLUE / SQuAD v1.1 dev-set sizes (examples evaluated at each evaluation point)."""
+
+
+def _family(model: str) -> str:
+    return "roberta" if "roberta" in model.lower() else "bert"
+
+
+def search_seconds(spec: SearchSpec, table: Throughput) -> float:
+    config = spec.config
+    if config.method in ("omp", "rand"):
+        return table.load_s
+    iterations = (hparams.imp_steps(config.sparsity, config.pruning_interval) if config.method == "imp"
+                  else config.resolved_steps())
+    return table.load_s + iterations * table.search_s_per_iteration[(_family(spec.model), config.method)]
+
+
+def finetune_seconds(spec: FinetuneSpec, table: Throughput) -> float:
+    config = spec.config
+    task, hp = get_task(config.task), config.hparams
+    examples = config.train_size or task.paper_train_size
+    steps = math.ceil(examples / hp.batch_size) * hp.max_epochs
+    evaluations = max(1, steps // hp.eval_every)
+    squad = task.kind == "span"
+    train_rate, eval_rate = ((table.squad_train_per_s, table.squad_eval_per_s) if squad
+                             else (table.glue_train_per_s, table.glue_eval_per_s))
+    return table.load_s + steps * hp.batch_size / train_rate + evaluations * DEV_SIZES[task.name] / eval_rate
+
+
+def gpu_hours(plan: Plan, device: str = "v100") -> dict[str, dict[str, float]]:
+    """GPU-hours per stage and method (one GPU per trial)."""
+    table = THROUGHPUT[device]
+    out: dict[str, dict[str, float]] = {"search": defaultdict(float), "finetune": defaultdict(float)}
+    for spec in plan.searches.values():
+        out["search"][spec.config.method] += search_seconds(spec, table) / 3600
+    for spec in plan.finetunes.values():
+        out["finetune"][plan.method_of(spec)] += finetune_seconds(spec, table) / 3600
+    return {stage: dict(values) for stage, values in out.items()}

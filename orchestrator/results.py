@@ -1,0 +1,104 @@
+"""The results table: one Parquet file per finished trial, read back as one Arrow table.
+
+A trial writes its row last, atomically, to ``table/<run_id>.parquet``: the file's presence is what "finished"
+means, so a crash can never leave half a row, and a run id can never appear twice. :func:`read` returns the whole
+sweep (every stage, every sweep that shared the storage) under :data:`SCHEMA`, documented in ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tamt_core.finetune import metric_names
+from tamt_core.tasks import TASKS
+
+from orchestrator.storage import FORMAT_VERSION, Storage, write_atomically
+
+METRIC_COLUMNS: tuple[str, ...] = tuple(sorted({m for task in TASKS.values() for m in metric_names(task)}))
+"""Every dev metric any task reports; a fine-tune row fills its task's and leaves the others null."""
+
+_METRIC_MAP = pa.map_(pa.string(), pa.float64())
+_MASK = pa.struct([("sparsity", pa.float64()), ("step", pa.int64()), ("file", pa.string()),
+                   ("mask_hash", pa.string()), ("actual_sparsity", pa.float64()),
+                   ("mlm_dev_loss", pa.float64()), ("kd_dev_loss", pa.float64())])
+_EVALUATION = pa.struct([("step", pa.int64()), ("epoch", pa.float64()), ("train_loss", pa.float64()),
+                         ("metrics", _METRIC_MAP)])
+
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("stage", pa.string()), ("format_version", pa.int32()),
+    # what was run
+    ("model", pa.string()), ("method", pa.string()), ("objective", pa.string()), ("sparsity", pa.float64()),
+    ("mask_seed", pa.int64()), ("mask_step", pa.int64()), ("mask_run_id", pa.string()), ("mask_hash", pa.string()),
+    ("mask_file", pa.string()), ("task", pa.string()), ("finetune_seed", pa.int64()), ("train_size", pa.int64()),
+    # outcome
+    ("select_metric", pa.string()), ("best_score", pa.float64()), ("best_step", pa.int64()),
+    *[(name, pa.float64()) for name in METRIC_COLUMNS],
+    ("curve", pa.list_(_EVALUATION)), ("masks", pa.list_(_MASK)),
+    ("mlm_dev_loss", pa.float64()), ("kd_dev_loss", pa.float64()),
+    # cost and provenance
+    ("steps", pa.int64()), ("train_examples", pa.int64()), ("wall_s", pa.float64()), ("attempts", pa.int64()),
+    ("device", pa.string()), ("node", pa.string()), ("finished_at", pa.timestamp("s", tz="UTC")),
+    ("versions", pa.map_(pa.string(), pa.string())), ("spec", pa.string()), ("info", pa.string()),
+])
+
+
+def _row_table(row: dict[str, Any]) -> pa.Table:
+    unknown = set(row) - set(SCHEMA.names)
+    if unknown:
+        raise KeyError(f"results row has columns outside the schema: {sorted(unknown)}")
+    full = {name: row.get(name) for name in SCHEMA.names}
+    full["format_version"] = FORMAT_VERSION
+    for name in ("versions",):
+        if isinstance(full[name], dict):
+            full[name] = list(full[name].items())
+    for evaluation in full["curve"] or []:
+        if isinstance(evaluation["metrics"], dict):
+            evaluation["metrics"] = list(evaluation["metrics"].items())
+    for name in ("spec", "info"):
+        if full[name] is not None and not isinstance(full[name], str):
+            full[name] = json.dumps(full[name], sort_keys=True)
+    return pa.Table.from_pylist([full], schema=SCHEMA)
+
+
+def write_row(storage: Storage, row: dict[str, Any]) -> str:
+    """Publish one finished trial's row; returns its path. Overwrites are identical by construction (same run)."""
+    fs, _ = storage.filesystem()
+    buffer = io.BytesIO()
+    pq.write_table(_row_table(row), buffer)
+    path = f"{storage.table_path()}/{row['run_id']}.parquet"
+    write_atomically(fs, path, buffer.getvalue())
+    return path
+
+
+def finished_run_ids(storage: Storage) -> set[str]:
+    """Run ids with a row: cheap (a directory listing, no file is opened)."""
+    fs, _ = storage.filesystem()
+    selector = pafs.FileSelector(storage.table_path(), allow_not_found=True)
+    return {info.base_name[:-len(".parquet")] for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")}
+
+
+def read(storage: Storage | str) -> pa.Table:
+    """The whole results table of a storage (``orchestrator.results.read("./tamt-runs").to_pandas()``)."""
+    storage = storage if isinstance(storage, Storage) else Storage.at(storage)
+    fs, _ = storage.filesystem()
+    selector = pafs.FileSelector(storage.table_path(), allow_not_found=True)
+    files = sorted(info.path for info in fs.get_file_info(selector)
+                   if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    return pads.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs).to_table()
+
+
+def read_row(storage: Storage, run_id: str) -> dict[str, Any]:
+    """One finished trial's row as a dict (e.g. a search's mask list, for the fine-tunes that need it)."""
+    fs, _ = storage.filesystem()
+    with fs.open_input_file(f"{storage.table_path()}/{run_id}.parquet") as handle:
+        return pq.read_table(handle, schema=SCHEMA).to_pylist()[0]

@@ -1,0 +1,144 @@
+"""Trials as data: a mask search and a fine-tune are frozen dataclasses whose content hash is their run id.
+
+Equal specs have equal ids, so a sweep recognises a trial it has already run (its row is in the results table) and
+never runs it twice; a rerun resumes unfinished trials in the run directory named by the id. A fine-tune names the
+mask it needs by the search's run id plus the (sparsity, step) of the mask within that search, so the plan is a DAG
+whose edges are plain data too.
+
+The specs wrap ``tamt_core``'s own configurations (:class:`SearchConfig`, :class:`FinetuneConfig`), which validate
+every field on construction; this module adds only what a sweep needs on top: the model, the data source and the
+edge from a fine-tune to its mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tamt_core import hparams
+from tamt_core.finetune import FinetuneConfig
+from tamt_core.methods.base import SearchConfig
+
+SPARSITY_DIGITS = 4
+"""Sparsities are compared and hashed rounded to this many digits (IMP yields 3/10, a grid may say 0.3)."""
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over canonical JSON: the run id of a spec."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One subnetwork search: ``config`` run on ``model`` with pre-training data ``data``.
+
+    ``model``/``data`` are what ``tamt_core`` accepts: a hub id or a directory, ``None`` data = the built-in smoke
+    corpus. One search may yield several masks (IMP: one per 10 %; TAMT: one per saved step), see :meth:`yields`.
+
+    ``dev_loss_batches`` (how many dev batches measure each mask's MLM and KD losses, ``None`` = the whole dev
+    set, 0 = skip) is an evaluation setting, not part of the search, so it is left out of the run id: two sweeps
+    that measure differently still share the mask.
+    """
+
+    model: str
+    config: SearchConfig
+    data: str | None = None
+    dev_loss_batches: int | None = field(default=None, compare=False)
+
+    stage = "search"
+
+    @property
+    def run_id(self) -> str:
+        return content_hash({"stage": self.stage, "model": self.model, "data": self.data,
+                             "config": self.config.to_dict()})
+
+    def yields(self) -> tuple[tuple[float, int], ...]:
+        """(sparsity, step) of every mask the search writes, in order (§4.1.3, Tab. 2)."""
+        config = self.config
+        if config.method == "imp":
+            rounds = round(config.sparsity * 10)
+            return tuple((round(k / 10, SPARSITY_DIGITS), hparams.imp_steps(k / 10, config.pruning_interval))
+                         for k in range(1, rounds + 1))
+        if config.method in ("tamt-mlm", "tamt-kd"):
+            steps = sorted(set(config.save_steps) | {config.resolved_steps()})
+            return tuple((round(config.sparsity, SPARSITY_DIGITS), step) for step in steps)
+        return ((round(config.sparsity, SPARSITY_DIGITS), 0),)
+
+    def final_mask(self, sparsity: float | None = None) -> MaskRef:
+        """The last mask of ``sparsity`` (default: the search's own) the search yields."""
+        wanted = round(self.config.sparsity if sparsity is None else sparsity, SPARSITY_DIGITS)
+        steps = [step for s, step in self.yields() if s == wanted]
+        if not steps:
+            raise ValueError(f"{self.config.method} search {self.run_id} yields no mask of sparsity {wanted}")
+        return MaskRef(self.run_id, wanted, max(steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "model": self.model, "data": self.data, "config": self.config.to_dict(),
+                "dev_loss_batches": self.dev_loss_batches}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpec:
+        config = dict(d["config"])
+        config["save_steps"] = tuple(config.get("save_steps", ()))
+        return cls(d["model"], SearchConfig(**config), d.get("data"), d.get("dev_loss_batches"))
+
+
+@dataclass(frozen=True)
+class MaskRef:
+    """The edge of the DAG: which search, and which of its masks (sparsity, training step)."""
+
+    search_id: str
+    sparsity: float
+    step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"search_id": self.search_id, "sparsity": self.sparsity, "step": self.step}
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """One fine-tune of a subnetwork (``mask``) or of the full model (``mask=None``).
+
+    ``config`` is ``tamt_core``'s :class:`FinetuneConfig` with ``mask_hash=None``: the mask's content hash is only
+    known once the search has run, so the edge ``mask`` stands for it in the run id, and the trial fills the hash in.
+    """
+
+    config: FinetuneConfig
+    mask: MaskRef | None = None
+
+    stage = "finetune"
+
+    def __post_init__(self) -> None:
+        if self.config.mask_hash is not None:
+            raise ValueError("a FinetuneSpec names its mask by MaskRef; leave config.mask_hash None")
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def run_id(self) -> str:
+        return content_hash({"stage": self.stage, "mask": None if self.mask is None else self.mask.to_dict(),
+                             "config": self.config.to_dict()})
+
+    def with_mask_hash(self, mask_hash: str | None) -> FinetuneConfig:
+        return replace(self.config, mask_hash=mask_hash)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "config": self.config.to_dict(),
+                "mask": None if self.mask is None else self.mask.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneSpec:
+        return cls(FinetuneConfig(**d["config"]), None if d["mask"] is None else MaskRef(**d["mask"]))
+
+
+Spec = SearchSpec | FinetuneSpec
+
+
+def spec_from_dict(d: dict[str, Any]) -> Spec:
+    """Inverse of ``to_dict`` for either stage (what a Ray trial receives as its config)."""
+    return {"search": SearchSpec, "finetune": FinetuneSpec}[d["stage"]].from_dict(d)

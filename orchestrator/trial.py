@@ -1,0 +1,171 @@
+"""What one trial does: run a spec through ``tamt_core`` in its run directory and publish its results row.
+
+This is the only module that calls ``tamt_core``'s entry points (``run_search``, ``pretrain_losses``,
+``finetune``); it passes specs and files, never touches a model. :func:`execute` knows nothing of Ray, so tests
+and a debugger can run a trial directly; :func:`tune_trial` is the Ray Tune trainable around it.
+
+A trial is idempotent: it appends one line to ``attempts.jsonl`` (so retries can be counted), resumes a fine-tune
+from its checkpoint, restarts a search (searches are reproducible from their seed), and writes its row last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from tamt_core.evaluate import pretrain_losses
+from tamt_core.finetune import finetune
+from tamt_core.masks import load_mask
+from tamt_core.search import run_search
+
+from orchestrator import results
+from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, spec_from_dict
+from orchestrator.storage import RunDirectory, Storage
+
+Report = Callable[[dict[str, Any]], None]
+PACKAGES = ("tamt", "torch", "transformers", "datasets", "ray", "mlflow", "pyarrow")
+SEARCH_REPORT_EVERY = 10
+"""A search reports its training loss to the tracker every this many steps (each report costs a round trip)."""
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How trials run, as opposed to what they compute (not part of any run id)."""
+
+    storage: str
+    checkpoint_every_s: float = 300.0
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"storage": self.storage, "checkpoint_every_s": self.checkpoint_every_s, "device": self.device}
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics: None,
+            node: str | None = None) -> dict[str, Any]:
+    """Run ``spec`` to completion (resuming what an earlier attempt left) and publish its row; returns the row."""
+    storage = Storage.at(settings.storage)
+    run_dir = RunDirectory(storage, spec.run_id)
+    run_dir.pull()
+    node = node or socket.gethostname()
+    started = time.time()
+    attempts = _record_attempt(run_dir.local, spec, node)
+    run = _search if isinstance(spec, SearchSpec) else _finetune
+    row = run(spec, settings, run_dir, report)
+    row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
+               attempts=attempts, node=node, versions=package_versions(),
+               finished_at=datetime.fromtimestamp(int(time.time()), tz=timezone.utc))
+    run_dir.push()
+    results.write_row(storage, row)
+    return row
+
+
+def _record_attempt(directory: Path, spec: Spec, node: str) -> int:
+    (directory / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
+    log = directory / "attempts.jsonl"
+    with log.open("a") as handle:
+        handle.write(json.dumps({"time": time.time(), "node": node, "pid": os.getpid()}) + "\n")
+    return sum(1 for _ in log.open())
+
+
+def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report) -> dict[str, Any]:
+    masks_dir = run_dir.local / "masks"
+    shutil.rmtree(masks_dir, ignore_errors=True)  # a search restarts from its seed; drop a killed attempt's masks
+
+    def log_step(metrics: dict) -> None:
+        if metrics["step"] % SEARCH_REPORT_EVERY == 0:
+            report({"step": metrics["step"], "loss": metrics["loss"], "lr": metrics["lr"]})
+
+    paths = run_search(spec.config, masks_dir, model=spec.model, data=spec.data, device=settings.device,
+                       log_step=log_step)
+    loaded = {path.name: load_mask(path) for path in paths}
+    losses = {}
+    if spec.dev_loss_batches != 0 and spec.config.needs_data:
+        losses = pretrain_losses(dict(loaded), model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
+                                 device=settings.device)
+    masks = []
+    for path in paths:
+        mask = loaded[path.name]
+        masks.append({"sparsity": round(float(mask.meta["sparsity"]), 4), "step": int(mask.meta["step"]),
+                      "file": f"masks/{path.name}", "mask_hash": mask.content_hash, "actual_sparsity": mask.sparsity,
+                      "mlm_dev_loss": losses.get(path.name, {}).get("mlm_loss"),
+                      "kd_dev_loss": losses.get(path.name, {}).get("kd_loss")})
+    final = masks[-1]
+    config = spec.config
+    return {"model": spec.model, "method": config.method, "objective": config.objective,
+            "sparsity": config.sparsity, "mask_seed": config.seed, "mask_step": final["step"],
+            "mask_hash": final["mask_hash"], "mask_file": final["file"], "masks": masks,
+            "mlm_dev_loss": final["mlm_dev_loss"], "kd_dev_loss": final["kd_dev_loss"],
+            "steps": final["step"], "device": settings.device, "info": {"search_config": config.to_dict()}}
+
+
+def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report) -> dict[str, Any]:
+    storage = run_dir.storage
+    mask = mask_entry = search_row = None
+    if spec.mask is not None:
+        search_row = results.read_row(storage, spec.mask.search_id)
+        mask_entry = next(m for m in search_row["masks"]
+                          if round(m["sparsity"], 4) == spec.mask.sparsity and m["step"] == spec.mask.step)
+        mask_path = run_dir.fetch(spec.mask.search_id, mask_entry["file"])
+        mask = load_mask(mask_path)
+    config = spec.with_mask_hash(None if mask is None else mask.content_hash)
+
+    def on_evaluation(evaluation) -> None:
+        run_dir.push()  # a checkpoint written at this evaluation reaches remote storage before the report
+        report({"step": evaluation.step, "train_loss": evaluation.train_loss, **evaluation.metrics})
+
+    result = finetune(config, run_dir.local / "finetune", mask=mask,
+                      mask_path=None if mask_entry is None else f"runs/{spec.mask.search_id}/{mask_entry['file']}",
+                      device=settings.device, on_evaluation=on_evaluation,
+                      checkpoint_every_s=settings.checkpoint_every_s)
+    best = result.best
+    row = {"model": spec.model, "task": config.task, "finetune_seed": config.seed, "train_size": config.train_size,
+           "select_metric": result.select_metric, "best_score": result.best_score,
+           "best_step": None if best is None else best.step,
+           **({} if best is None else {k: v for k, v in best.metrics.items() if k in results.METRIC_COLUMNS}),
+           "curve": [{"step": e.step, "epoch": e.epoch, "train_loss": e.train_loss, "metrics": e.metrics}
+                     for e in result.curve],
+           "steps": result.info.get("steps"), "train_examples": result.info.get("train_examples"),
+           "device": result.info.get("device"), "info": result.info, "method": "full"}
+    if search_row is not None:
+        row.update(method=search_row["method"], objective=search_row["objective"], sparsity=spec.mask.sparsity,
+                   mask_seed=search_row["mask_seed"], mask_step=spec.mask.step, mask_run_id=spec.mask.search_id,
+                   mask_hash=mask_entry["mask_hash"], mask_file=mask_entry["file"],
+                   mlm_dev_loss=mask_entry["mlm_dev_loss"], kd_dev_loss=mask_entry["kd_dev_loss"])
+    else:
+        row["sparsity"] = 0.0
+    return row
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: one spec per trial, metrics reported as the run goes."""
+    import ray.tune
+    import ray.util
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))  # a reused worker keeps old counts
+    spec = spec_from_dict(config["spec"])
+    settings = TrialSettings(**config["settings"])
+    row = execute(spec, settings, ray.tune.report, node=ray.util.get_node_ip_address())
+    final = {"tamt_done": 1}
+    if row.get("best_score") is not None:
+        final["best_score"] = row["best_score"]
+    ray.tune.report(final)
