@@ -59,8 +59,9 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
 
 
 def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *, description: str = "",
-               out: TextIO = sys.stdout) -> int:
+               out: TextIO | None = None) -> int:
     """Entry point of ``sweeps/<name>.py``; returns the process exit code (2: bad input, 1: failed trials)."""
+    out = out or sys.stdout
     args = build_parser(name, description, presets).parse_args(argv)
     gpus = _has_gpu_or_cluster(args.address)
     preset = args.preset or ("paper" if gpus and "paper" in presets else "smoke")

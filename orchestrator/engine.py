@@ -11,6 +11,7 @@ interrupted fine-tune continues from the checkpoint in its run directory.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import Counter, deque
@@ -97,6 +98,12 @@ class PlanSearcher(Searcher):
             self.succeeded.add(run_id)
             self.ready.extend(dependents)
 
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: what is done lives in the results table, which a rerun reads (Tune's restore is unused)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See :meth:`save`."""
+
     @property
     def unsuggested(self) -> int:
         return len(self.ready) + sum(len(v) for v in self.waiting.values())
@@ -106,7 +113,7 @@ class Progress(tune.Callback):
     """One line every ``every_s`` seconds: done / running / pending / failed and an ETA from this run's pace."""
 
     def __init__(self, searcher: PlanSearcher, total: int, skipped: int, every_s: float = 10.0,
-                 out: TextIO = sys.stdout) -> None:
+                 out: TextIO | None = None) -> None:
         self.searcher, self.total, self.skipped, self.every_s, self.out = searcher, total, skipped, every_s, out
         self.started = time.monotonic()
         self.last_print = 0.0
@@ -127,10 +134,13 @@ class Progress(tune.Callback):
         now = time.monotonic()
         if now - self.last_print >= self.every_s:
             self.last_print = now
-            print(self.line(trials), file=self.out, flush=True)
+            self.print(self.line(trials))
 
     def on_experiment_end(self, trials, **info) -> None:
-        print(self.line(trials), file=self.out, flush=True)
+        self.print(self.line(trials))
+
+    def print(self, line: str) -> None:
+        print(line, file=self.out or sys.stdout, flush=True)  # resolved late: Tune pickles its callbacks
 
 
 def _duration(seconds: float) -> str:
@@ -180,7 +190,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
               resources: Resources = Resources(), max_concurrent: int | None = None, max_failures: int = 3,
               checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
-              out: TextIO = sys.stdout) -> SweepReport:
+              out: TextIO | None = None) -> SweepReport:
     """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
 
     ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
@@ -190,7 +200,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     todo = [run_id for run_id in [*plan.searches, *plan.finetunes] if run_id not in finished]
     report = SweepReport(storage, uri, len(plan), len(plan) - len(todo))
     print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run",
-          file=out, flush=True)
+          file=out or sys.stdout, flush=True)
     if not todo:
         return report
     settings = TrialSettings(storage.uri, checkpoint_every_s, device)
@@ -200,6 +210,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=ray_address, **({} if ray_address else (ray_init or {})))
+    max_concurrent = max_concurrent or default_concurrency(
+        resources, attached=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     try:
         tuner = tune.Tuner(
             trainable,
@@ -227,6 +239,20 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         if started_here:
             ray.shutdown()
     return report
+
+
+AUTOSCALING_DEMAND = 32
+"""On an attached cluster, at least this many trials are queued at once, so an autoscaler sees the demand and adds
+workers (Tune only asks a custom searcher for as many trials as may run concurrently)."""
+
+
+def default_concurrency(resources: Resources, attached: bool) -> int:
+    """As many trials as the cluster's resources hold now (a fine-tune-sized request); more on an autoscaler."""
+    available = ray.cluster_resources()
+    request = resources.for_stage("finetune")
+    fits = [available.get(key.upper(), 0.0) / amount for key, amount in request.items() if amount > 0]
+    capacity = max(1, int(min(fits))) if fits else 1
+    return max(capacity, AUTOSCALING_DEMAND) if attached else capacity
 
 
 def _trial_name(trial) -> str:

@@ -69,7 +69,10 @@ def finetune_seconds(spec: FinetuneSpec, table: Throughput) -> float:
     task, hp = get_task(config.task), config.hparams
     examples = config.train_size or task.paper_train_size
     steps = math.ceil(examples / hp.batch_size) * hp.max_epochs
-    evaluations = max(1, steps // hp.eval_every)
+    eval_every = hp.eval_every
+    if task.kind == "span" and config.train_size is not None:  # as tamt_core.finetune: at least once per epoch
+        eval_every = min(eval_every, math.ceil(examples / hp.batch_size))
+    evaluations = max(1, steps // eval_every)
     squad = task.kind == "span"
     train_rate, eval_rate = ((table.squad_train_per_s, table.squad_eval_per_s) if squad
                              else (table.glue_train_per_s, table.glue_eval_per_s))

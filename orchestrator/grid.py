@@ -56,7 +56,8 @@ class Grid:
         pretrain_data: WikiText source for the trained methods (``None`` = built-in smoke corpus).
         task_data: downstream data source (``None`` = built-in smoke task data; ``"hub"`` = the hub datasets).
         search: :class:`SearchConfig` overrides, applied to the methods they concern
-            (:data:`SEARCH_SETTINGS_BY_METHOD`); ``steps`` may map sparsity → TAMT iterations like Tab. 2.
+            (:data:`SEARCH_SETTINGS_BY_METHOD`); ``steps`` may map sparsity → TAMT iterations like Tab. 2; a
+            method name maps to settings for that method alone (``{"tamt-kd": {"lr": 1e-4}}``).
         finetune: :class:`FinetuneConfig` overrides (``lr``, ``batch_size``, ``epochs``, ``eval_every``, ...).
         dev_loss_batches: dev batches for each mask's MLM/KD dev loss (``None`` all, 0 none).
     """
@@ -82,7 +83,8 @@ class Grid:
                 raise PlanError(f"grid axis {name} must be a list or tuple, got {values!r}")
             values = tuple(values)
             object.__setattr__(self, name, values)
-            if not values and not (name in ("methods", "sparsities", "mask_seeds") and self.full_model):
+            mask_axis = name in ("methods", "sparsities", "mask_seeds")
+            if not values and not (mask_axis and self.full_model and not (name != "methods" and self.methods)):
                 raise PlanError(f"grid axis {name} is empty; give at least one value")
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
             if repeated:
@@ -111,9 +113,18 @@ class Grid:
         bad = [n for n in self.train_sizes if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1)]
         if bad:
             raise PlanError(f"train_sizes must be positive integers or None (whole set), got {bad}")
-        unknown = set(self.search) - _SEARCH_FIELDS
+        unknown = set(self.search) - _SEARCH_FIELDS - set(METHOD_NAMES)
         if unknown:
-            raise PlanError(f"unknown search setting(s) {sorted(unknown)}; known: {sorted(_SEARCH_FIELDS)}")
+            raise PlanError(f"unknown search setting(s) {sorted(unknown)}; known: {sorted(_SEARCH_FIELDS)} (or a "
+                            "method name mapping to its own settings)")
+        for method in set(self.search) & set(METHOD_NAMES):
+            own = self.search[method]
+            if not isinstance(own, Mapping):
+                raise PlanError(f"search[{method!r}] must map settings to values, e.g. {{'lr': 1e-4}}; got {own!r}")
+            wrong = set(own) - SEARCH_SETTINGS_BY_METHOD[method]
+            if wrong:
+                raise PlanError(f"search setting(s) {sorted(wrong)} do not apply to {method}; it takes "
+                                f"{sorted(SEARCH_SETTINGS_BY_METHOD[method]) or 'none'}")
         unknown = set(self.finetune) - _FINETUNE_FIELDS
         if unknown:
             raise PlanError(f"unknown fine-tune setting(s) {sorted(unknown)}; known: {sorted(_FINETUNE_FIELDS)}")
@@ -136,6 +147,7 @@ class Grid:
 
     def _search_config(self, method: str, sparsity: float, seed: int) -> SearchConfig:
         settings = {k: v for k, v in self.search.items() if k in SEARCH_SETTINGS_BY_METHOD[method]}
+        settings.update(self.search.get(method, {}))
         steps = settings.get("steps")
         if isinstance(steps, Mapping):
             nearest = min(steps, key=lambda s: abs(s - sparsity))

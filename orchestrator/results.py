@@ -86,7 +86,7 @@ def finished_run_ids(storage: Storage) -> set[str]:
 
 
 def read(storage: Storage | str) -> pa.Table:
-    """The whole results table of a storage (``orchestrator.results.read("./tamt-runs").to_pandas()``)."""
+    """The whole results table of a storage (:func:`read_frame` gives it as a DataFrame)."""
     storage = storage if isinstance(storage, Storage) else Storage.at(storage)
     fs, _ = storage.filesystem()
     selector = pafs.FileSelector(storage.table_path(), allow_not_found=True)
@@ -95,6 +95,11 @@ def read(storage: Storage | str) -> pa.Table:
     if not files:
         return SCHEMA.empty_table()
     return pads.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs).to_table()
+
+
+def read_frame(storage: Storage | str):
+    """:func:`read` as a pandas DataFrame, map columns (metrics, versions) as dicts."""
+    return read(storage).to_pandas(maps_as_pydicts="strict")
 
 
 def read_row(storage: Storage, run_id: str) -> dict[str, Any]:

@@ -50,6 +50,11 @@ class SearchSpec:
 
     stage = "search"
 
+    def __post_init__(self) -> None:
+        rounded = round(self.config.sparsity, SPARSITY_DIGITS)  # 0.1 + 0.2 and 0.3 are the same search
+        if rounded != self.config.sparsity:
+            object.__setattr__(self, "config", replace(self.config, sparsity=rounded))
+
     @property
     def run_id(self) -> str:
         return content_hash({"stage": self.stage, "model": self.model, "data": self.data,

@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from tamt_core.console import quiet_libraries
 from tamt_core.evaluate import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import load_mask
@@ -98,7 +99,7 @@ def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory, re
                        log_step=log_step)
     loaded = {path.name: load_mask(path) for path in paths}
     losses = {}
-    if spec.dev_loss_batches != 0 and spec.config.needs_data:
+    if spec.dev_loss_batches != 0:  # OMP and random masks too: Fig. 1 and 4 set their losses beside the rest
         losses = pretrain_losses(dict(loaded), model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
                                  device=settings.device)
     masks = []
@@ -157,15 +158,16 @@ def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory
 
 def tune_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable: one spec per trial, metrics reported as the run goes."""
+    import ray
     import ray.tune
-    import ray.util
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))  # a reused worker keeps old counts
+    quiet_libraries()
     spec = spec_from_dict(config["spec"])
     settings = TrialSettings(**config["settings"])
-    row = execute(spec, settings, ray.tune.report, node=ray.util.get_node_ip_address())
-    final = {"tamt_done": 1}
+    row = execute(spec, settings, ray.tune.report, node=ray.get_runtime_context().get_node_id())
+    final = {"tamt_done": 1, "step": row.get("steps") or 0}
     if row.get("best_score") is not None:
         final["best_score"] = row["best_score"]
     ray.tune.report(final)

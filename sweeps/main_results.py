@@ -27,9 +27,9 @@ PRESETS = {
                            pretrain_data="Salesforce/wikitext", task_data="hub")],
     # Offline, on 2 CPU cores in minutes: the shipped model and data, every method, two sparsities and two tasks.
     "smoke": lambda: [Grid(models=(BUILTIN_MODEL_NAME,), methods=METHOD_NAMES, sparsities=(0.5, 0.7),
-                           mask_seeds=(1,), finetune_seeds=(1,), tasks=("rte", "sst2"),
+                           mask_seeds=(1,), finetune_seeds=(1,), tasks=("rte", "sst2"), train_sizes=(320,),
                            search={"pruning_interval": 4, "steps": {0.5: 16, 0.7: 24}, "batch_size": 8,
-                                   "block_size": 64},
+                                   "block_size": 64, "tamt-mlm": {"lr": 2e-3}, "tamt-kd": {"lr": 2e-3}},
                            finetune={"epochs": 1, "eval_every": 16}, dev_loss_batches=2)],
 }
 

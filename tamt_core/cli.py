@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tamt_core.console import quiet_libraries
 from tamt_core import hparams
 from tamt_core.methods.base import METHOD_NAMES, SearchConfig
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _quiet_libraries()
+    quiet_libraries()
     from tamt_core.data.pretrain import DatasetUnavailableError
     from tamt_core.masks import MaskFileError
     from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError
@@ -256,18 +257,6 @@ def _demo(args: argparse.Namespace) -> int:
     _print_results(results, as_json=False)
     (args.out / "pretrain_losses.json").write_text(json.dumps(results, indent=2))
     return 0
-
-
-def _quiet_libraries() -> None:
-    """Keep the terminal to our progress lines: transformers' load reports and datasets' bars are noise here."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
-    logging.getLogger("datasets").setLevel(logging.WARNING)
 
 
 COMMANDS = {"search": _search, "pretrain-loss": _pretrain_loss, "mask-info": _mask_info,

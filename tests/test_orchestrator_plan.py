@@ -1,0 +1,595 @@
+"""The orchestrator's plan layer, without Ray and without models: run ids, mask yields, grid → plan expansion
+(counts derived by hand from the paper's rules), deduplication, up-front validation of malformed input, storage,
+GPU-hour estimates and the sweep command line's dry run / error path.
+
+Expected numbers are derived in comments from the paper (§4.1.3, App. C, Tab. 1–3) and ``tamt_core.hparams``,
+never copied from a run of the code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import orchestrator.cli  # noqa: F401  (imported before any test redirects stdout, as a sweep script or notebook would)
+from orchestrator.estimate import DEV_SIZES, THROUGHPUT, gpu_hours
+from orchestrator.grid import Grid
+from orchestrator.plan import Plan, PlanError
+from orchestrator.specs import FinetuneSpec, MaskRef, SearchSpec, spec_from_dict
+from orchestrator.storage import FORMAT_VERSION, MARKER, RunDirectory, Storage, StorageError
+from tamt_core import hparams
+from tamt_core.finetune import FinetuneConfig
+from tamt_core.methods.base import METHOD_NAMES, SearchConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+BERT = "bert-base-uncased"
+
+
+def _load_main_results():
+    """sweeps/main_results.py is a script, not a package module: load it from its path."""
+    path = ROOT / "sweeps" / "main_results.py"
+    spec = importlib.util.spec_from_file_location("_sweeps_main_results_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def presets():
+    return _load_main_results().PRESETS
+
+
+@pytest.fixture(scope="module")
+def paper_plan(presets):
+    from orchestrator.cli import plan_of
+
+    return plan_of(presets["paper"]())
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_cluster(monkeypatch):
+    # The CLI treats RAY_ADDRESS as "a cluster is there"; these tests must never attach to or start one.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def _ray_started() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+# --- 1. run ids -------------------------------------------------------------------------------------------------
+
+def _search(**overrides) -> SearchSpec:
+    base = dict(model=BERT, data="Salesforce/wikitext", method="tamt-mlm", sparsity=0.7, seed=1, steps=None)
+    base.update(overrides)
+    config = SearchConfig(method=base["method"], sparsity=base["sparsity"], seed=base["seed"], steps=base["steps"])
+    return SearchSpec(base["model"], config, base["data"])
+
+
+def _finetune(**overrides) -> FinetuneSpec:
+    base = dict(task="rte", seed=1, train_size=None, mask=MaskRef("0" * 16, 0.7, 17000))
+    base.update(overrides)
+    config = FinetuneConfig(task=base["task"], seed=base["seed"], model=BERT, data="hub",
+                            train_size=base["train_size"])
+    return FinetuneSpec(config, base["mask"])
+
+
+def test_equal_search_specs_have_equal_run_ids():
+    assert _search().run_id == _search().run_id
+    assert _search() == _search()
+    assert len(_search().run_id) == 16 and int(_search().run_id, 16) >= 0
+
+
+@pytest.mark.parametrize("change", [
+    {"model": "roberta-base"}, {"data": None}, {"method": "tamt-kd"}, {"sparsity": 0.6}, {"seed": 2},
+    {"steps": 1234},
+])
+def test_changing_any_search_field_changes_the_run_id(change):
+    assert _search(**change).run_id != _search().run_id
+
+
+def test_dev_loss_batches_is_not_part_of_the_search_run_id():
+    a, b = _search(), replace(_search(), dev_loss_batches=2)
+    assert a.run_id == b.run_id
+    assert a == b  # compare=False: same search, measured differently
+
+
+@pytest.mark.parametrize("change", [
+    {"task": "sst2"}, {"seed": 2}, {"train_size": 1000},
+    {"mask": MaskRef("1" * 16, 0.7, 17000)}, {"mask": MaskRef("0" * 16, 0.6, 17000)},
+    {"mask": MaskRef("0" * 16, 0.7, 5)}, {"mask": None},
+])
+def test_changing_any_finetune_field_changes_the_run_id(change):
+    assert _finetune().run_id == _finetune().run_id
+    assert _finetune(**change).run_id != _finetune().run_id
+
+
+def test_finetune_spec_refuses_a_mask_hash_in_its_config():
+    with pytest.raises(ValueError, match="MaskRef"):
+        FinetuneSpec(FinetuneConfig(task="rte", seed=1, mask_hash="abc"), None)
+
+
+@pytest.mark.parametrize("spec", [
+    _search(), replace(_search(), dev_loss_batches=3),
+    SearchSpec(BERT, SearchConfig("tamt-kd", 0.5, seed=2, steps=20, save_steps=(5, 10))),
+    SearchSpec(BERT, SearchConfig("imp", 0.9, seed=3, pruning_interval=7)),
+    _finetune(), _finetune(mask=None, train_size=64),
+], ids=["tamt-mlm", "dev-loss", "tamt-kd-save-steps", "imp", "finetune", "full"])
+def test_to_dict_round_trips_through_json_to_the_same_run_id(spec):
+    # What a Ray trial receives is the JSON of to_dict(); tuples come back as lists and must hash the same.
+    back = spec_from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert type(back) is type(spec)
+    assert back.run_id == spec.run_id
+    assert back == spec
+    if isinstance(spec, SearchSpec):
+        assert back.dev_loss_batches == spec.dev_loss_batches
+        assert back.yields() == spec.yields()
+
+
+# --- 2. what a search yields ------------------------------------------------------------------------------------
+
+def test_imp_yields_every_tenth_up_to_its_sparsity():
+    # §4.1.3 / Tab. 2: IMP prunes 10 % every P iterations, starting with a prune at step 0, so the mask of
+    # sparsity k/10 exists after (k − 1)·P iterations: 0.1 at 0, 0.2 at P, ..., 0.7 at 6P.
+    P = 11
+    spec = SearchSpec(BERT, SearchConfig("imp", 0.7, seed=1, pruning_interval=P))
+    assert spec.yields() == ((0.1, 0), (0.2, P), (0.3, 2 * P), (0.4, 3 * P), (0.5, 4 * P), (0.6, 5 * P),
+                             (0.7, 6 * P))
+    assert spec.final_mask() == MaskRef(spec.run_id, 0.7, 6 * P)
+    assert spec.final_mask(0.3) == MaskRef(spec.run_id, 0.3, 2 * P)
+    with pytest.raises(ValueError, match="yields no mask of sparsity 0.8"):
+        spec.final_mask(0.8)
+
+
+def test_tamt_yields_its_saved_steps_and_its_last_step():
+    spec = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.5, seed=1, steps=20, save_steps=(10, 5)))
+    assert spec.yields() == ((0.5, 5), (0.5, 10), (0.5, 20))
+    assert spec.final_mask() == MaskRef(spec.run_id, 0.5, 20)  # the max step, not the last listed save step
+    # A save step equal to the last step is not yielded twice.
+    once = SearchSpec(BERT, SearchConfig("tamt-kd", 0.5, seed=1, steps=20, save_steps=(20, 5)))
+    assert once.yields() == ((0.5, 5), (0.5, 20))
+    # Without steps, Tab. 2's iterations for the sparsity: 0.7 → 17000.
+    default = SearchSpec(BERT, SearchConfig("tamt-kd", 0.7, seed=1))
+    assert default.yields() == ((0.7, hparams.TAMT_STEPS[0.7]),) == ((0.7, 17000),)
+
+
+@pytest.mark.parametrize("method", ["omp", "rand"])
+def test_one_shot_methods_yield_one_mask_at_step_zero(method):
+    spec = SearchSpec(BERT, SearchConfig(method, 0.4, seed=2))
+    assert spec.yields() == ((0.4, 0),)
+    assert spec.final_mask() == MaskRef(spec.run_id, 0.4, 0)
+
+
+# --- 3. grid → plan counts, by hand ---------------------------------------------------------------------------
+
+def test_paper_preset_counts(paper_plan):
+    models, sparsities = 2, len(hparams.SPARSITIES)             # BERT, RoBERTa; 0.2 … 0.9 = 8
+    mask_seeds, ft_seeds, tasks = len(hparams.MASK_SEEDS), len(hparams.FINETUNE_SEEDS), 7  # 3, 3, 6 GLUE + SQuAD
+    assert (sparsities, mask_seeds, ft_seeds) == (8, 3, 3)
+    # Searches per model (§4.1.3, App. C): OMP is deterministic → one per sparsity (8); random one per sparsity ×
+    # mask seed (24); IMP one run per mask seed to 0.9 that yields every lower tenth (3); TAMT-MLM and TAMT-KD one
+    # per sparsity × mask seed (24 each). 8 + 24 + 3 + 24 + 24 = 83 per model, 166 for two models.
+    searches = {"omp": 8 * models, "rand": 8 * 3 * models, "imp": 3 * models, "tamt-mlm": 8 * 3 * models,
+                "tamt-kd": 8 * 3 * models}
+    assert sum(searches.values()) == 166
+    # Fine-tunes per model: OMP 8 sparsities × 7 tasks × 3 fine-tune seeds = 168 (its mask seeds collapse);
+    # each of rand/IMP/TAMT-MLM/TAMT-KD: 8 × 3 masks × 7 × 3 = 504; full model 7 × 3 = 21.
+    # 168 + 4·504 + 21 = 2205 per model, 4410 for two.
+    finetunes = {"omp": 8 * tasks * ft_seeds * models, "full": tasks * ft_seeds * models,
+                 **{m: sparsities * mask_seeds * tasks * ft_seeds * models
+                    for m in ("rand", "imp", "tamt-mlm", "tamt-kd")}}
+    assert finetunes["omp"] == 336 and finetunes["rand"] == 1008 and finetunes["full"] == 42
+    assert sum(finetunes.values()) == 4410
+
+    counts = paper_plan.counts()
+    assert dict(counts["search"]) == searches
+    assert dict(counts["finetune"]) == finetunes
+    assert len(paper_plan.searches) == 166 and len(paper_plan.finetunes) == 4410
+    assert len(paper_plan) == 166 + 4410 == 4576
+    paper_plan.validate()  # every fine-tune's mask is yielded by a search of the plan
+
+
+def test_paper_preset_imp_finetunes_use_the_imp_run_to_090(paper_plan):
+    imp = [spec for spec in paper_plan.finetunes.values() if paper_plan.method_of(spec) == "imp"]
+    assert len(imp) == 1008
+    seen_sparsities = set()
+    for spec in imp:
+        search = paper_plan.searches[spec.mask.search_id]
+        assert search.config.method == "imp"
+        assert search.config.sparsity == pytest.approx(0.9)
+        # Tab. 2 / App. C: the mask of sparsity s is written after (10·s − 1)·P iterations, P = 2792.
+        assert spec.mask.step == hparams.imp_steps(spec.mask.sparsity)
+        assert spec.mask.step == (round(spec.mask.sparsity * 10) - 1) * 2792
+        seen_sparsities.add(spec.mask.sparsity)
+    assert seen_sparsities == set(hparams.SPARSITIES)
+    # Only the grid's sparsities are fine-tuned, not IMP's 0.1 intermediate.
+    assert 0.1 not in seen_sparsities
+
+
+def test_paper_preset_search_settings(paper_plan):
+    for search in paper_plan.searches.values():
+        config = search.config
+        assert search.data == "Salesforce/wikitext"
+        if config.method == "omp":
+            assert config.seed == 0  # OMP's seed is normalised away
+        else:
+            assert config.seed in hparams.MASK_SEEDS
+        if config.method in ("tamt-mlm", "tamt-kd"):
+            # Tab. 2: the mask comes after TAMT_STEPS[s] iterations.
+            assert search.final_mask().step == hparams.TAMT_STEPS[round(config.sparsity, 1)]
+    for spec in paper_plan.finetunes.values():
+        assert spec.config.data == "hub" and spec.config.train_size is None
+
+
+def test_smoke_preset_counts(presets):
+    from orchestrator.cli import plan_of
+
+    plan = plan_of(presets["smoke"]())
+    # One model, 2 sparsities, 1 mask seed, 1 fine-tune seed, 2 tasks, 1 train size.
+    # Searches: OMP 2, rand 2, IMP 1 (to 0.7), TAMT-MLM 2, TAMT-KD 2 = 9.
+    assert dict(plan.counts()["search"]) == {"omp": 2, "rand": 2, "imp": 1, "tamt-mlm": 2, "tamt-kd": 2}
+    # Fine-tunes: every method 2 sparsities × 2 tasks = 4, five methods = 20, plus full model 2 tasks = 22.
+    assert dict(plan.counts()["finetune"]) == {m: 4 for m in METHOD_NAMES} | {"full": 2}
+    assert len(plan) == 9 + 22
+    # The smoke settings reach the specs: IMP with P = 4 yields 0.5 at (5 − 1)·4 = 16 and 0.7 at (7 − 1)·4 = 24;
+    # TAMT's steps map 0.5 → 16 and 0.7 → 24; the fine-tunes use 320 training examples.
+    for spec in plan.finetunes.values():
+        assert spec.config.train_size == 320 and spec.config.epochs == 1 and spec.config.eval_every == 16
+        if spec.mask is not None:
+            assert spec.mask.step == {"omp": {0.5: 0, 0.7: 0}, "rand": {0.5: 0, 0.7: 0},
+                                      "imp": {0.5: 16, 0.7: 24}, "tamt-mlm": {0.5: 16, 0.7: 24},
+                                      "tamt-kd": {0.5: 16, 0.7: 24}}[plan.method_of(spec)][spec.mask.sparsity]
+    for search in plan.searches.values():
+        if search.config.method in ("tamt-mlm", "tamt-kd"):
+            assert search.config.lr == 2e-3  # the per-method override
+        if search.config.method == "imp":
+            assert search.config.lr is None and search.config.pruning_interval == 4
+
+
+# --- 4. deduplication --------------------------------------------------------------------------------------------
+
+def _grid(**overrides) -> Grid:
+    base = dict(models=(BERT,), methods=("omp",), sparsities=(0.5, 0.7), mask_seeds=(1,), finetune_seeds=(1,),
+                tasks=("rte",), full_model=False)
+    base.update(overrides)
+    return Grid(**base)
+
+
+def test_omp_finetunes_collapse_across_mask_seeds():
+    one, three = _grid(mask_seeds=(1,)).plan(), _grid(mask_seeds=(1, 2, 3)).plan()
+    # 2 sparsities × 1 task × 1 fine-tune seed, whatever the mask seeds.
+    assert len(one.finetunes) == len(three.finetunes) == 2
+    assert set(one.finetunes) == set(three.finetunes)
+    assert set(one.searches) == set(three.searches) and len(three.searches) == 2
+    # Random pruning does depend on the mask seed: 3× the searches and fine-tunes.
+    rand = _grid(methods=("rand",), mask_seeds=(1, 2, 3)).plan()
+    assert len(rand.searches) == 6 and len(rand.finetunes) == 6
+
+
+def test_merging_plans_that_share_a_mask_searches_it_once():
+    a = _grid(methods=("tamt-mlm",), sparsities=(0.7,), tasks=("rte",)).plan()
+    b = _grid(methods=("tamt-mlm",), sparsities=(0.7,), tasks=("sst2",), finetune_seeds=(1, 2)).plan()
+    assert set(a.searches) == set(b.searches) and len(a.searches) == 1
+    merged = a.merge(b)
+    assert len(merged.searches) == 1
+    assert set(merged.finetunes) == set(a.finetunes) | set(b.finetunes)
+    assert len(merged.finetunes) == 1 + 2
+    merged.validate()
+    assert len(a) == 2 and len(b) == 3  # merge builds a new plan, the inputs are unchanged
+    assert len(merged.merge(a)) == len(merged)  # merging again adds nothing
+
+
+def test_extending_a_grid_by_one_finetune_seed_adds_exactly_its_runs():
+    methods = ("omp", "imp", "tamt-kd")
+    old = _grid(methods=methods, finetune_seeds=(1, 2), tasks=("rte", "cola"), full_model=True).plan()
+    new = _grid(methods=methods, finetune_seeds=(1, 2, 3), tasks=("rte", "cola"), full_model=True).plan()
+    assert set(old.searches) == set(new.searches)
+    assert set(old.finetunes) <= set(new.finetunes)
+    added = set(new.finetunes) - set(old.finetunes)
+    assert all(new.finetunes[run_id].config.seed == 3 for run_id in added)
+    # Fine-tuned masks: OMP 2 + IMP 2 (both sparsities from one run) + TAMT-KD 2 = 6, plus the full model = 7
+    # "subjects", each on 2 tasks: 14 new runs.
+    assert len(added) == (2 + 2 + 2 + 1) * 2 == 14
+    assert {run_id for run_id, spec in new.finetunes.items() if spec.config.seed == 3} == added
+
+
+def test_grid_sparsities_are_rounded_before_hashing():
+    # 0.1 + 0.2 = 0.30000000000000004: the grid must plan the same search as for 0.3.
+    exact = _grid(methods=("omp", "imp", "tamt-mlm"), sparsities=(0.3,)).plan()
+    noisy = _grid(methods=("omp", "imp", "tamt-mlm"), sparsities=(0.1 + 0.2,)).plan()
+    assert set(exact.searches) == set(noisy.searches)
+    assert set(exact.finetunes) == set(noisy.finetunes)
+
+
+# --- 5. malformed input fails up front, naming the fix ------------------------------------------------------
+
+_GOOD = dict(models=(BERT,), methods=("omp", "imp"), sparsities=(0.5,), mask_seeds=(1,), finetune_seeds=(1,),
+             tasks=("rte",))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"methods": ("omp", "magnitude")}, ["unknown method", "magnitude", "choose from", "tamt-kd"]),
+    ({"tasks": ("rte", "qqp")}, ["unknown task", "qqp", "choose from", "squad"]),
+    ({"models": ("",)}, ["not a hub id or directory", "name one"]),
+    ({"models": (None,)}, ["not a hub id or directory", "name one"]),
+    ({"models": "bert-base-uncased"}, ["models", "must be a list or tuple"]),
+    ({"sparsities": (1.0,)}, ["outside (0, 1)", "fraction"]),
+    ({"sparsities": (-0.1,)}, ["outside (0, 1)", "fraction"]),
+    ({"sparsities": (float("nan"),)}, ["outside (0, 1)", "fraction"]),
+    ({"sparsities": (0.5, 0.7, 0.5)}, ["sparsities", "repeats 0.5", "list each value once"]),
+    ({"tasks": ("rte", "sst2", "rte")}, ["tasks", "repeats rte", "list each value once"]),
+    ({"tasks": ()}, ["tasks", "empty", "at least one value"]),
+    ({"methods": ("imp",), "sparsities": (0.5, 0.75)}, ["IMP", "0.75", "multiples of 0.1", "drop 'imp'"]),
+    ({"mask_seeds": (1, -1)}, ["mask_seeds", "non-negative integers"]),
+    ({"finetune_seeds": (-2,)}, ["finetune_seeds", "non-negative integers"]),
+    ({"train_sizes": (0,)}, ["train_sizes", "positive integers"]),
+    ({"search": {"stepz": 10}}, ["unknown search setting", "stepz", "known:", "steps"]),
+    ({"search": {"tamt-kd": {"bogus": 1}}}, ["bogus", "do not apply to tamt-kd", "it takes"]),
+    ({"finetune": {"learning_rate": 1e-5}}, ["unknown fine-tune setting", "learning_rate", "known:", "lr"]),
+    ({"dev_loss_batches": -1}, ["dev_loss_batches", "0 skips"]),
+    ({"methods": ("tamt-mlm",), "search": {"steps": 0}}, ["search settings for tamt-mlm", "positive"]),
+    ({"finetune": {"epochs": 0}}, ["fine-tune settings for rte", "positive"]),
+], ids=["method", "task", "blank-model", "none-model", "models-str", "sparsity-1", "sparsity-neg", "sparsity-nan",
+        "dup-sparsity", "dup-task", "no-tasks", "imp-075", "neg-mask-seed", "neg-ft-seed", "train-size-0",
+        "search-key", "method-search-key", "finetune-key", "dev-loss", "search-value", "finetune-value"])
+def test_malformed_grid_raises_plan_error_naming_the_fix(change, words):
+    with pytest.raises(PlanError) as raised:
+        Grid(**{**_GOOD, **change}).plan()
+    message = str(raised.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_plan_with_a_finetune_whose_search_is_missing():
+    orphan = FinetuneSpec(FinetuneConfig(task="rte", seed=1, model=BERT), MaskRef("f" * 16, 0.5, 0))
+    plan = Plan.of([orphan])
+    with pytest.raises(PlanError, match="neither in the plan nor finished") as raised:
+        plan.validate()
+    assert "grid's methods" in str(raised.value) and "f" * 16 in str(raised.value)
+    plan.validate(finished={"f" * 16})  # a search finished in an earlier sweep provides it
+    assert plan.method_of(orphan) == "?"
+
+
+def test_plan_with_a_mask_the_search_does_not_yield():
+    search = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.5, seed=1, steps=20, save_steps=(5,)))
+    config = FinetuneConfig(task="rte", seed=1, model=BERT)
+    good = FinetuneSpec(config, search.final_mask())
+    Plan.of([search, good]).validate()
+    for bad in (MaskRef(search.run_id, 0.5, 7), MaskRef(search.run_id, 0.6, 20)):
+        with pytest.raises(PlanError, match="yields") as raised:
+            Plan.of([search, FinetuneSpec(config, bad)]).validate()
+        assert "SearchSpec.final_mask()" in str(raised.value)
+
+
+def test_unreachable_tracking_server():
+    from orchestrator.tracking import TrackingError, check_tracking_uri
+
+    with pytest.raises(TrackingError) as raised:
+        check_tracking_uri("http://127.0.0.1:9", timeout_s=2.0)  # port 9 (discard): nothing listens
+    message = str(raised.value)
+    assert "does not answer" in message and "mlflow server" in message and "drop --mlflow-uri" in message
+
+
+@pytest.mark.parametrize("uri", ["ftp://example.org/mlflow", "s3://bucket/mlflow"])
+def test_unsupported_tracking_uri(uri):
+    from orchestrator.tracking import TrackingError, check_tracking_uri
+
+    with pytest.raises(TrackingError, match="unsupported MLflow tracking URI") as raised:
+        check_tracking_uri(uri)
+    assert "http(s)://host:port" in str(raised.value) and "sqlite:///path" in str(raised.value)
+
+
+def test_supported_tracking_uri_passes():
+    from orchestrator.tracking import check_tracking_uri
+
+    check_tracking_uri("sqlite:////tmp/anything.db")  # a database URI is not probed
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A directory the storage cannot be created in: chmod 0o500 for a normal user; for root (whom chmod does not
+    stop) a path below a regular file."""
+    if os.geteuid() == 0:
+        blocker = tmp_path / "f"
+        blocker.write_text("a file, not a directory")
+        return blocker / "sub"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked
+
+
+def test_unwritable_storage(tmp_path):
+    target = _unwritable(tmp_path)
+    try:
+        with pytest.raises(StorageError) as raised:
+            Storage.at(target).prepare()
+    finally:
+        if target.exists():
+            target.chmod(0o700)
+    assert "cannot write" in str(raised.value) and "writable --storage" in str(raised.value)
+
+
+def test_storage_of_another_format_version(tmp_path):
+    (tmp_path / MARKER).write_text(json.dumps({"format_version": 999}))
+    with pytest.raises(StorageError) as raised:
+        Storage.at(tmp_path).prepare()
+    message = str(raised.value)
+    assert "format 999" in message and f"format {FORMAT_VERSION}" in message and "new --storage" in message
+
+
+def test_non_empty_directory_that_is_not_a_store(tmp_path):
+    (tmp_path / "thesis.tex").write_text("do not overwrite me")
+    with pytest.raises(StorageError) as raised:
+        Storage.at(tmp_path).prepare()
+    assert "not a tamt store" in str(raised.value) and "empty or new --storage" in str(raised.value)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_resources_with_nothing_to_hold():
+    from orchestrator.engine import Resources
+
+    with pytest.raises(PlanError, match="--cpus-per-trial > 0"):
+        Resources(search_cpu=0, search_gpu=0)
+    with pytest.raises(PlanError, match="--cpus-per-trial > 0"):
+        Resources(finetune_cpu=0.0, finetune_gpu=0.0)
+    with pytest.raises(PlanError, match="≥ 0"):
+        Resources(search_gpu=-1)
+    with pytest.raises(PlanError, match="whole number of GPUs"):
+        Resources(finetune_gpu=1.5)
+    assert Resources(search_cpu=0, search_gpu=1).for_stage("search") == {"cpu": 0, "gpu": 1}
+
+
+def test_remote_storage_needs_a_tracking_server(tmp_path):
+    from orchestrator.engine import prepare
+    from orchestrator.tracking import TrackingError
+
+    storage = Storage(f"file://{tmp_path}/remote")
+    with pytest.raises(TrackingError) as raised:
+        prepare(Plan(), storage, None)
+    assert "is remote" in str(raised.value) and "--mlflow-uri" in str(raised.value)
+    assert not _ray_started()
+
+
+def test_local_storage_prepare_passes_and_defaults_to_sqlite(tmp_path):
+    from orchestrator.engine import prepare
+
+    plan = _grid().plan()
+    finished, uri = prepare(plan, Storage.at(tmp_path / "store"), None)
+    assert finished == set()
+    assert uri == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def test_cli_bad_storage_exits_2_without_starting_ray(tmp_path, capsys, presets):
+    from orchestrator.cli import sweep_main
+
+    bad = _unwritable(tmp_path)
+    try:
+        code = sweep_main("main_results", presets, ["--preset", "smoke", "--storage", str(bad)])
+    finally:
+        if bad.exists():
+            bad.chmod(0o700)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "error:" in captured.err and "writable --storage" in captured.err
+    assert not _ray_started()
+
+
+# --- 6. storage ---------------------------------------------------------------------------------------------------
+
+def test_prepare_creates_the_marker_and_accepts_its_own_store(tmp_path):
+    root = tmp_path / "new" / "store"
+    storage = Storage.at(root)
+    storage.prepare()
+    assert json.loads((root / MARKER).read_text()) == {"format_version": FORMAT_VERSION}
+    (root / "runs").mkdir()  # a store in use is non-empty: still accepted
+    storage.prepare()
+    assert [p.name for p in root.iterdir() if p.name.startswith(".write-probe")] == []  # the probe is cleaned up
+
+
+def test_file_uri_storage_push_pull_round_trip(tmp_path):
+    storage = Storage(f"file://{tmp_path}/remote")
+    assert not storage.is_local
+    storage.prepare()
+    assert json.loads((tmp_path / "remote" / MARKER).read_text())["format_version"] == FORMAT_VERSION
+
+    run = RunDirectory(storage, "abc123", scratch_root=tmp_path / "scratch")
+    assert run.local == tmp_path / "scratch" / "abc123"
+    (run.local / "masks").mkdir()
+    (run.local / "masks" / "m.txt").write_text("mask bits")
+    (run.local / "spec.json").write_text("{}")
+    run.push()
+    assert (tmp_path / "remote" / "runs" / "abc123" / "masks" / "m.txt").read_text() == "mask bits"
+
+    shutil.rmtree(run.local)
+    run.local.mkdir(parents=True)
+    run.pull()
+    assert (run.local / "masks" / "m.txt").read_text() == "mask bits"
+    assert (run.local / "spec.json").read_text() == "{}"
+
+    other = RunDirectory(storage, "def456", scratch_root=tmp_path / "scratch")
+    fetched = other.fetch("abc123", "masks/m.txt")
+    assert fetched.read_text() == "mask bits" and fetched.is_relative_to(other.local)
+
+
+# --- 7. GPU-hour estimates ------------------------------------------------------------------------------------
+
+def test_search_gpu_hours_follow_tab3():
+    # Tab. 3: TAMT-MLM on BERT took 3h54m58s for 22K iterations on one V100; Tab. 2: 17K iterations at 0.7;
+    # plus 30 s to load the model.
+    tab3_seconds = 3 * 3600 + 54 * 60 + 58
+    expected = (30 + 17_000 * (tab3_seconds / 22_000)) / 3600
+    plan = Plan.of([SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1))])
+    assert gpu_hours(plan)["search"]["tamt-mlm"] == pytest.approx(expected, rel=1e-12)
+    # OMP trains nothing: only the load.
+    omp = Plan.of([SearchSpec(BERT, SearchConfig("omp", 0.7))])
+    assert gpu_hours(omp)["search"]["omp"] == pytest.approx(THROUGHPUT["v100"].load_s / 3600)
+
+
+def test_finetune_gpu_hours_for_rte():
+    table = THROUGHPUT["v100"]
+    # RTE (Tab. 1, App. B): 2490 training examples, batch 32, 3 epochs → ceil(2490 / 32) = 78 steps per epoch,
+    # 234 steps; an evaluation every 50 steps → 4 evaluations (50, 100, 150, 200) of the 277 dev examples.
+    steps = math.ceil(2490 / 32) * 3
+    assert steps == 234
+    evaluations = steps // 50
+    assert evaluations == 4 and DEV_SIZES["rte"] == 277
+    expected_s = table.load_s + steps * 32 / table.glue_train_per_s + evaluations * 277 / table.glue_eval_per_s
+    plan = Plan.of([FinetuneSpec(FinetuneConfig(task="rte", seed=1, model=BERT, data="hub"))])
+    assert gpu_hours(plan)["finetune"]["full"] == pytest.approx(expected_s / 3600, rel=1e-12)
+
+
+# --- 8. dry run ---------------------------------------------------------------------------------------------------
+
+def test_dry_run_prints_the_plan_and_its_cost_without_ray(tmp_path, capsys, presets, paper_plan):
+    from orchestrator.cli import sweep_main
+
+    storage = tmp_path / "not-created"
+    code = sweep_main("main_results", presets, ["--preset", "paper", "--dry-run", "--storage", str(storage)],
+                      out=sys.stdout)
+    out = capsys.readouterr().out
+    assert code == 0
+    # 166 searches + 4410 fine-tunes (derived in test_paper_preset_counts).
+    assert "4576 unique trials" in out and "166 mask searches" in out and "4410 fine-tunes" in out
+    assert "GPU-h" in out
+    hours = gpu_hours(paper_plan)
+    total = sum(sum(stage.values()) for stage in hours.values())
+    assert f"total {total:.1f} GPU-h" in out
+    assert not storage.exists()  # a dry run writes nothing
+    assert not _ray_started()
+
+
+# --- regressions: each of these was once accepted or misdirected ---------------------------------------------
+
+@pytest.mark.parametrize("change", [
+    {"methods": ("imp",), "sparsities": ()},
+    {"methods": ("omp",), "sparsities": ()},
+    {"methods": ("rand", "tamt-kd"), "mask_seeds": ()},
+], ids=["imp-no-sparsities", "omp-no-sparsities", "rand-no-mask-seeds"])
+def test_methods_without_sparsities_or_mask_seeds_are_refused(change):
+    with pytest.raises(PlanError, match="empty"):
+        Grid(**{**_GOOD, **change}).plan()
+
+
+def test_method_search_settings_that_are_not_a_mapping():
+    with pytest.raises(PlanError, match="omp"):
+        Grid(**{**_GOOD, "search": {"omp": 5}})
+
+
+def test_sweep_main_writes_to_the_current_stdout(tmp_path, presets):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = orchestrator.cli.sweep_main("main_results", presets,
+                                           ["--preset", "smoke", "--dry-run", "--storage", str(tmp_path / "s")])
+    assert code == 0
+    assert "unique trials" in buffer.getvalue()

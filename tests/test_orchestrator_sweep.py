@@ -1,0 +1,233 @@
+"""A sweep on real Ray, a real MLflow store and real Parquet files, with the tiny BERT: rerun, extension,
+driver kill, Ctrl-C and losing a node mid-sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator import results
+from orchestrator.storage import Storage
+from orchestrator.tracking import EXPERIMENT, PARENT_TAG, RUN_ID_TAG, SWEEP_TAG
+
+DRIVER = Path(__file__).with_name("sweep_driver.py")
+ROOT = DRIVER.parent.parent
+
+
+def attempts(storage: Path) -> Counter:
+    """Executions per run id, from the line each trial attempt appends."""
+    return Counter({p.parent.name: len(p.read_text().splitlines()) for p in (storage / "runs").glob("*/attempts.jsonl")})
+
+
+def mlflow_runs(storage: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+    parents = [r for r in runs if SWEEP_TAG in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    return parents, children
+
+
+def assert_table_matches(storage: Path, plan) -> None:
+    table = results.read(str(storage))
+    ids = table.column("run_id").to_pylist()
+    assert Counter(ids) == Counter(set(plan.searches) | set(plan.finetunes)), "each planned run id exactly once"
+
+
+@pytest.fixture()
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_sweep_runs_every_trial_once_then_resumes_and_extends(ray_session, tmp_path, tiny_bert_dir):
+    from orchestrator.engine import run_sweep
+    from orchestrator.grid import Grid
+
+    def grid(seeds):
+        return Grid(models=(str(tiny_bert_dir),), methods=("omp", "rand", "imp", "tamt-mlm", "tamt-kd"),
+                    sparsities=(0.2,), mask_seeds=(1,), finetune_seeds=seeds, tasks=("rte", "stsb"),
+                    train_sizes=(32,), search={"pruning_interval": 1, "steps": 2, "batch_size": 2, "block_size": 32},
+                    finetune={"epochs": 1, "eval_every": 2, "batch_size": 8}, dev_loss_batches=1)
+
+    storage = tmp_path / "runs"
+    plan = grid((1,)).plan()
+    assert len(plan.searches) == 5 and len(plan.finetunes) == 12
+    report = run_sweep(plan, name="main", storage=Storage.at(storage), progress_every_s=1.0)
+    assert report.complete and report.succeeded == set(plan.searches) | set(plan.finetunes)
+    assert_table_matches(storage, plan)
+    assert set(attempts(storage).values()) == {1}
+
+    table = results.read_frame(str(storage)).set_index("run_id")
+    searches, finetunes = table[table.stage == "search"], table[table.stage == "finetune"]
+    assert sorted(searches.method) == ["imp", "omp", "rand", "tamt-kd", "tamt-mlm"]
+    imp = searches[searches.method == "imp"].iloc[0]
+    assert [m["sparsity"] for m in imp.masks] == [0.1, 0.2] and imp.mask_step == 1
+    assert searches.mlm_dev_loss.notna().all() and searches.kd_dev_loss.notna().all()
+    for run_id, row in finetunes.iterrows():
+        assert row.best_score == max(e["metrics"][row.select_metric] for e in row.curve)
+        assert row.select_metric == {"rte": "accuracy", "stsb": "pearson"}[row.task]
+        if row.method == "full":
+            assert pd.isna(row.mask_run_id) and row.sparsity == 0.0
+        else:  # the fine-tune used the mask its search wrote
+            search = searches.loc[row.mask_run_id]
+            assert search.method == row.method and row.mask_hash == search.mask_hash
+            assert (storage / "runs" / row.mask_run_id / row.mask_file).is_file()
+    parents, children = mlflow_runs(storage)
+    assert len(parents) == 1 and Counter(c.data.tags[RUN_ID_TAG] for c in children) == Counter(table.index)
+    child = next(c for c in children if c.data.tags[RUN_ID_TAG] == finetunes.index[0])
+    assert child.info.status == "FINISHED" and child.data.params["config.task"] == finetunes.iloc[0].task
+
+    # The same script again: nothing runs.
+    before = attempts(storage)
+    again = run_sweep(plan, name="main", storage=Storage.at(storage))
+    assert again.skipped == len(plan) and not again.succeeded and attempts(storage) == before
+
+    # One more fine-tune seed: only the new cells run; MLflow gains exactly their children.
+    extended = grid((1, 2)).plan()
+    new = (set(extended.searches) | set(extended.finetunes)) - (set(plan.searches) | set(plan.finetunes))
+    assert len(new) == 12
+    report = run_sweep(extended, name="main", storage=Storage.at(storage))
+    assert report.succeeded == new and report.skipped == len(plan)
+    after = attempts(storage)
+    assert {k: v for k, v in after.items() if k in before} == before and set(after) - set(before) == new
+    assert_table_matches(storage, extended)
+    parents, children = mlflow_runs(storage)
+    assert len(parents) == 1 and len(children) == len(extended)
+    assert len({c.data.tags[RUN_ID_TAG] for c in children}) == len(children)
+
+
+def _driver(tmp_path: Path, tiny_bert_dir: Path, **settings) -> tuple[list[str], Path, str]:
+    temp_dir = f"/tmp/tamt-ray-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths have a length limit
+    settings = {"storage": str(tmp_path / "runs"), "model": str(tiny_bert_dir), "temp_dir": temp_dir, **settings}
+    path = tmp_path / f"driver-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(settings))
+    return [sys.executable, str(DRIVER), str(path)], tmp_path / "runs", temp_dir
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _processes_under(temp_dir: str) -> list[int]:
+    """PIDs of processes whose command line names the sweep's own Ray temp dir."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if temp_dir.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _kill_leftovers(temp_dir: str) -> None:
+    for pid in _processes_under(temp_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _wait_for_rows(storage: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> set[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = {p.stem for p in (storage / "table").glob("*.parquet")}
+        if len(rows) >= n:
+            return rows
+        assert proc.poll() is None, f"driver exited early: {proc.communicate()}"
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} rows after {timeout}s")
+
+
+def test_driver_killed_mid_sweep_then_rerun_runs_nothing_twice(tmp_path, tiny_bert_dir):
+    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte", "mrpc"],
+                                         max_concurrent=1)
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        finished_before = _wait_for_rows(storage, 4, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        _kill_leftovers(temp_dir)  # a SIGKILLed driver leaves Ray's agents behind (env-notes §3)
+    executions_before = attempts(storage)
+
+    command, _, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte", "mrpc"])
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    _kill_leftovers(temp_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["complete"] and report["skipped"] >= len(finished_before)
+    executions = attempts(storage)
+    for run_id in finished_before:  # finished before the kill: never executed again
+        assert executions[run_id] == 1 == executions_before[run_id]
+    assert not set(report["succeeded"]) & finished_before
+    from orchestrator.grid import Grid  # noqa: F401  (the plan is rebuilt to compare against the table)
+    sys.path.insert(0, str(ROOT / "tests"))
+    import sweep_driver
+
+    plan = sweep_driver.grid({"model": str(tiny_bert_dir), "seeds": [1, 2, 3], "tasks": ["rte", "mrpc"]}).plan()
+    assert_table_matches(storage, plan)
+    parents, children = mlflow_runs(storage)
+    assert len(parents) == 1
+    assert Counter(c.data.tags[RUN_ID_TAG] for c in children) == Counter(set(plan.searches) | set(plan.finetunes))
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(tmp_path, tiny_bert_dir):
+    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte", "mrpc"],
+                                         max_concurrent=1)
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        rows = _wait_for_rows(storage, 3, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+        deadline = time.time() + 30
+        while _processes_under(temp_dir) and time.time() < deadline:
+            time.sleep(0.5)
+        leftovers = _processes_under(temp_dir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kill_leftovers(temp_dir)
+    assert not leftovers, f"Ray processes of the sweep still alive after Ctrl-C: {leftovers}"
+    table = results.read(str(storage))
+    assert rows <= set(table.column("run_id").to_pylist())
+
+
+def test_losing_a_worker_node_mid_sweep_retries_on_the_other(tmp_path, tiny_bert_dir):
+    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2], tasks=["rte", "mrpc"], cluster=True,
+                                         epochs=3)
+    try:
+        done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_leftovers(temp_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["complete"], report
+    sys.path.insert(0, str(ROOT / "tests"))
+    import sweep_driver
+
+    plan = sweep_driver.grid({"model": str(tiny_bert_dir), "seeds": [1, 2], "tasks": ["rte", "mrpc"]}).plan()
+    assert_table_matches(storage, plan)
+    interrupted = (storage / "removed-during.txt").read_text()
+    runs = [json.loads(line) for line in (storage / "runs" / interrupted / "attempts.jsonl").read_text().splitlines()]
+    assert len(runs) >= 2 and runs[0]["node"] != runs[-1]["node"], "the trial on the lost node ran again elsewhere"
+    nodes = {json.loads(line)["node"] for p in (storage / "runs").glob("*/attempts.jsonl")
+             for line in p.read_text().splitlines()}
+    assert len(nodes) == 2, "trials ran on both worker nodes"
