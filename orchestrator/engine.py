@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -190,11 +191,14 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
               resources: Resources = Resources(), max_concurrent: int | None = None, max_failures: int = 3,
               checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
-              out: TextIO | None = None) -> SweepReport:
+              out: TextIO | None = None, trainable: Callable[[dict], None] = tune_trial) -> SweepReport:
     """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
 
     ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
     ``RAY_ADDRESS`` names, else starts a local Ray with ``ray_init`` (e.g. ``{"num_cpus": 2}``).
+    ``trainable`` runs one trial from its config (``{"spec", "settings", "run_id"}``); the default runs the spec
+    through ``tamt_core`` (:func:`orchestrator.trial.tune_trial`), ``bench/bench_orchestration.py`` swaps in a
+    sleep to time the orchestration alone.
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
     todo = [run_id for run_id in [*plan.searches, *plan.finetunes] if run_id not in finished]
@@ -206,7 +210,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     settings = TrialSettings(storage.uri, checkpoint_every_s, device)
     searcher = PlanSearcher(plan, todo, settings)
     tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
-    trainable = tune.with_resources(tune_trial, lambda config: resources.for_stage(config["spec"]["stage"]))
+    trainable = tune.with_resources(trainable, lambda config: resources.for_stage(config["spec"]["stage"]))
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=ray_address, **({} if ray_address else (ray_init or {})))
@@ -215,7 +219,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     try:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
                                         max_concurrent_trials=max_concurrent,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -51,7 +51,7 @@ def main() -> None:
         from ray.cluster_utils import Cluster
 
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "_temp_dir": settings["temp_dir"], "include_dashboard": False,
+            "num_cpus": 0, "temp_dir": settings["temp_dir"], "include_dashboard": False,
             "object_store_memory": 200 * 1024**2})
         workers = [cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2) for _ in range(2)]
         cluster.wait_for_nodes()
