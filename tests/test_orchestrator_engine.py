@@ -1,0 +1,123 @@
+"""The pieces of the engine without Ray: the DAG searcher, the results rows, the MLflow tracker's dedupe."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ray.tune.search import Searcher
+
+from orchestrator import results
+from orchestrator.engine import PlanSearcher, Progress
+from orchestrator.grid import Grid
+from orchestrator.storage import Storage
+from orchestrator.tracking import MlflowTracker
+from orchestrator.trial import TrialSettings
+
+
+@pytest.fixture()
+def plan():
+    # 2 searches (OMP 0.5, rand 0.5 seed 1) → 2 fine-tunes each; plus 2 full-model fine-tunes.
+    return Grid(models=("m",), methods=("omp", "rand"), sparsities=(0.5,), mask_seeds=(1,), finetune_seeds=(1, 2),
+                tasks=("rte",)).plan()
+
+
+def drain(searcher: PlanSearcher, start: int = 0) -> list[str]:
+    """Suggest until the searcher has nothing ready; returns the run ids in order."""
+    out = []
+    while True:
+        config = searcher.suggest(f"t{start + len(out)}")
+        if not isinstance(config, dict):
+            return out
+        out.append(config["run_id"])
+
+
+def test_searcher_gives_searches_and_free_finetunes_first_then_dependents_as_masks_appear(plan):
+    searcher = PlanSearcher(plan, [*plan.searches, *plan.finetunes], TrialSettings("/tmp/x"))
+    first = drain(searcher)
+    omp, rand = plan.searches
+    full = [r for r, s in plan.finetunes.items() if s.mask is None]
+    assert first == [omp, rand, *full]  # searches first; full-model fine-tunes wait for nothing
+    assert searcher.suggest("t-wait") is None  # the masked fine-tunes wait for their searches: not finished
+    searcher.on_trial_complete("t1", {})  # rand's search finishes → its two fine-tunes, and only those, are ready
+    released = drain(searcher, 100)
+    assert sorted(released) == sorted(r for r, s in plan.finetunes.items() if s.mask and s.mask.search_id == rand)
+    assert searcher.suggest("t-wait2") is None
+    searcher.on_trial_complete("t0", {})
+    assert len(drain(searcher, 200)) == 2
+    assert searcher.suggest("t-end") == Searcher.FINISHED
+
+
+def test_failed_search_blocks_only_its_finetunes(plan):
+    searcher = PlanSearcher(plan, [*plan.searches, *plan.finetunes], TrialSettings("/tmp/x"))
+    drain(searcher)
+    omp = next(iter(plan.searches))
+    searcher.on_trial_complete("t0", error=True)
+    assert searcher.failed == {omp}
+    assert searcher.blocked == {r for r, s in plan.finetunes.items() if s.mask and s.mask.search_id == omp}
+    searcher.on_trial_complete("t1", {})
+    assert len(drain(searcher, 10)) == 2 and searcher.suggest("t-end") == Searcher.FINISHED
+
+
+def test_finished_search_leaves_its_finetunes_ready_at_once(plan):
+    omp = next(iter(plan.searches))
+    todo = [r for r in [*plan.searches, *plan.finetunes] if r != omp]  # the OMP search finished in an earlier run
+    searcher = PlanSearcher(plan, todo, TrialSettings("/tmp/x"))
+    ready = drain(searcher)
+    assert {r for r, s in plan.finetunes.items() if s.mask and s.mask.search_id == omp} <= set(ready)
+
+
+def test_progress_line_counts_and_eta(plan):
+    searcher = PlanSearcher(plan, [*plan.searches, *plan.finetunes], TrialSettings("/tmp/x"))
+    drain(searcher)
+    searcher.on_trial_complete("t0", {})
+
+    class Trial:
+        def __init__(self, status):
+            self.status = status
+
+    progress = Progress(searcher, total=len(plan), skipped=3)
+    line = progress.line([Trial("RUNNING"), Trial("TERMINATED"), Trial("PENDING")])
+    assert f"done 1/{len(plan)} (+3 already done)" in line and "running 1" in line
+    assert f"pending {1 + searcher.unsuggested}" in line and "ETA" in line and "ETA —" not in line
+
+
+def test_results_row_round_trip_and_overwrite_keeps_one_row(tmp_path):
+    storage = Storage.at(tmp_path)
+    storage.prepare()
+    row = {"run_id": "abc", "stage": "finetune", "task": "rte", "best_score": 71.5, "accuracy": 71.5,
+           "curve": [{"step": 50, "epoch": 0.5, "train_loss": 0.7, "metrics": {"accuracy": 60.0}},
+                     {"step": 100, "epoch": 1.0, "train_loss": 0.6, "metrics": {"accuracy": 71.5}}],
+           "versions": {"torch": "2.13.0"}, "spec": {"stage": "finetune"}}
+    results.write_row(storage, row)
+    results.write_row(storage, row)  # a retry that publishes again: still one row
+    frame = results.read_frame(storage)
+    assert list(frame.run_id) == ["abc"] and frame.format_version[0] == 1
+    assert frame.curve[0][1]["metrics"] == {"accuracy": 71.5} and frame.versions[0] == {"torch": "2.13.0"}
+    assert math.isnan(frame.f1[0]) and frame.accuracy[0] == 71.5
+    assert results.finished_run_ids(storage) == {"abc"}
+    assert results.read_row(storage, "abc")["task"] == "rte"
+    assert not list((tmp_path / "table").glob(".tmp-*")), "no temporary file is left behind"
+    with pytest.raises(KeyError, match="outside the schema"):
+        results.write_row(storage, {"run_id": "x", "stage": "finetune", "bogus": 1})
+
+
+def test_empty_storage_reads_as_empty_table_with_schema(tmp_path):
+    table = results.read(Storage.at(tmp_path))
+    assert table.num_rows == 0 and table.schema == results.SCHEMA
+
+
+def test_tracker_finds_its_parent_and_children_again(tmp_path, plan):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = next(iter(plan.finetunes.values()))
+    first = MlflowTracker(uri, "main", {"trials": 1})
+    child = first.child_for(spec)
+    assert first.child_for(spec) == child
+    first.finish()
+    again = MlflowTracker(uri, "main", {"trials": 1})  # a rerun of the same sweep
+    assert again.parent_id == first.parent_id and again.child_for(spec) == child
+    other = MlflowTracker(uri, "other-sweep", {})
+    assert other.parent_id != first.parent_id and other.child_for(spec) != child
+    runs = first.client.search_runs([first.experiment_id])
+    assert len(runs) == 4  # 2 parents, 1 child each
+    assert first.client.get_run(child).data.params["config.task"] == spec.config.task
