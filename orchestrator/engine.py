@@ -27,7 +27,7 @@ from orchestrator import results
 from orchestrator.plan import Plan, PlanError
 from orchestrator.storage import Storage
 from orchestrator.tracking import MlflowTracker, check_tracking_uri
-from orchestrator.trial import TrialSettings, tune_trial
+from orchestrator.trial import TrialSettings, check_models, tune_trial
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ def prepare(plan: Plan, storage: Storage, mlflow_uri: str | None) -> tuple[set[s
     check_tracking_uri(uri)
     finished = results.finished_run_ids(storage)
     plan.validate(finished)
+    check_models(spec for spec in plan.specs() if spec.run_id not in finished)
     return finished, uri
 
 

@@ -85,6 +85,11 @@ def finished_run_ids(storage: Storage) -> set[str]:
             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")}
 
 
+def has_row(storage: Storage, run_id: str) -> bool:
+    fs, _ = storage.filesystem()
+    return fs.get_file_info(f"{storage.table_path()}/{run_id}.parquet").type == pafs.FileType.File
+
+
 def read(storage: Storage | str) -> pa.Table:
     """The whole results table of a storage (:func:`read_frame` gives it as a DataFrame)."""
     storage = storage if isinstance(storage, Storage) else Storage.at(storage)

@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -26,9 +26,11 @@ from tamt_core.console import quiet_libraries
 from tamt_core.evaluate import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import load_mask
+from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError, load_config
 from tamt_core.search import run_search
 
 from orchestrator import results
+from orchestrator.plan import PlanError
 from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, spec_from_dict
 from orchestrator.storage import RunDirectory, Storage
 
@@ -60,11 +62,29 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def check_models(specs: Iterable[Spec]) -> None:
+    """Every model the specs name can be loaded (its config is read, no weights): run before any trial starts.
+
+    Raises:
+        PlanError: with ``tamt_core``'s message, which names the model and how to provide it (offline too).
+    """
+    for model in sorted({spec.model for spec in specs}):
+        try:
+            load_config(model)
+        except (ModelUnavailableError, NotBertFamilyModelError) as error:
+            raise PlanError(str(error)) from error
+
+
 def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics: None,
-            node: str | None = None) -> dict[str, Any]:
-    """Run ``spec`` to completion (resuming what an earlier attempt left) and publish its row; returns the row."""
+            node: str | None = None, scratch_root: Path | None = None) -> dict[str, Any]:
+    """Run ``spec`` to completion (resuming what an earlier attempt left) and publish its row; returns the row.
+
+    ``scratch_root`` is where remote-storage trials work locally (default: the system temp directory).
+    """
     storage = Storage.at(settings.storage)
-    run_dir = RunDirectory(storage, spec.run_id)
+    if results.has_row(storage, spec.run_id):  # a retry after the row was published: nothing to do
+        return results.read_row(storage, spec.run_id)
+    run_dir = RunDirectory(storage, spec.run_id, scratch_root)
     run_dir.pull()
     node = node or socket.gethostname()
     started = time.time()

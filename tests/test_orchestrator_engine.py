@@ -121,3 +121,34 @@ def test_tracker_finds_its_parent_and_children_again(tmp_path, plan):
     runs = first.client.search_runs([first.experiment_id])
     assert len(runs) == 4  # 2 parents, 1 child each
     assert first.client.get_run(child).data.params["config.task"] == spec.config.task
+
+
+def test_unknown_model_is_refused_before_any_trial(tmp_path):
+    from orchestrator.engine import prepare
+    from orchestrator.plan import PlanError
+
+    plan = Grid(models=(str(tmp_path / "no-such-model"),), methods=("omp",), sparsities=(0.5,), mask_seeds=(1,),
+                finetune_seeds=(1,), tasks=("rte",)).plan()
+    with pytest.raises(PlanError, match="does not exist"):
+        prepare(plan, Storage.at(tmp_path / "runs"), None)
+    assert not (tmp_path / "runs" / "runs").exists()
+
+
+def test_trials_run_directly_against_object_store_storage(tmp_path, tiny_bert_dir):
+    """A ``file://`` URI takes the object-store path: scratch directory, pull, push, remote rows and masks."""
+    from orchestrator.trial import execute
+
+    storage = Storage(f"file://{tmp_path / 'store'}")
+    storage.prepare()
+    plan = Grid(models=(str(tiny_bert_dir),), methods=("omp",), sparsities=(0.5,), mask_seeds=(1,),
+                finetune_seeds=(1,), tasks=("rte",), train_sizes=(16,), full_model=False,
+                finetune={"epochs": 1, "batch_size": 8, "eval_every": 1}, dev_loss_batches=1).plan()
+    settings = TrialSettings(storage.uri, checkpoint_every_s=0.0)
+    reported = []
+    search_row = execute(next(iter(plan.searches.values())), settings, scratch_root=tmp_path / "scratch")
+    finetune_row = execute(next(iter(plan.finetunes.values())), settings, reported.append,
+                           scratch_root=tmp_path / "scratch")
+    assert (tmp_path / "store" / "runs" / search_row["run_id"] / search_row["mask_file"]).is_file()
+    assert (tmp_path / "store" / "runs" / finetune_row["run_id"] / "finetune" / "result.json").is_file()
+    assert finetune_row["mask_hash"] == search_row["mask_hash"] and search_row["mlm_dev_loss"] > 0
+    assert [r["step"] for r in reported] == [1, 2] and results.finished_run_ids(storage) == set(plan.searches) | set(plan.finetunes)
