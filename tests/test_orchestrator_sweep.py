@@ -165,12 +165,22 @@ def _wait_for_rows(storage: Path, n: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"fewer than {n} rows after {timeout}s")
 
 
-def test_driver_killed_mid_sweep_then_rerun_runs_nothing_twice(tmp_path, tiny_bert_dir):
+def _start_and_wait(tmp_path: Path, tiny_bert_dir: Path, rows: int):
+    """A one-at-a-time driver subprocess, once ``rows`` trials have finished: (process, storage, temp dir, rows)."""
     command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte"],
                                          max_concurrent=1)
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        finished_before = _wait_for_rows(storage, 4, proc)
+        return proc, storage, temp_dir, _wait_for_rows(storage, rows, proc)
+    except BaseException:
+        proc.kill()
+        _kill_leftovers(temp_dir)
+        raise
+
+
+def test_driver_killed_mid_sweep_then_rerun_runs_nothing_twice(tmp_path, tiny_bert_dir):
+    proc, storage, temp_dir, finished_before = _start_and_wait(tmp_path, tiny_bert_dir, 4)
+    try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -195,11 +205,8 @@ def test_driver_killed_mid_sweep_then_rerun_runs_nothing_twice(tmp_path, tiny_be
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(tmp_path, tiny_bert_dir):
-    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte"],
-                                         max_concurrent=1)
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, storage, temp_dir, rows = _start_and_wait(tmp_path, tiny_bert_dir, 3)
     try:
-        rows = _wait_for_rows(storage, 3, proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
         deadline = time.time() + 30
