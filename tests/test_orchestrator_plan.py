@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tamt_core.models import BUILTIN_MODEL_NAME
+
 import orchestrator.cli  # noqa: F401  (imported before any test redirects stdout, as a sweep script or notebook would)
 from orchestrator.estimate import DEV_SIZES, THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid
@@ -464,7 +466,7 @@ def test_remote_storage_needs_a_tracking_server(tmp_path):
 def test_local_storage_prepare_passes_and_defaults_to_sqlite(tmp_path):
     from orchestrator.engine import prepare
 
-    plan = _grid().plan()
+    plan = _grid(models=(BUILTIN_MODEL_NAME,)).plan()  # prepare() reads each model's config: one that is here
     finished, uri = prepare(plan, Storage.at(tmp_path / "store"), None)
     assert finished == set()
     assert uri == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
