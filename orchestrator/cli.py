@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
+from tamt_core.console import quiet_libraries
+
 from orchestrator.estimate import THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid
 from orchestrator.plan import Plan, PlanError
@@ -63,6 +65,7 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
     """Entry point of ``sweeps/<name>.py``; returns the process exit code (2: bad input, 1: failed trials)."""
     out = out or sys.stdout
     args = build_parser(name, description, presets).parse_args(argv)
+    quiet_libraries()  # the driver reads model configs (and builds the built-in model once) before Ray starts
     gpus = _has_gpu_or_cluster(args.address)
     preset = args.preset or ("paper" if gpus and "paper" in presets else "smoke")
     if args.preset is None:

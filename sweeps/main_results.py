@@ -30,7 +30,8 @@ PRESETS = {
                            mask_seeds=(1,), finetune_seeds=(1,), tasks=("rte", "sst2"), train_sizes=(320,),
                            search={"pruning_interval": 4, "steps": {0.5: 16, 0.7: 24}, "batch_size": 8,
                                    "block_size": 64, "tamt-mlm": {"lr": 2e-3}, "tamt-kd": {"lr": 2e-3}},
-                           finetune={"epochs": 1, "eval_every": 16}, dev_loss_batches=2)],
+                           finetune={"epochs": 2, "lr": 1e-4, "batch_size": 16, "eval_every": 20},
+                           dev_loss_batches=2)],
 }
 
 if __name__ == "__main__":
