@@ -247,7 +247,8 @@ def test_smoke_preset_counts(presets):
     # The smoke settings reach the specs: IMP with P = 4 yields 0.5 at (5 − 1)·4 = 16 and 0.7 at (7 − 1)·4 = 24;
     # TAMT's steps map 0.5 → 16 and 0.7 → 24; the fine-tunes use 320 training examples.
     for spec in plan.finetunes.values():
-        assert spec.config.train_size == 320 and spec.config.epochs == 1 and spec.config.eval_every == 16
+        assert spec.config.train_size == 320 and spec.config.epochs == 2 and spec.config.eval_every == 20
+        assert spec.config.lr == 1e-4 and spec.config.batch_size == 16
         if spec.mask is not None:
             assert spec.mask.step == {"omp": {0.5: 0, 0.7: 0}, "rand": {0.5: 0, 0.7: 0},
                                       "imp": {0.5: 16, 0.7: 24}, "tamt-mlm": {0.5: 16, 0.7: 24},
