@@ -1,5 +1,7 @@
-"""Sweep orchestrator (Ray Tune trials, MLflow tracking, Parquet results): arrives with its own issue.
+"""The sweep orchestrator: a grid of trials → a DAG on Ray Tune, tracked in MLflow, results in one Parquet table.
 
-It will turn a grid model × method × sparsity × seed × task into trials that call ``tamt_core`` and know nothing of
-BERT internals. Nothing here yet.
+``grid`` and ``plan`` turn a study's axes into searches and fine-tunes identified by content hash (``specs``);
+``engine`` runs the unfinished ones on Ray with a dependency-aware searcher; ``trial`` is the only module that calls
+``tamt_core``; ``results`` reads and writes the table; ``tracking`` mirrors trials into MLflow; ``cli`` is what every
+``sweeps/*.py`` script calls. ``docs/orchestrator.md`` explains the design.
 """

@@ -26,7 +26,7 @@ from ray.tune.search import Searcher
 from orchestrator import results
 from orchestrator.plan import Plan, PlanError
 from orchestrator.storage import Storage
-from orchestrator.tracking import MlflowTracker, check_tracking_uri
+from orchestrator.tracking import MlflowTracker, TrackingError, check_tracking_uri
 from orchestrator.trial import TrialSettings, check_models, tune_trial
 
 log = logging.getLogger(__name__)
@@ -177,10 +177,8 @@ def prepare(plan: Plan, storage: Storage, mlflow_uri: str | None) -> tuple[set[s
     storage.prepare()
     uri = mlflow_uri or storage.default_mlflow_uri()
     if uri is None:
-        from orchestrator.tracking import TrackingError
-
         raise TrackingError(f"storage {storage.uri} is remote, so the embedded sqlite MLflow store cannot live in it; "
-                            "pass --mlflow-uri http://HOST:PORT of a tracking server (docs/mlflow.md)")
+                            "pass --mlflow-uri http://HOST:PORT of a tracking server (docs/orchestrator.md)")
     check_tracking_uri(uri)
     finished = results.finished_run_ids(storage)
     plan.validate(finished)
