@@ -154,7 +154,6 @@ class Grid:
             settings["steps"] = steps[nearest]
         if "save_steps" in settings:
             settings["save_steps"] = tuple(settings["save_steps"])
-        sparsity = round(math.ceil(round(sparsity * 10, 6)) / 10, 1) if method == "imp" else sparsity
         try:
             return SearchConfig(method=method, sparsity=round(sparsity, SPARSITY_DIGITS), seed=seed, **settings)
         except (TypeError, ValueError) as error:

@@ -55,9 +55,8 @@ def _row_table(row: dict[str, Any]) -> pa.Table:
         raise KeyError(f"results row has columns outside the schema: {sorted(unknown)}")
     full = {name: row.get(name) for name in SCHEMA.names}
     full["format_version"] = FORMAT_VERSION
-    for name in ("versions",):
-        if isinstance(full[name], dict):
-            full[name] = list(full[name].items())
+    if isinstance(full["versions"], dict):
+        full["versions"] = list(full["versions"].items())
     for evaluation in full["curve"] or []:
         if isinstance(evaluation["metrics"], dict):
             evaluation["metrics"] = list(evaluation["metrics"].items())

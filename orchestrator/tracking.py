@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from orchestrator.specs import Spec
+from orchestrator.specs import Spec, spec_from_dict
 
 EXPERIMENT = "tamt"
 SWEEP_TAG, RUN_ID_TAG, STAGE_TAG, PARENT_TAG = "tamt.sweep", "tamt.run_id", "tamt.stage", "mlflow.parentRunId"
@@ -121,8 +121,6 @@ class MlflowTracker(Callback):
     # --- Tune callback hooks -----------------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        from orchestrator.specs import spec_from_dict
-
         self.start(trial.trial_id, spec_from_dict(trial.config["spec"]))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:

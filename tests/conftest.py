@@ -12,10 +12,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+@contextmanager
+def isolated_caches(directory: Path) -> Iterator[None]:
+    """Datasets' Arrow cache and the tamt cache under ``directory`` for a module that writes to them."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_CACHE", str(directory / "hf"))
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", directory / "hf")
+        mp.setenv("TAMT_CACHE", str(directory / "tamt"))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

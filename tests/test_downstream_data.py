@@ -17,6 +17,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import datasets  # noqa: E402
 import pytest  # noqa: E402
+from conftest import isolated_caches  # noqa: E402
 import torch  # noqa: E402
 
 from tamt_core.data import downstream as D  # noqa: E402
@@ -32,10 +33,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def _caches(tmp: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_DATASETS_CACHE", str(tmp / "hf"))
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", tmp / "hf")
-        mp.setenv("TAMT_CACHE", str(tmp / "tamt"))
+    with isolated_caches(tmp):
         yield
 
 

