@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--zero-rounding", choices=("floor", "half_even"), default="floor",
                         help="TAMT: zeros per matrix int(s·n) (released code) or round(s·n) (OMP)")
     search.add_argument("--kd-include-padding", action="store_true", help="TAMT-KD: average over padding too")
+    search.add_argument("--alpha", type=float, default=hparams.ALPHA,
+                        help="TAMT: OMP-kept scores start at alpha·phi (Eq. 5; default 2)")
+    search.add_argument("--phi", type=float, default=hparams.PHI, help="TAMT: starting threshold (Eq. 3; default 1e-2)")
     search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
 
     loss = commands.add_parser("pretrain-loss", help="MLM / KD dev loss of subnetworks (Fig. 1, 4)")
@@ -155,7 +158,8 @@ def _search(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, block_size=args.block_size, schedule_steps=args.schedule_steps,
                           threshold_period=args.threshold_period, save_steps=args.save_steps,
                           pruning_interval=args.pruning_interval, rewind=args.rewind,
-                          zero_rounding=args.zero_rounding, kd_include_padding=args.kd_include_padding)
+                          zero_rounding=args.zero_rounding, kd_include_padding=args.kd_include_padding,
+                          alpha=args.alpha, phi=args.phi)
     for path in run_search(config, args.out, model=args.model, data=args.data, device=args.device):
         print(path)
     return 0

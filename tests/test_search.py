@@ -86,6 +86,22 @@ def test_tamt_init_mask_is_eq5(tiny_bert_dir):
     assert all(torch.equal(found[0].tensors[n], s > PHI) for n, s in scores.items())
 
 
+def test_tamt_alpha_and_phi_set_the_initial_scores_and_threshold(tiny_bert_dir):
+    """Eq. 5 with the tunable α, φ: kept scores start at α·φ, pruned at 0, and τ starts at φ (§3.4.2).
+
+    α·φ = 0.006 lies below the default φ = 0.01, so the step-0 mask equals the OMP init only if τ starts at φ."""
+    weights = dense_weights(load_pretrained(str(tiny_bert_dir)).model)
+    scores = initial_scores(weights, 0.6, alpha=1.5, phi=0.004)
+    assert {round(v, 6) for s in scores.values() for v in s.unique().tolist()} == {0.0, 0.006}
+    config = SearchConfig(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,), alpha=1.5, phi=0.004, **SMALL)
+    found, _, _ = _run(tiny_bert_dir, config)
+    assert all(torch.equal(found[0].tensors[n], s > 0) for n, s in scores.items())
+    with pytest.raises(ValueError, match="alpha must be > 1"):
+        SearchConfig(method="tamt-mlm", sparsity=0.5, alpha=1.0)
+    with pytest.raises(ValueError, match="omp has none"):
+        SearchConfig(method="omp", sparsity=0.5, phi=0.1)
+
+
 def test_tamt_mlm_trains_scores_and_head_but_not_weights_or_decoder(tiny_bert_dir):
     """Check vector 19: trainable = scores + MLM head transform/bias; encoder weights and tied decoder frozen."""
     _, _, model = _run(tiny_bert_dir, SearchConfig(method="tamt-mlm", sparsity=0.5, steps=1, **SMALL))

@@ -48,6 +48,8 @@ class SearchConfig:
             ``half_even`` = round(s·n) as OMP.
         kd_include_padding: average the KD loss over padding positions too, as the released code did.
         max_grad_norm: global gradient-norm clipping.
+        alpha, phi: TAMT's mask initialisation α·φ and starting threshold φ (Eq. 5, §4.1.3: 2 and 1e-2); α must
+            exceed 1 so that the OMP-kept scores α·φ pass the strict binariser ``M̄ > τ`` at τ = φ.
     """
 
     method: str
@@ -66,6 +68,8 @@ class SearchConfig:
     zero_rounding: str = "floor"
     kd_include_padding: bool = False
     max_grad_norm: float = 1.0
+    alpha: float = hparams.ALPHA
+    phi: float = hparams.PHI
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -95,6 +99,11 @@ class SearchConfig:
             raise ValueError(f"zero_rounding must be one of {ROUNDINGS}, got {self.zero_rounding!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (self.alpha > 1.0 and self.phi > 0.0):
+            raise ValueError(f"alpha must be > 1 and phi > 0 (Eq. 5: kept scores start at α·φ above the threshold φ), "
+                             f"got alpha={self.alpha}, phi={self.phi}")
+        if self.method not in ("tamt-mlm", "tamt-kd") and (self.alpha, self.phi) != (hparams.ALPHA, hparams.PHI):
+            raise ValueError(f"alpha and phi set TAMT's mask initialisation; {self.method} has none, drop them")
         if any(s < 0 for s in self.save_steps):
             raise ValueError(f"save_steps must be ≥ 0, got {self.save_steps}")
 

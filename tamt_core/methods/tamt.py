@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import torch
 
+from tamt_core import hparams
 from tamt_core.device import autocast
-from tamt_core.hparams import ALPHA, PHI
 from tamt_core.losses import encoder_layer_states, kd_loss, mlm_loss
 from tamt_core.masking import apply_score_masks, base_model, current_mask, dense_weights, mask_parametrizations
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
@@ -31,10 +31,10 @@ from tamt_core.threshold import BandedThresholds
 from tamt_core.training import adamw_with_schedule, endless_batches, steps_per_epoch, to_device
 
 
-def initial_scores(weights: dict[str, torch.Tensor], sparsity: float, rounding: str = "floor"
-                   ) -> dict[str, torch.Tensor]:
+def initial_scores(weights: dict[str, torch.Tensor], sparsity: float, rounding: str = "floor", *,
+                   alpha: float = hparams.ALPHA, phi: float = hparams.PHI) -> dict[str, torch.Tensor]:
     """Eq. 5: M̄ = α·φ where the OMP mask keeps, 0 where it prunes (φ = 1e-2, α = 2, §4.1.3)."""
-    return {name: keep.to(weights[name].dtype) * (ALPHA * PHI)
+    return {name: keep.to(weights[name].dtype) * (alpha * phi)
             for name, keep in omp_mask(weights, sparsity, rounding).items()}
 
 
@@ -77,7 +77,8 @@ class TAMT:
         teacher = copy.deepcopy(base_model(model)).eval().requires_grad_(False) if self.objective == "kd" else None
 
         embedding = dense_weights(model)["embeddings.word_embeddings.weight"]
-        apply_score_masks(model, initial_scores(dense_weights(model), config.sparsity, config.zero_rounding))
+        apply_score_masks(model, initial_scores(dense_weights(model), config.sparsity, config.zero_rounding,
+                                                alpha=config.alpha, phi=config.phi), threshold=config.phi)
         thresholds = ThresholdController(model, config.sparsity, config.zero_rounding)
         model.requires_grad_(False)
         trainable = [m.scores.requires_grad_(True) for m in thresholds.masks.values()]
