@@ -6,26 +6,65 @@ A sweep script declares ``{"paper": [Grid, ...], "smoke": [Grid, ...]}`` and cal
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TextIO
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
 
 from tamt_core.console import quiet_libraries
+from tamt_core.methods.base import METHOD_NAMES
 
 from orchestrator.estimate import THROUGHPUT, gpu_hours
-from orchestrator.grid import Grid
+from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
 from orchestrator.storage import DEFAULT_STORAGE, Storage, StorageError
 
-Presets = Mapping[str, Callable[[], Sequence[Grid]]]
+Declaration = Grid | MaskSimilarity | Plan
+"""What a preset lists: anything with a ``plan()``."""
+Presets = Mapping[str, Callable[[], Sequence[Declaration]]]
 
 
-def plan_of(grids: Sequence[Grid]) -> Plan:
+def plan_of(declarations: Sequence[Declaration]) -> Plan:
     plan = Plan()
-    for grid in grids:
-        plan = plan.merge(grid.plan())
+    for declaration in declarations:
+        plan = plan.merge(declaration.plan())
     return plan
+
+
+def with_search_settings(declaration: Declaration, settings: Mapping[str, Mapping[str, Any]]) -> Declaration:
+    """``declaration`` with per-method search settings (e.g. a tuned TAMT setting) laid over its grids' own."""
+    if isinstance(declaration, Grid):
+        search = dict(declaration.search)
+        for method, own in settings.items():
+            search[method] = {**search.get(method, {}), **own}
+        return replace(declaration, search=search)
+    if isinstance(declaration, MaskSimilarity):
+        return replace(declaration, grids=tuple(with_search_settings(g, settings) for g in declaration.grids))
+    return declaration
+
+
+def read_search_settings(path: str) -> dict[str, dict[str, Any]]:
+    """A ``{method: {setting: value}}`` JSON file, as ``sweeps/tune_tamt.py`` writes its best setting.
+
+    Raises:
+        PlanError: unreadable file, or not a mapping of method names to settings.
+    """
+    try:
+        settings = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PlanError(f"--search-settings {path}: cannot read it as JSON ({error}); give the best.json that "
+                        "sweeps/tune_tamt.py writes, or a file like {\"tamt-mlm\": {\"lr\": 1e-4}}") from error
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise PlanError(f"--search-settings {path} must map method names to settings, e.g. "
+                        "{\"tamt-mlm\": {\"lr\": 1e-4, \"alpha\": 2.0}}")
+    unknown = sorted(set(settings) - set(METHOD_NAMES))
+    if unknown:
+        raise PlanError(f"--search-settings {path} names unknown method(s) {unknown}; choose from "
+                        f"{', '.join(METHOD_NAMES)}")
+    return settings
 
 
 def _has_gpu_or_cluster(address: str | None) -> bool:
@@ -57,6 +96,9 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
     parser.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
                         help="fine-tuning checkpoint period")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--search-settings", metavar="FILE",
+                        help="JSON {method: {setting: value}} laid over the preset's search settings, e.g. the "
+                             "best.json of sweeps/tune_tamt.py")
     return parser
 
 
@@ -72,7 +114,11 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         why = "a GPU or a Ray cluster was found" if gpus else "no GPU and no Ray cluster address were found"
         print(f"[tamt] preset: {preset} ({why}; choose with --preset {'/'.join(sorted(presets))})", file=out)
     try:
-        plan = plan_of(presets[preset]())
+        declarations = presets[preset]()
+        if args.search_settings:
+            settings = read_search_settings(args.search_settings)
+            declarations = [with_search_settings(d, settings) for d in declarations]
+        plan = plan_of(declarations)
         storage = Storage.at(args.storage)
         if args.dry_run:
             print_plan(plan, name, preset, storage, out)
@@ -101,23 +147,28 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
     return 0 if report.complete else 1
 
 
+STAGE_NAMES = {"search": "mask searches", "finetune": "fine-tunes", "evaluate": "evaluations"}
+
+
 def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO) -> None:
     from orchestrator.results import finished_run_ids
 
     done = finished_run_ids(storage) if storage.is_local and storage.local_root.exists() else set()
     counts, hours = plan.counts(), gpu_hours(plan)
-    print(f"sweep {name}, preset {preset}: {len(plan)} unique trials "
-          f"({len(plan.searches)} mask searches → {len(plan.finetunes)} fine-tunes)", file=out)
-    for stage in ("search", "finetune"):
-        ids = plan.searches if stage == "search" else plan.finetunes
+    tables = {"search": plan.searches, "finetune": plan.finetunes, "evaluate": plan.evaluations}
+    print(f"sweep {name}, preset {preset}: {len(plan)} unique trials ("
+          + ", ".join(f"{len(tables[stage])} {STAGE_NAMES[stage]}" for stage in tables) + ")", file=out)
+    for stage, ids in tables.items():
+        if not ids:
+            continue
         finished = sum(1 for run_id in ids if run_id in done)
         print(f"  {stage:8s} {len(ids):6d} trials  {sum(hours[stage].values()):9.1f} GPU-h"
               f"{f'  ({finished} already done)' if finished else ''}", file=out)
         for method, count in sorted(counts[stage].items()):
-            print(f"    {method:9s} {count:6d}  {hours[stage].get(method, 0.0):9.1f} GPU-h", file=out)
-    with_mask = sum(1 for spec in plan.finetunes.values() if spec.mask is not None)
-    print(f"  dependencies: {with_mask} fine-tunes each wait for the one search that writes their mask; "
-          f"{len(plan.finetunes) - with_mask} full-model fine-tunes wait for nothing", file=out)
+            print(f"    {method:10s} {count:6d}  {hours[stage].get(method, 0.0):9.1f} GPU-h", file=out)
+    waiting = sum(1 for spec in plan.specs() if plan.dependencies(spec))
+    print(f"  dependencies: {waiting} trials wait for the searches that write their masks; "
+          f"{len(plan) - len(plan.searches) - waiting} others wait for nothing", file=out)
     total = sum(sum(h.values()) for h in hours.values())
     print(f"  total {total:.1f} GPU-h ({THROUGHPUT['v100'].source})", file=out)
 

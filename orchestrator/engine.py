@@ -51,26 +51,35 @@ class Resources:
                             "give --cpus-per-trial > 0")
 
     def for_stage(self, stage: str) -> dict[str, float]:
-        cpu, gpu = (self.search_cpu, self.search_gpu) if stage == "search" else (self.finetune_cpu, self.finetune_gpu)
+        """A search's resources for searches and dense-model losses (a model on a GPU), a fine-tune's for
+        fine-tunes; mask similarities count bits on the CPU."""
+        if stage == "similarity":
+            return {"cpu": self.search_cpu or 1.0, "gpu": 0.0}
+        cpu, gpu = (self.finetune_cpu, self.finetune_gpu) if stage == "finetune" else (self.search_cpu, self.search_gpu)
         return {"cpu": cpu, "gpu": gpu}
 
 
 class PlanSearcher(Searcher):
-    """Suggests the plan's unfinished trials in dependency order: searches first, each fine-tune once its mask exists.
+    """Suggests the plan's unfinished trials in dependency order: searches first, every other trial once each search
+    it reads masks from has finished.
 
-    A search that fails for good (after Tune's retries) blocks its fine-tunes, which are reported, not run.
+    A search that fails for good (after Tune's retries) blocks the trials that wait for it; they are reported, not
+    run.
     """
 
     def __init__(self, plan: Plan, todo: list[str], settings: TrialSettings) -> None:
         super().__init__()
         self.plan, self.settings = plan, settings
         self.ready: deque[str] = deque()
-        self.waiting: dict[str, list[str]] = {}
+        self.missing: dict[str, set[str]] = {}  # run id → unfinished searches it waits for
+        self.dependents: dict[str, list[str]] = {}  # search run id → trials waiting for it
         unfinished = set(todo)
         for run_id in todo:
-            dependency = plan.dependency(plan.get(run_id))
-            if dependency is not None and dependency in unfinished:
-                self.waiting.setdefault(dependency, []).append(run_id)
+            waits = {dep for dep in plan.dependencies(plan.get(run_id)) if dep in unfinished}
+            if waits:
+                self.missing[run_id] = waits
+                for dep in waits:
+                    self.dependents.setdefault(dep, []).append(run_id)
             else:
                 self.ready.append(run_id)
         self.run_of_trial: dict[str, str] = {}
@@ -83,21 +92,26 @@ class PlanSearcher(Searcher):
             run_id = self.ready.popleft()
             self.run_of_trial[trial_id] = run_id
             return {"spec": self.plan.get(run_id).to_dict(), "settings": self.settings.to_dict(), "run_id": run_id}
-        if self.waiting:
-            return None  # fine-tunes wait for searches still running
+        if self.missing:
+            return None  # trials wait for searches still running
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         run_id = self.run_of_trial.get(trial_id)
         if run_id is None:
             return
-        dependents = self.waiting.pop(run_id, [])
-        if error:
-            self.failed.add(run_id)
-            self.blocked.update(dependents)
-        else:
-            self.succeeded.add(run_id)
-            self.ready.extend(dependents)
+        (self.failed if error else self.succeeded).add(run_id)
+        for dependent in self.dependents.pop(run_id, []):
+            if dependent not in self.missing:
+                continue  # already blocked by another failed search
+            if error:
+                del self.missing[dependent]
+                self.blocked.add(dependent)
+                continue
+            self.missing[dependent].discard(run_id)
+            if not self.missing[dependent]:
+                del self.missing[dependent]
+                self.ready.append(dependent)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: what is done lives in the results table, which a rerun reads (Tune's restore is unused)."""
@@ -107,7 +121,7 @@ class PlanSearcher(Searcher):
 
     @property
     def unsuggested(self) -> int:
-        return len(self.ready) + sum(len(v) for v in self.waiting.values())
+        return len(self.ready) + len(self.missing)
 
 
 class Progress(tune.Callback):
@@ -200,7 +214,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     sleep to time the orchestration alone.
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
-    todo = [run_id for run_id in [*plan.searches, *plan.finetunes] if run_id not in finished]
+    todo = [run_id for run_id in [*plan.searches, *plan.evaluations, *plan.finetunes] if run_id not in finished]
     report = SweepReport(storage, uri, len(plan), len(plan) - len(todo))
     print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run",
           file=out or sys.stdout, flush=True)

@@ -16,7 +16,7 @@ from tamt_core import hparams
 from tamt_core.tasks import get_task
 
 from orchestrator.plan import Plan
-from orchestrator.specs import FinetuneSpec, SearchSpec
+from orchestrator.specs import DenseLossSpec, FinetuneSpec, SearchSpec, Spec
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Throughput:
     squad_train_per_s: float
     squad_eval_per_s: float
     load_s: float
+    dev_loss_s: float
 
 
 _TAB3_S = {("bert", "imp"): 4 * 3600 + 6 * 60 + 26, ("bert", "tamt-mlm"): 3 * 3600 + 54 * 60 + 58,
@@ -42,7 +43,7 @@ THROUGHPUT: dict[str, Throughput] = {
         source="search: paper Tab. 3 (one 32GB V100); fine-tuning: assumed V100 fp32 BERT-base figures",
         search_s_per_iteration={key: seconds / _TAB3_ITERATIONS[key[1]] for key, seconds in _TAB3_S.items()},
         glue_train_per_s=400.0, glue_eval_per_s=1600.0, squad_train_per_s=90.0, squad_eval_per_s=300.0,
-        load_s=30.0),
+        load_s=30.0, dev_loss_s=60.0),
 }
 """Per device class. Fine-tuning figures are assumptions until measured (``bench/bench_finetune.py``)."""
 
@@ -56,12 +57,14 @@ def _family(model: str) -> str:
 
 
 def search_seconds(spec: SearchSpec, table: Throughput) -> float:
+    """Loading, training (Tab. 3's pace) and the dev losses of every mask the search writes."""
     config = spec.config
+    dev_losses = 0.0 if spec.dev_loss_batches == 0 else len(spec.yields()) * table.dev_loss_s
     if config.method in ("omp", "rand"):
-        return table.load_s
+        return table.load_s + dev_losses
     iterations = (hparams.imp_steps(config.sparsity, config.pruning_interval) if config.method == "imp"
                   else config.resolved_steps())
-    return table.load_s + iterations * table.search_s_per_iteration[(_family(spec.model), config.method)]
+    return table.load_s + dev_losses + iterations * table.search_s_per_iteration[(_family(spec.model), config.method)]
 
 
 def finetune_seconds(spec: FinetuneSpec, table: Throughput) -> float:
@@ -79,12 +82,23 @@ def finetune_seconds(spec: FinetuneSpec, table: Throughput) -> float:
     return table.load_s + steps * hp.batch_size / train_rate + evaluations * DEV_SIZES[task.name] / eval_rate
 
 
+def evaluation_seconds(spec: Spec, table: Throughput) -> float:
+    """GPU seconds of an evaluation trial: a dense-model dev loss is one model load and a pass over the dev set;
+    a mask similarity runs on the CPU and costs no GPU time."""
+    if isinstance(spec, DenseLossSpec):
+        return table.load_s + table.dev_loss_s
+    return 0.0
+
+
 def gpu_hours(plan: Plan, device: str = "v100") -> dict[str, dict[str, float]]:
-    """GPU-hours per stage and method (one GPU per trial)."""
+    """GPU-hours per stage and method (one GPU per trial; evaluations by kind)."""
     table = THROUGHPUT[device]
-    out: dict[str, dict[str, float]] = {"search": defaultdict(float), "finetune": defaultdict(float)}
+    out: dict[str, dict[str, float]] = {"search": defaultdict(float), "finetune": defaultdict(float),
+                                        "evaluate": defaultdict(float)}
     for spec in plan.searches.values():
         out["search"][spec.config.method] += search_seconds(spec, table) / 3600
     for spec in plan.finetunes.values():
         out["finetune"][plan.method_of(spec)] += finetune_seconds(spec, table) / 3600
+    for spec in plan.evaluations.values():
+        out["evaluate"][spec.stage] += evaluation_seconds(spec, table) / 3600
     return {stage: dict(values) for stage, values in out.items()}

@@ -7,7 +7,9 @@ How the grid maps to searches follows the paper (§4.1.3, App. C):
 * Random pruning: one search per model × sparsity × mask seed.
 * IMP: one run per model × mask seed, to the grid's highest sparsity; it yields every lower multiple of 10 %
   along the way, and each grid sparsity is fine-tuned from that run's mask.
-* TAMT-MLM / TAMT-KD: one run per model × sparsity × mask seed (Tab. 2's iterations unless set).
+* TAMT-MLM / TAMT-KD: one run per model × sparsity × mask seed (Tab. 2's iterations unless set). A run may save
+  masks along the way (``save_steps``); ``finetune_steps`` picks which of them are fine-tuned (Fig. 5: every one;
+  Fig. 3: Tab. 2's step of a longer run, as the authors took ``checkpoint-17000`` of a 2-epoch run).
 
 Every check runs when the grid is built, so a malformed grid fails before Ray starts.
 """
@@ -24,21 +26,25 @@ from tamt_core.methods.base import METHOD_NAMES, SearchConfig
 from tamt_core.tasks import TASKS
 
 from orchestrator.plan import Plan, PlanError
-from orchestrator.specs import SPARSITY_DIGITS, FinetuneSpec, SearchSpec
+from orchestrator.specs import SPARSITY_DIGITS, DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec
 
 _TRAINING = {"lr", "batch_size", "weight_decay", "block_size", "schedule_steps", "max_grad_norm"}
 SEARCH_SETTINGS_BY_METHOD: dict[str, set[str]] = {
     "omp": set(),
     "rand": set(),
     "imp": _TRAINING | {"pruning_interval", "rewind"},
-    "tamt-mlm": _TRAINING | {"steps", "save_steps", "threshold_period", "zero_rounding"},
-    "tamt-kd": _TRAINING | {"steps", "save_steps", "threshold_period", "zero_rounding", "kd_include_padding"},
+    "tamt-mlm": _TRAINING | {"steps", "save_steps", "threshold_period", "zero_rounding", "alpha", "phi"},
+    "tamt-kd": _TRAINING | {"steps", "save_steps", "threshold_period", "zero_rounding", "kd_include_padding", "alpha",
+                            "phi"},
 }
 """Which :class:`SearchConfig` fields of ``Grid.search`` apply to each method; the others are ignored for it."""
 
 _SEARCH_FIELDS = {f.name for f in fields(SearchConfig)} - {"method", "sparsity", "seed"}
 _FINETUNE_FIELDS = {f.name for f in fields(FinetuneConfig)} - {"task", "seed", "model", "data", "mask_hash",
                                                                "train_size"}
+
+
+Steps = int | tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -50,16 +56,21 @@ class Grid:
         methods: subset of ``omp``, ``rand``, ``imp``, ``tamt-mlm``, ``tamt-kd``.
         sparsities: fractions in (0, 1).
         mask_seeds, finetune_seeds: non-negative ints.
-        tasks: GLUE task names and ``squad``.
+        tasks: GLUE task names and ``squad``; empty = no fine-tunes (searches and evaluations only).
         train_sizes: low-data subset sizes (Fig. 7); ``None`` = the whole training set.
         full_model: also fine-tune each model without a mask (the dashed line of Fig. 3).
+        dense_loss: also measure each unpruned model's MLM and KD dev losses (the full-model point of Fig. 1, 4).
         pretrain_data: WikiText source for the trained methods (``None`` = built-in smoke corpus).
         task_data: downstream data source (``None`` = built-in smoke task data; ``"hub"`` = the hub datasets).
         search: :class:`SearchConfig` overrides, applied to the methods they concern
-            (:data:`SEARCH_SETTINGS_BY_METHOD`); ``steps`` may map sparsity → TAMT iterations like Tab. 2; a
-            method name maps to settings for that method alone (``{"tamt-kd": {"lr": 1e-4}}``).
+            (:data:`SEARCH_SETTINGS_BY_METHOD`); ``steps`` and ``save_steps`` may map sparsity → value like
+            Tab. 2; a method name maps to settings for that method alone (``{"tamt-kd": {"lr": 1e-4}}``).
         finetune: :class:`FinetuneConfig` overrides (``lr``, ``batch_size``, ``epochs``, ``eval_every``, ...).
         dev_loss_batches: dev batches for each mask's MLM/KD dev loss (``None`` all, 0 none).
+        imp_until: the sparsity every IMP run prunes to (default: the grid's highest). One run yields all lower
+            multiples of 10 %, so sweeps that set the same value share their IMP runs (the paper's: 0.9, Tab. 2).
+        finetune_steps: which saved TAMT masks are fine-tuned: ``None`` = each run's last; a step or steps for
+            every sparsity; or a mapping sparsity → step(s) (``hparams.TAMT_STEPS``: Tab. 2's).
     """
 
     models: tuple[str, ...]
@@ -70,11 +81,14 @@ class Grid:
     tasks: tuple[str, ...]
     train_sizes: tuple[int | None, ...] = (None,)
     full_model: bool = True
+    dense_loss: bool = False
     pretrain_data: str | None = None
     task_data: str | None = None
     search: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)
     dev_loss_batches: int | None = None
+    imp_until: float | None = None
+    finetune_steps: Steps | Mapping[float, Steps] | None = None
 
     def __post_init__(self) -> None:
         for name in ("models", "methods", "sparsities", "mask_seeds", "finetune_seeds", "tasks", "train_sizes"):
@@ -83,12 +97,19 @@ class Grid:
                 raise PlanError(f"grid axis {name} must be a list or tuple, got {values!r}")
             values = tuple(values)
             object.__setattr__(self, name, values)
-            mask_axis = name in ("methods", "sparsities", "mask_seeds")
-            if not values and not (mask_axis and self.full_model and not (name != "methods" and self.methods)):
-                raise PlanError(f"grid axis {name} is empty; give at least one value")
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
             if repeated:
                 raise PlanError(f"grid axis {name} repeats {', '.join(repeated)}; list each value once")
+        needed = ["models"]
+        if self.methods:
+            needed += ["sparsities", "mask_seeds"]
+        if self.tasks:
+            needed += ["finetune_seeds", "train_sizes"]
+        for name in needed:
+            if not getattr(self, name):
+                raise PlanError(f"grid axis {name} is empty; give at least one value")
+        if not self.methods and not (self.tasks and self.full_model) and not self.dense_loss:
+            raise PlanError("the grid plans nothing: give methods, or tasks with full_model=True, or dense_loss=True")
         for model in self.models:
             if not isinstance(model, str) or not model.strip():
                 raise PlanError(f"model {model!r} is not a hub id or directory; name one, e.g. 'bert-base-uncased'")
@@ -99,13 +120,19 @@ class Grid:
         if unknown:
             raise PlanError(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(TASKS)}")
         for s in self.sparsities:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < s < 1.0 or math.isnan(s):
+            if not _is_fraction(s):
                 raise PlanError(f"sparsity {s!r} is outside (0, 1); give the fraction of weights zeroed, e.g. 0.7")
         if "imp" in self.methods:
-            off = [s for s in self.sparsities if not math.isclose(s * 10, round(s * 10), abs_tol=1e-9)]
+            off = [s for s in self.sparsities if not _is_tenth(s)]
             if off:
                 raise PlanError(f"IMP prunes 10 % per round, so sparsities {off} cannot come from it; use multiples "
                                 "of 0.1 or drop 'imp' from methods")
+        if self.imp_until is not None:
+            if not (_is_fraction(self.imp_until) and _is_tenth(self.imp_until)):
+                raise PlanError(f"imp_until must be a multiple of 0.1 in (0, 1), got {self.imp_until!r}")
+            if self.sparsities and self.imp_until < max(self.sparsities):
+                raise PlanError(f"imp_until {self.imp_until} is below the grid's highest sparsity "
+                                f"{max(self.sparsities)}; IMP cannot yield masks past the sparsity it stops at")
         for name in ("mask_seeds", "finetune_seeds"):
             bad = [s for s in getattr(self, name) if isinstance(s, bool) or not isinstance(s, int) or s < 0]
             if bad:
@@ -130,28 +157,70 @@ class Grid:
             raise PlanError(f"unknown fine-tune setting(s) {sorted(unknown)}; known: {sorted(_FINETUNE_FIELDS)}")
         if self.dev_loss_batches is not None and self.dev_loss_batches < 0:
             raise PlanError(f"dev_loss_batches must be ≥ 0 (0 skips dev losses), got {self.dev_loss_batches}")
+        if self.dense_loss and self.dev_loss_batches == 0:
+            raise PlanError("dense_loss measures dev losses, but dev_loss_batches is 0 (skip them); give a number of "
+                            "batches or None (the whole dev set)")
+
+    # --- expansion -------------------------------------------------------------------------------------------
 
     def searches(self) -> list[SearchSpec]:
         """One spec per search the grid needs, deduplicated (OMP ignores the mask seed)."""
         out: dict[str, SearchSpec] = {}
         for model in self.models:
             for method in self.methods:
-                targets = [max(self.sparsities)] if method == "imp" else list(self.sparsities)
                 seeds = (0,) if method == "omp" else self.mask_seeds
                 for seed in seeds:
-                    for sparsity in targets:
+                    for sparsity in self._search_sparsities(method):
                         spec = SearchSpec(model, self._search_config(method, sparsity, seed), self.pretrain_data,
                                           self.dev_loss_batches)
                         out.setdefault(spec.run_id, spec)
         return list(out.values())
 
+    def _search_sparsities(self, method: str) -> list[float]:
+        if method == "imp":
+            return [max(self.sparsities) if self.imp_until is None else self.imp_until]
+        return list(self.sparsities)
+
+    def masks(self) -> list[tuple[SearchSpec, MaskRef]]:
+        """Every mask the grid studies (fine-tunes, compares): per search, the masks of the grid's sparsities at
+        the steps ``finetune_steps`` picks.
+
+        Raises:
+            PlanError: a picked step is not one the search saves.
+        """
+        out = []
+        for search in self.searches():
+            method = search.config.method
+            wanted = self.sparsities if method == "imp" else (search.config.sparsity,)
+            for sparsity in wanted:
+                final = search.final_mask(sparsity)
+                steps = self._steps_to_finetune(sparsity) if method in ("tamt-mlm", "tamt-kd") else None
+                if steps is None:
+                    out.append((search, final))
+                    continue
+                saved = {step for s, step in search.yields() if s == final.sparsity}
+                missing = sorted(set(steps) - saved)
+                if missing:
+                    raise PlanError(f"finetune_steps asks the {method} run at sparsity {sparsity} for steps {missing}, "
+                                    f"but it saves {sorted(saved)}; add them to search['save_steps'] (and make "
+                                    "'steps' reach them)")
+                out += [(search, MaskRef(search.run_id, final.sparsity, step)) for step in steps]
+        return out
+
+    def _steps_to_finetune(self, sparsity: float) -> tuple[int, ...] | None:
+        steps = self.finetune_steps
+        if isinstance(steps, Mapping):
+            steps = _per_sparsity(steps, sparsity)
+        if steps is None:
+            return None
+        return (steps,) if isinstance(steps, int) else tuple(steps)
+
     def _search_config(self, method: str, sparsity: float, seed: int) -> SearchConfig:
         settings = {k: v for k, v in self.search.items() if k in SEARCH_SETTINGS_BY_METHOD[method]}
         settings.update(self.search.get(method, {}))
-        steps = settings.get("steps")
-        if isinstance(steps, Mapping):
-            nearest = min(steps, key=lambda s: abs(s - sparsity))
-            settings["steps"] = steps[nearest]
+        for name in ("steps", "save_steps"):
+            if isinstance(settings.get(name), Mapping):
+                settings[name] = _per_sparsity(settings[name], sparsity)
         if "save_steps" in settings:
             settings["save_steps"] = tuple(settings["save_steps"])
         try:
@@ -167,23 +236,82 @@ class Grid:
             raise PlanError(f"fine-tune settings for {task}: {error}") from error
         return FinetuneSpec(config, mask)
 
+    def _finetunes(self, model: str, mask: MaskRef | None) -> list[FinetuneSpec]:
+        return [self._finetune_spec(model, task, seed, train_size, mask)
+                for task in self.tasks for train_size in self.train_sizes for seed in self.finetune_seeds]
+
     def plan(self) -> Plan:
-        """The DAG: every search, then every fine-tune of every (search, sparsity) the grid asks for."""
+        """The DAG: every search, every fine-tune of every mask the grid picks, the full models and dense losses."""
+        plan = Plan.of(self.searches())
+        for search, mask in self.masks():
+            for spec in self._finetunes(search.model, mask):
+                plan.add(spec)
+        for model in self.models:
+            if self.full_model:
+                for spec in self._finetunes(model, None):
+                    plan.add(spec)
+            if self.dense_loss:
+                plan.add(DenseLossSpec(model, self.pretrain_data, self.dev_loss_batches))
+        plan.validate()
+        return plan
+
+
+def _is_fraction(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+            and 0.0 < value < 1.0)
+
+
+def _is_tenth(value: float) -> bool:
+    return math.isclose(value * 10, round(value * 10), abs_tol=1e-9)
+
+
+def _per_sparsity(mapping: Mapping[float, Any], sparsity: float) -> Any:
+    """The value for ``sparsity`` in a sparsity-keyed setting (the nearest key, as Tab. 2 lists tenths)."""
+    return mapping[min(mapping, key=lambda s: abs(s - sparsity))]
+
+
+@dataclass(frozen=True)
+class MaskSimilarity:
+    """Similarity trials over the masks some grids study (§4.2.4, Fig. 6, 15), per model × sparsity.
+
+    Without a ``reference`` every pair of masks is compared (Fig. 6 right: OMP and the seeds of each method);
+    with ``reference="omp"`` each mask is compared to the OMP mask of its sparsity (Fig. 6 left: distance from
+    OMP along training). The grids' searches join the plan; their fine-tunes only if the grids have tasks.
+    """
+
+    grids: tuple[Grid, ...]
+    reference: str | None = None
+
+    def __post_init__(self) -> None:
+        grids = (self.grids,) if isinstance(self.grids, Grid) else tuple(self.grids)
+        object.__setattr__(self, "grids", grids)
+        if not grids:
+            raise PlanError("MaskSimilarity needs at least one grid whose masks it compares")
+        if self.reference is not None and self.reference not in METHOD_NAMES:
+            raise PlanError(f"reference {self.reference!r} is not a method; choose from {', '.join(METHOD_NAMES)}")
+
+    def plan(self) -> Plan:
         plan = Plan()
-        for search in self.searches():
-            plan.add(search)
-            wanted = self.sparsities if search.config.method == "imp" else (search.config.sparsity,)
-            for sparsity in wanted:
-                mask = search.final_mask(sparsity)
-                for task in self.tasks:
-                    for train_size in self.train_sizes:
-                        for seed in self.finetune_seeds:
-                            plan.add(self._finetune_spec(search.model, task, seed, train_size, mask))
-        if self.full_model:
-            for model in self.models:
-                for task in self.tasks:
-                    for train_size in self.train_sizes:
-                        for seed in self.finetune_seeds:
-                            plan.add(self._finetune_spec(model, task, seed, train_size, None))
+        groups: dict[tuple[str, float], dict[MaskRef, str]] = {}
+        for grid in self.grids:
+            plan = plan.merge(grid.plan())
+            for search, mask in grid.masks():
+                groups.setdefault((search.model, mask.sparsity), {})[mask] = search.config.method
+        for (model, sparsity), masks in groups.items():
+            reference = None
+            if self.reference is not None:
+                found = [mask for mask, method in masks.items() if method == self.reference]
+                if len(found) != 1:
+                    raise PlanError(f"the grids give {len(found)} {self.reference} masks of {model} at sparsity "
+                                    f"{sparsity}; the reference must be exactly one: add a grid with methods "
+                                    f"=({self.reference!r},) at that sparsity")
+                reference = found[0]
+            others = tuple(mask for mask in masks if mask != reference)
+            if len(others) < (1 if reference is not None else 2):
+                continue  # nothing to compare at this sparsity
+            try:
+                plan.add(SimilaritySpec(model, sparsity, others, reference))
+            except ValueError as error:
+                raise PlanError(f"similarity of {model} at {sparsity}: {error}") from error
         plan.validate()
         return plan

@@ -1,7 +1,9 @@
-"""A plan: the DAG of mask searches → fine-tunes that a sweep runs, deduplicated by run id and validated up front.
+"""A plan: the DAG of mask searches → fine-tunes and evaluations that a sweep runs, deduplicated by run id and
+validated up front.
 
-A fine-tune depends on exactly one search (the one that writes its mask) or on nothing (full model). Plans from
-several grids or sweeps merge by run id, so a mask two experiments need is searched once.
+A fine-tune depends on the one search that writes its mask (or on nothing: the full model); a similarity trial on
+every search whose masks it compares; a dense-model loss on nothing. Plans from several grids or sweeps merge by
+run id, so a mask two experiments need is searched once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from orchestrator.specs import FinetuneSpec, SearchSpec, Spec
+from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, mask_refs
 
 
 class PlanError(ValueError):
@@ -19,10 +21,12 @@ class PlanError(ValueError):
 
 @dataclass
 class Plan:
-    """Searches and fine-tunes by run id, in declaration order (searches first when run)."""
+    """Searches, fine-tunes and evaluations (dense-model losses, mask similarities) by run id, in declaration
+    order; searches are handed out first when run."""
 
     searches: dict[str, SearchSpec] = field(default_factory=dict)
     finetunes: dict[str, FinetuneSpec] = field(default_factory=dict)
+    evaluations: dict[str, Spec] = field(default_factory=dict)
 
     @classmethod
     def of(cls, specs: Iterable[Spec]) -> Plan:
@@ -31,56 +35,74 @@ class Plan:
             plan.add(spec)
         return plan
 
+    def plan(self) -> Plan:
+        """A plan is its own declaration, so a sweep preset may list plans beside grids."""
+        return self
+
     def add(self, spec: Spec) -> None:
-        table = self.searches if isinstance(spec, SearchSpec) else self.finetunes
-        table.setdefault(spec.run_id, spec)
+        self._table(spec).setdefault(spec.run_id, spec)
+
+    def _table(self, spec: Spec) -> dict[str, Spec]:
+        if isinstance(spec, SearchSpec):
+            return self.searches
+        return self.finetunes if isinstance(spec, FinetuneSpec) else self.evaluations
 
     def merge(self, other: Plan) -> Plan:
-        merged = Plan(dict(self.searches), dict(self.finetunes))
-        for spec in [*other.searches.values(), *other.finetunes.values()]:
+        merged = Plan(dict(self.searches), dict(self.finetunes), dict(self.evaluations))
+        for spec in other.specs():
             merged.add(spec)
         return merged
 
     def __len__(self) -> int:
-        return len(self.searches) + len(self.finetunes)
+        return len(self.searches) + len(self.finetunes) + len(self.evaluations)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self.searches or run_id in self.finetunes or run_id in self.evaluations
+
+    def run_ids(self) -> set[str]:
+        return {*self.searches, *self.finetunes, *self.evaluations}
 
     def specs(self) -> list[Spec]:
-        return [*self.searches.values(), *self.finetunes.values()]
+        return [*self.searches.values(), *self.finetunes.values(), *self.evaluations.values()]
 
     def get(self, run_id: str) -> Spec:
-        return self.searches.get(run_id) or self.finetunes[run_id]
+        for table in (self.searches, self.finetunes, self.evaluations):
+            if run_id in table:
+                return table[run_id]
+        raise KeyError(run_id)
 
-    def dependency(self, spec: Spec) -> str | None:
-        """Run id of the search a fine-tune waits for (``None``: nothing to wait for)."""
-        return spec.mask.search_id if isinstance(spec, FinetuneSpec) and spec.mask is not None else None
+    def dependencies(self, spec: Spec) -> tuple[str, ...]:
+        """Run ids of the searches a trial waits for (empty: it can start at once)."""
+        return tuple(dict.fromkeys(ref.search_id for ref in mask_refs(spec)))
 
     def validate(self, finished: Iterable[str] = ()) -> None:
-        """Every fine-tune's mask comes from a search in the plan (or already finished) that yields it.
+        """Every mask a trial reads comes from a search in the plan (or already finished) that yields it.
 
         Raises:
-            PlanError: naming the first fine-tune whose mask no search provides, and how to fix the grid.
+            PlanError: naming the first trial whose mask no search provides, and how to fix the grid.
         """
         finished = set(finished)
-        for run_id, spec in self.finetunes.items():
-            if spec.mask is None:
-                continue
-            search = self.searches.get(spec.mask.search_id)
-            if search is None:
-                if spec.mask.search_id in finished:
-                    continue
-                raise PlanError(f"fine-tune {run_id} ({spec.config.task}, seed {spec.config.seed}) needs a mask of "
-                                f"search {spec.mask.search_id}, which is neither in the plan nor finished in the "
-                                "storage; add that search's method to the grid's methods (or its spec to the plan)")
-            if (spec.mask.sparsity, spec.mask.step) not in search.yields():
-                raise PlanError(f"fine-tune {run_id} asks search {search.run_id} ({search.config.method}) for a "
-                                f"mask at sparsity {spec.mask.sparsity}, step {spec.mask.step}, but that search "
-                                f"yields {list(search.yields())}; take the mask from SearchSpec.final_mask()")
+        for run_id, spec in [*self.finetunes.items(), *self.evaluations.items()]:
+            for ref in mask_refs(spec):
+                search = self.searches.get(ref.search_id)
+                if search is None:
+                    if ref.search_id in finished:
+                        continue
+                    raise PlanError(f"{spec.stage} {run_id} needs a mask of search {ref.search_id}, which is "
+                                    "neither in the plan nor finished in the storage; add that search's method to "
+                                    "the grid's methods (or its spec to the plan)")
+                if (ref.sparsity, ref.step) not in search.yields():
+                    raise PlanError(f"{spec.stage} {run_id} asks search {search.run_id} ({search.config.method}) "
+                                    f"for a mask at sparsity {ref.sparsity}, step {ref.step}, but that search yields "
+                                    f"{list(search.yields())}; take the mask from SearchSpec.final_mask() or add "
+                                    "the step to the search's save_steps")
 
     def counts(self) -> dict[str, Counter]:
-        """Trials per stage and method (``full`` for full-model fine-tunes): what ``--dry-run`` prints."""
-        searches = Counter(spec.config.method for spec in self.searches.values())
-        finetunes = Counter(self.method_of(spec) for spec in self.finetunes.values())
-        return {"search": searches, "finetune": finetunes}
+        """Trials per stage and method (``full`` for full-model fine-tunes; evaluations by kind): what
+        ``--dry-run`` prints."""
+        return {"search": Counter(spec.config.method for spec in self.searches.values()),
+                "finetune": Counter(self.method_of(spec) for spec in self.finetunes.values()),
+                "evaluate": Counter(spec.stage for spec in self.evaluations.values())}
 
     def method_of(self, spec: FinetuneSpec) -> str:
         if spec.mask is None:

@@ -28,6 +28,10 @@ _METRIC_MAP = pa.map_(pa.string(), pa.float64())
 _MASK = pa.struct([("sparsity", pa.float64()), ("step", pa.int64()), ("file", pa.string()),
                    ("mask_hash", pa.string()), ("actual_sparsity", pa.float64()),
                    ("mlm_dev_loss", pa.float64()), ("kd_dev_loss", pa.float64())])
+_PAIR = pa.struct([*[(f"{side}_{key}", kind) for side in ("a", "b")
+                     for key, kind in (("run_id", pa.string()), ("method", pa.string()), ("seed", pa.int64()),
+                                       ("step", pa.int64()), ("hash", pa.string()))],
+                   ("similarity", pa.float64())])
 _EVALUATION = pa.struct([("step", pa.int64()), ("epoch", pa.float64()), ("train_loss", pa.float64()),
                          ("metrics", _METRIC_MAP)])
 
@@ -40,7 +44,7 @@ SCHEMA = pa.schema([
     # outcome
     ("select_metric", pa.string()), ("best_score", pa.float64()), ("best_step", pa.int64()),
     *[(name, pa.float64()) for name in METRIC_COLUMNS],
-    ("curve", pa.list_(_EVALUATION)), ("masks", pa.list_(_MASK)),
+    ("curve", pa.list_(_EVALUATION)), ("masks", pa.list_(_MASK)), ("pairs", pa.list_(_PAIR)),
     ("mlm_dev_loss", pa.float64()), ("kd_dev_loss", pa.float64()),
     # cost and provenance
     ("steps", pa.int64()), ("train_examples", pa.int64()), ("wall_s", pa.float64()), ("attempts", pa.int64()),

@@ -141,9 +141,94 @@ class FinetuneSpec:
         return cls(FinetuneConfig(**d["config"]), None if d["mask"] is None else MaskRef(**d["mask"]))
 
 
-Spec = SearchSpec | FinetuneSpec
+@dataclass(frozen=True)
+class DenseLossSpec:
+    """The MLM and KD dev losses of the unpruned model: the full-model point of Fig. 1 and 4.
+
+    Measured exactly as each mask's losses in its search trial (``tamt_core.evaluate.pretrain_losses``), so here
+    ``dev_loss_batches`` is what the trial computes and is part of the run id.
+    """
+
+    model: str
+    data: str | None = None
+    dev_loss_batches: int | None = None
+
+    stage = "dense-loss"
+
+    @property
+    def run_id(self) -> str:
+        return content_hash(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "model": self.model, "data": self.data, "dev_loss_batches": self.dev_loss_batches}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DenseLossSpec:
+        return cls(d["model"], d.get("data"), d.get("dev_loss_batches"))
+
+
+@dataclass(frozen=True)
+class SimilaritySpec:
+    """Similarity of binary masks of one model and sparsity (§4.2.4: mean per-matrix IoU of the kept sets).
+
+    With a ``reference`` (Fig. 6 left: the OMP mask), each mask is compared to it; without, every pair of ``masks``
+    is compared (Fig. 6 right, Fig. 15). The trial waits for every search that writes one of the masks.
+    """
+
+    model: str
+    sparsity: float
+    masks: tuple[MaskRef, ...]
+    reference: MaskRef | None = None
+
+    stage = "similarity"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "masks", tuple(self.masks))
+        refs = [*self.masks, *([self.reference] if self.reference is not None else [])]
+        if len(set(refs)) != len(refs):
+            raise ValueError("a similarity trial lists each mask once (the reference not among the others)")
+        if len(refs) < 2:
+            raise ValueError("a similarity trial needs at least two masks")
+        off = sorted({r.sparsity for r in refs} - {self.sparsity})
+        if off:
+            raise ValueError(f"similarity of sparsity {self.sparsity} got masks of sparsity {off}; compare masks of "
+                             "one sparsity")
+
+    @property
+    def run_id(self) -> str:
+        return content_hash(self.to_dict())
+
+    def pairs(self) -> list[tuple[MaskRef, MaskRef]]:
+        """The compared pairs, in a fixed order: (reference, mask) for each mask, or every unordered pair."""
+        if self.reference is not None:
+            return [(self.reference, mask) for mask in self.masks]
+        return [(a, b) for i, a in enumerate(self.masks) for b in self.masks[i + 1:]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "model": self.model, "sparsity": self.sparsity,
+                "masks": [m.to_dict() for m in self.masks],
+                "reference": None if self.reference is None else self.reference.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SimilaritySpec:
+        return cls(d["model"], d["sparsity"], tuple(MaskRef(**m) for m in d["masks"]),
+                   None if d["reference"] is None else MaskRef(**d["reference"]))
+
+
+Spec = SearchSpec | FinetuneSpec | DenseLossSpec | SimilaritySpec
+STAGES: dict[str, type] = {"search": SearchSpec, "finetune": FinetuneSpec, "dense-loss": DenseLossSpec,
+                           "similarity": SimilaritySpec}
 
 
 def spec_from_dict(d: dict[str, Any]) -> Spec:
-    """Inverse of ``to_dict`` for either stage (what a Ray trial receives as its config)."""
-    return {"search": SearchSpec, "finetune": FinetuneSpec}[d["stage"]].from_dict(d)
+    """Inverse of ``to_dict`` for any stage (what a Ray trial receives as its config)."""
+    return STAGES[d["stage"]].from_dict(d)
+
+
+def mask_refs(spec: Spec) -> tuple[MaskRef, ...]:
+    """The masks a trial reads: its DAG edges (one search per mask)."""
+    if isinstance(spec, FinetuneSpec):
+        return () if spec.mask is None else (spec.mask,)
+    if isinstance(spec, SimilaritySpec):
+        return (*spec.masks, *([spec.reference] if spec.reference is not None else []))
+    return ()

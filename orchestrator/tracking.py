@@ -69,6 +69,11 @@ def run_name(spec: Spec) -> str:
     if spec.stage == "search":
         config = spec.config
         return f"search {config.method} s{config.sparsity:g} seed{config.seed}"
+    if spec.stage == "dense-loss":
+        return f"dense-loss {spec.model}"
+    if spec.stage == "similarity":
+        against = "all pairs" if spec.reference is None else f"vs {spec.reference.search_id[:6]}"
+        return f"similarity s{spec.sparsity:g} {len(spec.masks)} masks {against}"
     mask = "full" if spec.mask is None else f"mask {spec.mask.search_id[:6]} s{spec.mask.sparsity:g}"
     size = "" if spec.config.train_size is None else f" n{spec.config.train_size}"
     return f"finetune {spec.config.task} {mask} seed{spec.config.seed}{size}"

@@ -1,7 +1,7 @@
 """What one trial does: run a spec through ``tamt_core`` in its run directory and publish its results row.
 
 This is the only module that calls ``tamt_core``'s entry points (``run_search``, ``pretrain_losses``,
-``finetune``); it passes specs and files, never touches a model. :func:`execute` knows nothing of Ray, so tests
+``finetune``, ``similarity``); it passes specs and files, never touches a model. :func:`execute` knows nothing of Ray, so tests
 and a debugger can run a trial directly; :func:`tune_trial` is the Ray Tune trainable around it.
 
 A trial is idempotent: it appends one line to ``attempts.jsonl`` (so retries can be counted), resumes a fine-tune
@@ -25,13 +25,14 @@ from typing import Any
 from tamt_core.console import quiet_libraries
 from tamt_core.evaluate import pretrain_losses
 from tamt_core.finetune import finetune
-from tamt_core.masks import load_mask
+from tamt_core.masks import Mask, load_mask, similarity
 from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError, load_config
 from tamt_core.search import run_search
 
 from orchestrator import results
 from orchestrator.plan import PlanError
-from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, spec_from_dict
+from orchestrator.specs import (DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec, Spec,
+                                spec_from_dict)
 from orchestrator.storage import RunDirectory, Storage
 
 Report = Callable[[dict[str, Any]], None]
@@ -89,7 +90,7 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
     node = node or socket.gethostname()
     started = time.time()
     attempts = _record_attempt(run_dir.local, spec, node)
-    run = _search if isinstance(spec, SearchSpec) else _finetune
+    run = {"search": _search, "finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
     row = run(spec, settings, run_dir, report)
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
                attempts=attempts, node=node, versions=package_versions(),
@@ -143,10 +144,8 @@ def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory
     mask = mask_entry = search_row = None
     if spec.mask is not None:
         search_row = results.read_row(storage, spec.mask.search_id)
-        mask_entry = next(m for m in search_row["masks"]
-                          if round(m["sparsity"], 4) == spec.mask.sparsity and m["step"] == spec.mask.step)
-        mask_path = run_dir.fetch(spec.mask.search_id, mask_entry["file"])
-        mask = load_mask(mask_path)
+        mask_entry = _mask_entry(search_row, spec.mask)
+        mask = load_mask(run_dir.fetch(spec.mask.search_id, mask_entry["file"]))
     config = spec.with_mask_hash(None if mask is None else mask.content_hash)
 
     def on_evaluation(evaluation) -> None:
@@ -174,6 +173,49 @@ def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory
     else:
         row["sparsity"] = 0.0
     return row
+
+
+def _mask_entry(search_row: dict[str, Any], ref: MaskRef) -> dict[str, Any]:
+    """The ``masks`` entry of a search's row that ``ref`` names."""
+    return next(m for m in search_row["masks"] if round(m["sparsity"], 4) == ref.sparsity and m["step"] == ref.step)
+
+
+def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report
+                ) -> dict[str, Any]:
+    losses = pretrain_losses({"dense": None}, model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
+                             device=settings.device)["dense"]
+    report({"mlm_dev_loss": losses["mlm_loss"], "kd_dev_loss": losses["kd_loss"]})
+    return {"model": spec.model, "method": "full", "sparsity": 0.0, "mlm_dev_loss": losses["mlm_loss"],
+            "kd_dev_loss": losses["kd_loss"], "device": settings.device}
+
+
+def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirectory, report: Report
+                ) -> dict[str, Any]:
+    """Every pair of ``spec.pairs()``; masks are loaded once, and with a reference each other mask is dropped after
+    its pair, so memory holds two masks however long the list (a BERT-base mask is 109M booleans)."""
+    search_rows: dict[str, dict[str, Any]] = {}
+    loaded: dict[MaskRef, Mask] = {}
+
+    def describe(ref: MaskRef) -> dict[str, Any]:
+        if ref.search_id not in search_rows:
+            search_rows[ref.search_id] = results.read_row(run_dir.storage, ref.search_id)
+        row = search_rows[ref.search_id]
+        entry = _mask_entry(row, ref)
+        if ref not in loaded:
+            loaded[ref] = load_mask(run_dir.fetch(ref.search_id, entry["file"]))
+        return {"run_id": ref.search_id, "method": row["method"], "seed": row["mask_seed"], "step": ref.step,
+                "hash": entry["mask_hash"]}
+
+    pairs = []
+    for done, (a, b) in enumerate(spec.pairs(), start=1):
+        first, second = describe(a), describe(b)
+        value = similarity(loaded[a], loaded[b])
+        pairs.append({**{f"a_{k}": v for k, v in first.items()}, **{f"b_{k}": v for k, v in second.items()},
+                      "similarity": value})
+        if spec.reference is not None:
+            loaded.pop(b)
+        report({"step": done, "similarity": value})
+    return {"model": spec.model, "sparsity": spec.sparsity, "pairs": pairs, "steps": len(pairs)}
 
 
 def tune_trial(config: dict[str, Any]) -> None:
