@@ -21,9 +21,10 @@ from orchestrator.estimate import THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
 from orchestrator.storage import DEFAULT_STORAGE, Storage, StorageError
+from orchestrator.study import TamtStudy
 
-Declaration = Grid | MaskSimilarity | Plan
-"""What a preset lists: anything with a ``plan()``."""
+Declaration = Grid | MaskSimilarity | Plan | TamtStudy
+"""What a preset lists: grids, similarity trials and plans (anything with a ``plan()``), or tuning studies."""
 Presets = Mapping[str, Callable[[], Sequence[Declaration]]]
 
 
@@ -118,24 +119,16 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         if args.search_settings:
             settings = read_search_settings(args.search_settings)
             declarations = [with_search_settings(d, settings) for d in declarations]
-        plan = plan_of(declarations)
+        studies = [d for d in declarations if isinstance(d, TamtStudy)]
+        plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
         storage = Storage.at(args.storage)
         if args.dry_run:
-            print_plan(plan, name, preset, storage, out)
+            if len(plan) or not studies:
+                print_plan(plan, name, preset, storage, out)
+            for study in studies:
+                print_study(study, out)
             return 0
-        from orchestrator.engine import Resources, run_sweep
-
-        use_gpu = gpus and preset != "smoke"
-        resources = Resources(search_cpu=args.cpus_per_trial, finetune_cpu=args.cpus_per_trial,
-                              search_gpu=args.gpus_per_search if args.gpus_per_search is not None else float(use_gpu),
-                              finetune_gpu=(args.gpus_per_finetune if args.gpus_per_finetune is not None
-                                            else float(use_gpu)))
-        if args.max_concurrent is not None and args.max_concurrent < 1:
-            raise PlanError(f"--max-concurrent must be ≥ 1, got {args.max_concurrent}")
-        report = run_sweep(plan, name=name, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
-                           max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-                           checkpoint_every_s=args.checkpoint_every, ray_address=args.address,
-                           ray_init={"num_cpus": args.num_cpus} if args.num_cpus else {}, out=out)
+        return _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out)
     except (PlanError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -143,8 +136,56 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         print(f"[tamt] interrupted; finished trials are in {args.storage}. Rerun the same command to go on.",
               file=out)
         return 130
-    print_where(report, out)
-    return 0 if report.complete else 1
+
+
+def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args: argparse.Namespace, *,
+         use_gpu: bool, out: TextIO) -> int:
+    from orchestrator.engine import Resources, run_sweep
+    from orchestrator.tuning import run_study
+
+    resources = Resources(search_cpu=args.cpus_per_trial, finetune_cpu=args.cpus_per_trial,
+                          search_gpu=args.gpus_per_search if args.gpus_per_search is not None else float(use_gpu),
+                          finetune_gpu=(args.gpus_per_finetune if args.gpus_per_finetune is not None
+                                        else float(use_gpu)))
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise PlanError(f"--max-concurrent must be ≥ 1, got {args.max_concurrent}")
+    ray_init = {"num_cpus": args.num_cpus} if args.num_cpus else {}
+    complete = True
+    if len(plan):
+        report = run_sweep(plan, name=name, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
+                           max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                           checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
+                           out=out)
+        print_where(report, out)
+        complete = report.complete
+    for study in studies:
+        report = run_study(study, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
+                           max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                           ray_address=args.address, ray_init=ray_init, out=out)
+        print_study_report(report, out)
+        complete = complete and report.completed >= study.trials
+    return 0 if complete else 1
+
+
+def print_study(study: TamtStudy, out: TextIO) -> None:
+    """A study's budget: its trials, each a search at the middle of the space (Tab. 3's pace)."""
+    from orchestrator.estimate import THROUGHPUT, search_seconds
+
+    hours = study.trials * search_seconds(study.spec(study.midpoint()), THROUGHPUT["v100"]) / 3600
+    space = ", ".join(f"{k} ∈ [{lo:g}, {hi:g}]" for k, (lo, hi) in study.space.items())
+    print(f"study {study.name}: {study.trials} Optuna trials of {study.method} at sparsity {study.sparsity:g} on "
+          f"{study.model}, minimising {study.objective} over {space} (log-uniform); {hours:.1f} GPU-h", file=out)
+
+
+def print_study_report(report, out: TextIO) -> None:
+    study = report.study
+    print(f"[tamt] study {study.name}: {report.completed}/{study.trials} trials complete ({report.ran} ran now)",
+          file=out)
+    if report.best is not None:
+        print(f"  best {study.objective} {report.best_value:.4f} at "
+              + ", ".join(f"{k}={v:.4g}" for k, v in report.best[study.method].items()), file=out)
+        print(f"  written to {report.best_file}; use it with: python sweeps/main_results.py --search-settings "
+              f"{report.best_file}", file=out)
 
 
 STAGE_NAMES = {"search": "mask searches", "finetune": "fine-tunes", "evaluate": "evaluations"}

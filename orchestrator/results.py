@@ -26,7 +26,7 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(sorted({m for task in TASKS.values() for
 
 _METRIC_MAP = pa.map_(pa.string(), pa.float64())
 _MASK = pa.struct([("sparsity", pa.float64()), ("step", pa.int64()), ("file", pa.string()),
-                   ("mask_hash", pa.string()), ("actual_sparsity", pa.float64()),
+                   ("mask_hash", pa.string()), ("actual_sparsity", pa.float64()), ("train_s", pa.float64()),
                    ("mlm_dev_loss", pa.float64()), ("kd_dev_loss", pa.float64())])
 _PAIR = pa.struct([*[(f"{side}_{key}", kind) for side in ("a", "b")
                      for key, kind in (("run_id", pa.string()), ("method", pa.string()), ("seed", pa.int64()),

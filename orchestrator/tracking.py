@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 import urllib.error
 import urllib.request
 from typing import Any
@@ -82,7 +83,9 @@ def run_name(spec: Spec) -> str:
 class MlflowTracker(Callback):
     """The Tune callback that mirrors trials into MLflow (parent per sweep, child per run id)."""
 
-    def __init__(self, tracking_uri: str, sweep: str, settings: dict[str, Any]) -> None:
+    def __init__(self, tracking_uri: str, sweep: str, settings: dict[str, Any],
+                 spec_of: Callable[[dict[str, Any]], Spec] = lambda config: spec_from_dict(config["spec"])) -> None:
+        self.spec_of = spec_of  # a trial's config → its spec (a study's trials carry sampled values, not a spec)
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         self.experiment_id = (experiment.experiment_id if experiment is not None
@@ -126,7 +129,7 @@ class MlflowTracker(Callback):
     # --- Tune callback hooks -----------------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.start(trial.trial_id, spec_from_dict(trial.config["spec"]))
+        self.start(trial.trial_id, self.spec_of(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         child = self._child_of_trial.get(trial.trial_id)

@@ -112,9 +112,13 @@ def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory, re
     masks_dir = run_dir.local / "masks"
     shutil.rmtree(masks_dir, ignore_errors=True)  # a search restarts from its seed; drop a killed attempt's masks
 
+    train_s = {0: 0.0}  # training seconds up to each step, without loading or evaluation (Fig. 5's time axis)
+
     def log_step(metrics: dict) -> None:
-        if metrics["step"] % SEARCH_REPORT_EVERY == 0:
-            report({"step": metrics["step"], "loss": metrics["loss"], "lr": metrics["lr"]})
+        step = metrics["step"]
+        train_s[step] = train_s[max(train_s)] + metrics["step_s"]
+        if step % SEARCH_REPORT_EVERY == 0:
+            report({"step": step, "loss": metrics["loss"], "lr": metrics["lr"]})
 
     paths = run_search(spec.config, masks_dir, model=spec.model, data=spec.data, device=settings.device,
                        log_step=log_step)
@@ -128,6 +132,7 @@ def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory, re
         mask = loaded[path.name]
         masks.append({"sparsity": round(float(mask.meta["sparsity"]), 4), "step": int(mask.meta["step"]),
                       "file": f"masks/{path.name}", "mask_hash": mask.content_hash, "actual_sparsity": mask.sparsity,
+                      "train_s": train_s.get(int(mask.meta["step"])),
                       "mlm_dev_loss": losses.get(path.name, {}).get("mlm_loss"),
                       "kd_dev_loss": losses.get(path.name, {}).get("kd_loss")})
     final = masks[-1]
@@ -218,17 +223,24 @@ def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirec
     return {"model": spec.model, "sparsity": spec.sparsity, "pairs": pairs, "steps": len(pairs)}
 
 
-def tune_trial(config: dict[str, Any]) -> None:
-    """The Ray Tune function trainable: one spec per trial, metrics reported as the run goes."""
+def worker_setup() -> str:
+    """Per-trial set-up inside a Ray worker; returns the node id the trial runs on."""
     import ray
-    import ray.tune
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))  # a reused worker keeps old counts
     quiet_libraries()
+    return ray.get_runtime_context().get_node_id()
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: one spec per trial, metrics reported as the run goes."""
+    import ray.tune
+
+    node = worker_setup()
     spec = spec_from_dict(config["spec"])
     settings = TrialSettings(**config["settings"])
-    row = execute(spec, settings, ray.tune.report, node=ray.get_runtime_context().get_node_id())
+    row = execute(spec, settings, ray.tune.report, node=node)
     final = {"tamt_done": 1, "step": row.get("steps") or 0}
     if row.get("best_score") is not None:
         final["best_score"] = row["best_score"]

@@ -108,9 +108,59 @@ FINETUNE_WEIGHT_DECAY: float = 0.0
 FINETUNE_ADAM_EPSILON: float = 1e-8
 FINETUNE_MAX_GRAD_NORM: float = 1.0
 FINETUNE_SEEDS: tuple[int, ...] = (1, 2, 3)
+"""Fine-tuning seeds of every subnetwork (§4.1.3: "average of nine runs" = 3 mask seeds × these)."""
 MASK_SEEDS: tuple[int, ...] = (1, 2, 3)
 """Seeds of the random, IMP and TAMT masks (reference-impl §3, §5.6: seeds 1, 2, 3); OMP needs none."""
-"""Fine-tuning seeds of every subnetwork (§4.1.3: "average of nine runs" = 3 mask seeds × these)."""
+
+# --- The analyses of §4.2.2-4.2.5 and App. A, E-G --------------------------------------------------------------
+ANALYSIS_TASKS: tuple[str, ...] = ("cola", "sst2", "mnli", "stsb", "squad")
+"""Tasks of the per-task analyses (Fig. 10-14): App. E leaves out MRPC and RTE, where no method moves off OMP."""
+CORRELATION_SPARSITIES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
+"""Fig. 4, 10, 11: pre-training loss vs downstream score, per sparsity (reference-impl §9: IMP and TAMT at 0.5-0.8)."""
+OMP_RAND_SPARSITIES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Fig. 1 and 8: OMP vs random subnetworks (the released one-shot scripts: 0.1-0.9, reference-impl §10.1)."""
+TAMT_COST_STEPS: tuple[int, ...] = (1000, 2000, 3000, 5000, 10000, 20000, 25000)
+"""Fig. 5, 12-14 x-axis: TAMT masks taken along one run (reference-impl §10.3); also Fig. 4's TAMT points and the
+masks of Fig. 6 left (reference-impl §8, §9)."""
+IMP_COST_INTERVALS: tuple[int, ...] = (200, 300, 500, 900, 1396, 2792)
+"""Fig. 5, 12-14: IMP's pruning interval P, varied to vary its pre-training iterations (reference-impl §10.3)."""
+COST_SPARSITIES: tuple[float, ...] = (0.6, 0.7, 0.8)
+"""Fig. 5 (0.7) and App. F, Fig. 12-14 (0.6, 0.7, 0.8)."""
+SIMILARITY_SPARSITIES: tuple[float, ...] = (0.6, 0.7, 0.8)
+"""Fig. 6 (0.7) and App. G, Fig. 15 (0.6, 0.7, 0.8)."""
+IMP_FINAL_SPARSITY: float = 0.9
+"""Tab. 2: an IMP run reaches 90 % at 8·P iterations; every study takes its masks from such runs."""
+
+LOW_DATA_SPARSITY: float = 0.7
+"""Fig. 7: fine-tuning with reduced data at 70 % sparsity (§4.2.5)."""
+LOW_DATA_SIZES: dict[str, tuple[int, ...]] = {
+    "mnli": (1_000, 5_000, 10_000, 50_000, 100_000),
+    "sst2": (1_000, 5_000, 10_000, 30_000),
+    "cola": (1_000, 2_000, 4_000, 5_000),
+    "squad": (1_000, 5_000, 10_000, 20_000, 40_000),
+}
+"""Fig. 7 subset sizes, from the released few-shot scripts (reference-impl §7.4); the scripts ran CoLA 4k for the
+TAMT masks only, here every method gets it. SQuAD sizes count questions (``FinetuneConfig.subset_unit``)."""
+LOW_DATA_FINETUNE_SEEDS: tuple[int, ...] = (1, 2, 3, 4, 5)
+"""The released few-shot runs use 5 fine-tuning seeds per mask, which also draw the subsets (reference-impl §7.4)."""
+LOW_DATA_SMALL: int = 2_000
+LOW_DATA_SMALL_EPOCHS: int = 8
+"""Subsets of at most ``LOW_DATA_SMALL`` examples train for 8 epochs, larger ones for Tab. 1's (reference-impl §7.4:
+8 epochs at 1k, 5-8 at CoLA 2k depending on the method; one rule for every method here)."""
+LOW_DATA_EVAL_EVERY: dict[str, int] = {"squad": 500}
+"""SQuAD subsets are evaluated every 500 steps (and at least once per epoch) instead of Tab. 1's 1000
+(reference-impl §7.4); GLUE subsets keep Tab. 1's."""
+
+
+def low_data_finetune(task: str, size: int) -> dict[str, int]:
+    """Fine-tuning overrides of a Fig. 7 subset of ``size`` examples of ``task`` (empty: Tab. 1 as is)."""
+    out = {}
+    if size <= LOW_DATA_SMALL:
+        out["epochs"] = LOW_DATA_SMALL_EPOCHS
+    if task in LOW_DATA_EVAL_EVERY:
+        out["eval_every"] = LOW_DATA_EVAL_EVERY[task]
+    return out
+
 
 SQUAD_DOC_STRIDE: int = 128
 SQUAD_MAX_QUERY_LENGTH: int = 64

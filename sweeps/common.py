@@ -1,0 +1,72 @@
+"""What every sweep's presets share, so that a mask two experiments need comes from one search.
+
+The authors trained each TAMT mask for 2 epochs with a checkpoint every 1000 steps, took Fig. 3's masks at Tab. 2's
+step and Fig. 4-6's along the way, and ran IMP to 90 % (reference-impl §10.2-10.3). The paper presets do the same:
+a TAMT run at 50-80 % goes on to the last step of Fig. 5 (25K), saving Tab. 2's step and every step of Fig. 5, and
+every IMP run prunes to 90 %. So main_results, pretrain_correlation, pretrain_cost, mask_similarity and low_data
+name identical searches, and a storage they share runs each once. The smoke presets follow the same pattern on
+the built-in model in minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from orchestrator.grid import Grid
+from tamt_core import hparams
+from tamt_core.models import BUILTIN_MODEL_NAME
+
+BERT, ROBERTA = "bert-base-uncased", "roberta-base"
+WIKITEXT = "Salesforce/wikitext"
+
+
+def _tamt_run_steps(sparsity: float) -> int:
+    if sparsity in hparams.CORRELATION_SPARSITIES:
+        return max(hparams.TAMT_STEPS[sparsity], *hparams.TAMT_COST_STEPS)
+    return hparams.TAMT_STEPS[sparsity]
+
+
+def _tamt_save_steps(sparsity: float) -> tuple[int, ...]:
+    last = _tamt_run_steps(sparsity)
+    return tuple(sorted({hparams.TAMT_STEPS[sparsity], *(s for s in hparams.TAMT_COST_STEPS if s <= last)}))
+
+
+PAPER_SEARCH: dict[str, Any] = {
+    "steps": {s: _tamt_run_steps(s) for s in hparams.SPARSITIES},
+    "save_steps": {s: _tamt_save_steps(s) for s in hparams.SPARSITIES},
+}
+"""TAMT runs of the paper presets: Tab. 2's length, or on to 25K at the sparsities the analyses follow."""
+
+
+def paper_grid(**axes: Any) -> Grid:
+    """A grid of the paper's studies (§4.1): BERT-base, WikiText-103, the hub's GLUE/SQuAD, 3 mask seeds × 3
+    fine-tune seeds, Tab. 1 settings, the shared search runs, Tab. 2's masks; ``axes`` give the experiment's own."""
+    return Grid(**{"models": (BERT,), "mask_seeds": hparams.MASK_SEEDS, "finetune_seeds": hparams.FINETUNE_SEEDS,
+                   "pretrain_data": WIKITEXT, "task_data": "hub", "search": PAPER_SEARCH,
+                   "imp_until": hparams.IMP_FINAL_SPARSITY, "finetune_steps": hparams.TAMT_STEPS, **axes})
+
+
+SMOKE_SPARSITIES = (0.5, 0.7)
+SMOKE_STEPS = {0.5: 16, 0.7: 24}
+"""The smoke presets' Tab. 2: the step of each sparsity's run that main_results fine-tunes."""
+SMOKE_COST_STEPS = (8, 16, 24)
+"""The smoke presets' Fig. 5 steps: every TAMT run saves these."""
+SMOKE_IMP_INTERVALS = (2, 4)
+SMOKE_SEARCH: dict[str, Any] = {"pruning_interval": 4, "steps": max(SMOKE_COST_STEPS), "save_steps": SMOKE_COST_STEPS,
+                                "batch_size": 8, "block_size": 64, "tamt-mlm": {"lr": 2e-3}, "tamt-kd": {"lr": 2e-3}}
+SMOKE_FINETUNE: dict[str, Any] = {"epochs": 2, "lr": 1e-4, "batch_size": 16, "eval_every": 20}
+SMOKE_TRAIN_SIZE = 320
+
+
+def smoke_grid(**axes: Any) -> Grid:
+    """A grid that runs offline on two CPU cores in minutes: the built-in model, corpus and task data, short
+    searches (24 steps, masks at 8, 16 and 24), 320 training examples, one seed of each kind."""
+    return Grid(**{"models": (BUILTIN_MODEL_NAME,), "mask_seeds": (1,), "finetune_seeds": (1,),
+                   "train_sizes": (SMOKE_TRAIN_SIZE,), "search": SMOKE_SEARCH, "finetune": SMOKE_FINETUNE,
+                   "dev_loss_batches": 2, "imp_until": max(SMOKE_SPARSITIES), "finetune_steps": SMOKE_STEPS, **axes})
+
+
+def with_interval(grid: Grid, pruning_interval: int) -> Grid:
+    """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
+    return replace(grid, search={**grid.search, "pruning_interval": pruning_interval})
