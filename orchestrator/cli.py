@@ -103,9 +103,19 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
     return parser
 
 
+def union(parts: Mapping[str, Presets]) -> Presets:
+    """The presets of several sweeps as one: each preset lists every part's declarations (merged by run id)."""
+    names = set.intersection(*(set(presets) for presets in parts.values()))
+    return {preset: (lambda preset=preset: [d for presets in parts.values() for d in presets[preset]()])
+            for preset in sorted(names)}
+
+
 def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *, description: str = "",
-               out: TextIO | None = None) -> int:
-    """Entry point of ``sweeps/<name>.py``; returns the process exit code (2: bad input, 1: failed trials)."""
+               out: TextIO | None = None, parts: Mapping[str, Presets] | None = None) -> int:
+    """Entry point of ``sweeps/<name>.py``; returns the process exit code (2: bad input, 1: failed trials).
+
+    ``parts`` (``python -m sweeps``): the sweeps that ``presets`` unites, broken down in a dry run.
+    """
     out = out or sys.stdout
     args = build_parser(name, description, presets).parse_args(argv)
     quiet_libraries()  # the driver reads model configs (and builds the built-in model once) before Ray starts
@@ -123,6 +133,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
         storage = Storage.at(args.storage)
         if args.dry_run:
+            if parts:
+                print_parts(parts, preset, plan, out)
             if len(plan) or not studies:
                 print_plan(plan, name, preset, storage, out)
             for study in studies:
@@ -165,6 +177,33 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
         print_study_report(report, out)
         complete = complete and report.completed >= study.trials
     return 0 if complete else 1
+
+
+def print_parts(parts: Mapping[str, Presets], preset: str, united: Plan, out: TextIO) -> None:
+    """Each sweep's own plan beside their union: what running them one by one, or together, costs."""
+    from orchestrator.estimate import THROUGHPUT, search_seconds
+
+    print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  evaluations     GPU-h", file=out)
+    separate = 0.0
+    for name, presets in parts.items():
+        declarations = presets[preset]()
+        plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
+        hours = sum(sum(h.values()) for h in gpu_hours(plan).values())
+        studies = [d for d in declarations if isinstance(d, TamtStudy)]
+        trials = len(plan) + sum(study.trials for study in studies)
+        hours += sum(study.trials * search_seconds(study.spec(study.midpoint()), THROUGHPUT["v100"]) / 3600
+                     for study in studies)
+        separate += hours
+        print(f"  {name:24s} {trials:8d}  {len(plan.searches) + sum(s.trials for s in studies):8d}  "
+              f"{len(plan.finetunes):10d}  {len(plan.evaluations):11d}  {hours:8.1f}"
+              + ("  (Optuna: drawn at run time, never shared)" if studies else ""), file=out)
+    count = {run_id: 0 for run_id in united.run_ids()}
+    for presets in parts.values():
+        for run_id in plan_of([d for d in presets[preset]() if not isinstance(d, TamtStudy)]).run_ids():
+            count[run_id] += 1
+    shared = sum(1 for n in count.values() if n > 1)
+    print(f"  {shared} trials belong to more than one sweep and run once; {separate:.1f} GPU-h if every sweep ran "
+          "on its own storage", file=out)
 
 
 def print_study(study: TamtStudy, out: TextIO) -> None:

@@ -224,11 +224,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     searcher = PlanSearcher(plan, todo, settings)
     tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
     trainable = tune.with_resources(trainable, lambda config: resources.for_stage(config["spec"]["stage"]))
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=ray_address, **({} if ray_address else (ray_init or {})))
-    max_concurrent = max_concurrent or default_concurrency(
-        resources, attached=bool(ray_address or os.environ.get("RAY_ADDRESS")))
+    started_here = connect(ray_address, ray_init)
+    max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
     try:
         tuner = tune.Tuner(
             trainable,
@@ -256,6 +253,22 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         if started_here:
             ray.shutdown()
     return report
+
+
+def attached(ray_address: str | None) -> bool:
+    return bool(ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def connect(ray_address: str | None, ray_init: dict[str, Any] | None) -> bool:
+    """Attach to ``ray_address`` or ``RAY_ADDRESS``, else start a private local Ray with ``ray_init`` (never a
+    cluster some other ``ray start`` left on the machine); returns whether the caller should shut it down."""
+    if ray.is_initialized():
+        return False
+    if attached(ray_address):
+        ray.init(address=ray_address or os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(address="local", **(ray_init or {}))
+    return True
 
 
 AUTOSCALING_DEMAND = 32

@@ -303,8 +303,8 @@ class MaskSimilarity:
                 found = [mask for mask, method in masks.items() if method == self.reference]
                 if len(found) != 1:
                     raise PlanError(f"the grids give {len(found)} {self.reference} masks of {model} at sparsity "
-                                    f"{sparsity}; the reference must be exactly one: add a grid with methods "
-                                    f"=({self.reference!r},) at that sparsity")
+                                    f"{sparsity}; the reference must be exactly one: add a grid with "
+                                    f"methods=({self.reference!r},) at that sparsity")
                 reference = found[0]
             others = tuple(mask for mask in masks if mask != reference)
             if len(others) < (1 if reference is not None else 2):

@@ -28,7 +28,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import results
-from orchestrator.engine import Progress, Resources, default_concurrency, prepare
+from orchestrator.engine import Progress, Resources, attached, connect, default_concurrency, prepare
 from orchestrator.plan import Plan
 from orchestrator.storage import Storage, StorageError, write_atomically
 from orchestrator.study import TamtStudy
@@ -149,16 +149,14 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
         counts = StudyCounts(todo)
         tracker = MlflowTracker(uri, study.name, {"study": json.dumps(study.to_dict(), sort_keys=True)},
                                 spec_of=lambda config: study.spec(study.params_of(config)))
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=ray_address, **({} if ray_address else (ray_init or {})))
+        started_here = connect(ray_address, ray_init)
         try:
             tuner = tune.Tuner(
                 tune.with_resources(study_trial, resources.for_stage("search")),
                 param_space={"study": study.to_dict(), "settings": settings.to_dict()},
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, reuse_actors=True,
                                             max_concurrent_trials=max_concurrent or default_concurrency(
-                                                resources, attached=bool(ray_address))),
+                                                resources, attached=attached(ray_address))),
                 run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           storage_path=storage.ray_storage_path(), verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=max_failures),

@@ -28,8 +28,9 @@ def _tamt_run_steps(sparsity: float) -> int:
 
 
 def _tamt_save_steps(sparsity: float) -> tuple[int, ...]:
-    last = _tamt_run_steps(sparsity)
-    return tuple(sorted({hparams.TAMT_STEPS[sparsity], *(s for s in hparams.TAMT_COST_STEPS if s <= last)}))
+    if sparsity not in hparams.CORRELATION_SPARSITIES:
+        return ()  # the run's last mask is Tab. 2's, and no analysis follows it
+    return tuple(sorted({hparams.TAMT_STEPS[sparsity], *hparams.TAMT_COST_STEPS}))
 
 
 PAPER_SEARCH: dict[str, Any] = {

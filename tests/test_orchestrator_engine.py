@@ -152,3 +152,30 @@ def test_trials_run_directly_against_object_store_storage(tmp_path, tiny_bert_di
     assert (tmp_path / "store" / "runs" / finetune_row["run_id"] / "finetune" / "result.json").is_file()
     assert finetune_row["mask_hash"] == search_row["mask_hash"] and search_row["mlm_dev_loss"] > 0
     assert [r["step"] for r in reported] == [1, 2] and results.finished_run_ids(storage) == set(plan.searches) | set(plan.finetunes)
+
+
+def test_a_similarity_waits_for_every_search_it_compares_and_is_blocked_by_any_failure():
+    from orchestrator.grid import MaskSimilarity
+
+    grid = Grid(models=("m",), methods=("omp", "rand", "imp"), sparsities=(0.5,), mask_seeds=(1,),
+                finetune_seeds=(), tasks=(), full_model=False)
+    plan = MaskSimilarity((grid,)).plan()
+    (similarity,) = plan.evaluations
+    omp, rand, imp = (next(r for r, s in plan.searches.items() if s.config.method == m) for m in ("omp", "rand", "imp"))
+    assert set(plan.dependencies(plan.get(similarity))) == {omp, rand, imp}
+
+    searcher = PlanSearcher(plan, [*plan.searches, *plan.evaluations], TrialSettings("/tmp/x"))
+    trials = {run_id: trial for trial, run_id in zip(("t0", "t1", "t2"), drain(searcher))}
+    assert set(trials) == {omp, rand, imp}
+    searcher.on_trial_complete(trials[omp], {})
+    searcher.on_trial_complete(trials[rand], {})
+    assert drain(searcher, 3) == [] and searcher.unsuggested == 1  # still waits for IMP
+    searcher.on_trial_complete(trials[imp], {})
+    assert drain(searcher, 3) == [similarity]
+
+    failing = PlanSearcher(plan, [*plan.searches, *plan.evaluations], TrialSettings("/tmp/x"))
+    trials = {run_id: trial for trial, run_id in zip(("t0", "t1", "t2"), drain(failing))}
+    failing.on_trial_complete(trials[omp], error=True)
+    failing.on_trial_complete(trials[rand], error=True)  # a second failed input blocks it once, not twice
+    failing.on_trial_complete(trials[imp], {})
+    assert failing.blocked == {similarity} and failing.unsuggested == 0 and drain(failing, 3) == []

@@ -598,3 +598,38 @@ def test_sweep_main_writes_to_the_current_stdout(tmp_path, presets):
                                            ["--preset", "smoke", "--dry-run", "--storage", str(tmp_path / "s")])
     assert code == 0
     assert "unique trials" in buffer.getvalue()
+
+
+# --- similarity trials --------------------------------------------------------------------------------------
+
+def test_similarity_spec_pairs_and_identity():
+    from orchestrator.specs import SimilaritySpec
+
+    a, b, c = (MaskRef(x * 16, 0.7, step) for x, step in (("a", 0), ("b", 100), ("c", 200)))
+    everything = SimilaritySpec(BERT, 0.7, (a, b, c))
+    assert everything.pairs() == [(a, b), (a, c), (b, c)]
+    against_a = SimilaritySpec(BERT, 0.7, (b, c), reference=a)
+    assert against_a.pairs() == [(a, b), (a, c)]
+    assert against_a.run_id != everything.run_id
+    assert SimilaritySpec.from_dict(against_a.to_dict()) == against_a
+    assert SimilaritySpec(BERT, 0.7, [b, c], reference=a).run_id == against_a.run_id  # lists hash like tuples
+    with pytest.raises(ValueError, match="each mask once"):
+        SimilaritySpec(BERT, 0.7, (a, a))
+    with pytest.raises(ValueError, match="at least two masks"):
+        SimilaritySpec(BERT, 0.7, (a,))
+    with pytest.raises(ValueError, match="masks of one sparsity"):
+        SimilaritySpec(BERT, 0.7, (a, MaskRef("d" * 16, 0.8, 0)))
+
+
+def test_mask_similarity_needs_exactly_one_reference_mask_per_sparsity():
+    from orchestrator.grid import MaskSimilarity
+
+    no_omp = Grid(models=(BERT,), methods=("rand",), sparsities=(0.5,), mask_seeds=(1, 2), finetune_seeds=(),
+                  tasks=(), full_model=False)
+    with pytest.raises(PlanError, match=r"0 omp masks .* at sparsity 0.5.*methods=\('omp',\)"):
+        MaskSimilarity((no_omp,), reference="omp").plan()
+    with pytest.raises(PlanError, match="not a method"):
+        MaskSimilarity((no_omp,), reference="magnitude")
+    pairs = MaskSimilarity((no_omp,)).plan()
+    (spec,) = pairs.evaluations.values()
+    assert len(spec.pairs()) == 1 and len(pairs.searches) == 2  # the two random seeds, compared once

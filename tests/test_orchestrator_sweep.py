@@ -50,7 +50,8 @@ def assert_table_matches(storage: Path, plan) -> None:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             log_to_driver=False)
     yield ray
     ray.shutdown()
 

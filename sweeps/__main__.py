@@ -1,0 +1,37 @@
+"""Several experiments as one sweep: their union plan, deduplicated by run id, run or budgeted at once.
+
+    python -m sweeps --all --preset paper --dry-run        # each sweep's trials and GPU-hours, and their union
+    python -m sweeps main_results low_data --preset smoke  # two experiments as one Ray Tune run
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from orchestrator.cli import sweep_main, union  # noqa: E402
+from sweeps import SWEEPS, presets_of  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    everything = "--all" in argv
+    rest = [arg for arg in argv if arg != "--all"]
+    names = []
+    while rest and not rest[0].startswith("-"):  # sweep names come first, then the sweep flags
+        names.append(rest.pop(0))
+    unknown = [name for name in names if name not in SWEEPS]
+    if unknown or not (everything or names) and not {"-h", "--help"} & set(rest):
+        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all"
+              + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
+        return 2
+    names = list(SWEEPS if everything or not names else dict.fromkeys(names))
+    parts = {name: presets_of(name) for name in names}
+    return sweep_main("all" if everything else "+".join(names), union(parts), rest, parts=parts,
+                      description="several sweeps as one: " + ", ".join(names))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
