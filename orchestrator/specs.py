@@ -25,6 +25,11 @@ SPARSITY_DIGITS = 4
 """Sparsities are compared and hashed rounded to this many digits (IMP yields 3/10, a grid may say 0.3)."""
 
 
+LATER_SEARCH_FIELDS: dict[str, Any] = {"alpha": hparams.ALPHA, "phi": hparams.PHI}
+"""``SearchConfig`` fields added after stores existed, with their defaults: a field at its default is left out of
+the run id, so a search planned before the field existed keeps its id and a rerun still finds its row."""
+
+
 def content_hash(payload: dict[str, Any]) -> str:
     """16 hex digits of sha256 over canonical JSON: the run id of a spec."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -57,8 +62,8 @@ class SearchSpec:
 
     @property
     def run_id(self) -> str:
-        return content_hash({"stage": self.stage, "model": self.model, "data": self.data,
-                             "config": self.config.to_dict()})
+        config = {k: v for k, v in self.config.to_dict().items() if LATER_SEARCH_FIELDS.get(k, object()) != v}
+        return content_hash({"stage": self.stage, "model": self.model, "data": self.data, "config": config})
 
     def yields(self) -> tuple[tuple[float, int], ...]:
         """(sparsity, step) of every mask the search writes, in order (§4.1.3, Tab. 2)."""

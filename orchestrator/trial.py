@@ -1,8 +1,8 @@
 """What one trial does: run a spec through ``tamt_core`` in its run directory and publish its results row.
 
 This is the only module that calls ``tamt_core``'s entry points (``run_search``, ``pretrain_losses``,
-``finetune``, ``similarity``); it passes specs and files, never touches a model. :func:`execute` knows nothing of Ray, so tests
-and a debugger can run a trial directly; :func:`tune_trial` is the Ray Tune trainable around it.
+``finetune``, ``similarity``); it passes specs and files, never touches a model. :func:`execute` knows nothing of
+Ray, so tests and a debugger can run a trial directly; :func:`tune_trial` is the Ray Tune trainable around it.
 
 A trial is idempotent: it appends one line to ``attempts.jsonl`` (so retries can be counted), resumes a fine-tune
 from its checkpoint, restarts a search (searches are reproducible from their seed), and writes its row last.

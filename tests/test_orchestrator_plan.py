@@ -228,10 +228,13 @@ def test_paper_preset_search_settings(paper_plan):
         else:
             assert config.seed in hparams.MASK_SEEDS
         if config.method in ("tamt-mlm", "tamt-kd"):
-            # Tab. 2: the mask comes after TAMT_STEPS[s] iterations.
-            assert search.final_mask().step == hparams.TAMT_STEPS[round(config.sparsity, 1)]
+            # Tab. 2: the fine-tuned mask comes after TAMT_STEPS[s] iterations, whether the run ends there or goes
+            # on for the analyses (sweeps/common.py).
+            assert (config.sparsity, hparams.TAMT_STEPS[round(config.sparsity, 1)]) in search.yields()
     for spec in paper_plan.finetunes.values():
         assert spec.config.data == "hub" and spec.config.train_size is None
+        if spec.mask is not None and paper_plan.method_of(spec).startswith("tamt"):
+            assert spec.mask.step == hparams.TAMT_STEPS[round(spec.mask.sparsity, 1)]
 
 
 def test_smoke_preset_counts(presets):
@@ -633,3 +636,15 @@ def test_mask_similarity_needs_exactly_one_reference_mask_per_sparsity():
     pairs = MaskSimilarity((no_omp,)).plan()
     (spec,) = pairs.evaluations.values()
     assert len(spec.pairs()) == 1 and len(pairs.searches) == 2  # the two random seeds, compared once
+
+
+def test_search_ids_ignore_fields_added_later_at_their_defaults():
+    """Stores written before alpha/phi existed keep their run ids; a changed alpha is another search."""
+    import hashlib
+
+    spec = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1))
+    config = {k: v for k, v in spec.config.to_dict().items() if k not in ("alpha", "phi")}
+    before = json.dumps({"stage": "search", "model": BERT, "data": None, "config": config}, sort_keys=True,
+                        separators=(",", ":"))
+    assert spec.run_id == hashlib.sha256(before.encode()).hexdigest()[:16]
+    assert SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1, alpha=3.0)).run_id != spec.run_id

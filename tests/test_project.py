@@ -27,4 +27,5 @@ def test_cluster_yaml_passes_ray_validation():
 
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     validate_config(prepare_config(copy.deepcopy(config)))
-    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
+    assert all(node["resources"].get("GPU") == 1 for name, node in config["available_node_types"].items()
+               if name != config["head_node_type"])
