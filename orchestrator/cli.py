@@ -134,7 +134,7 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         storage = Storage.at(args.storage)
         if args.dry_run:
             if parts:
-                print_parts(parts, preset, plan, out)
+                print_parts(parts, preset, out)
             if len(plan) or not studies:
                 print_plan(plan, name, preset, storage, out)
             for study in studies:
@@ -179,41 +179,40 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
     return 0 if complete else 1
 
 
-def print_parts(parts: Mapping[str, Presets], preset: str, united: Plan, out: TextIO) -> None:
+def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO) -> None:
     """Each sweep's own plan beside their union: what running them one by one, or together, costs."""
-    from orchestrator.estimate import THROUGHPUT, search_seconds
-
     print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  evaluations     GPU-h", file=out)
     separate = 0.0
+    sweeps_of: dict[str, int] = {}
     for name, presets in parts.items():
         declarations = presets[preset]()
         plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
-        hours = sum(sum(h.values()) for h in gpu_hours(plan).values())
         studies = [d for d in declarations if isinstance(d, TamtStudy)]
-        trials = len(plan) + sum(study.trials for study in studies)
-        hours += sum(study.trials * search_seconds(study.spec(study.midpoint()), THROUGHPUT["v100"]) / 3600
-                     for study in studies)
+        hours = sum(sum(h.values()) for h in gpu_hours(plan).values()) + sum(map(study_gpu_hours, studies))
         separate += hours
-        print(f"  {name:24s} {trials:8d}  {len(plan.searches) + sum(s.trials for s in studies):8d}  "
-              f"{len(plan.finetunes):10d}  {len(plan.evaluations):11d}  {hours:8.1f}"
-              + ("  (Optuna: drawn at run time, never shared)" if studies else ""), file=out)
-    count = {run_id: 0 for run_id in united.run_ids()}
-    for presets in parts.values():
-        for run_id in plan_of([d for d in presets[preset]() if not isinstance(d, TamtStudy)]).run_ids():
-            count[run_id] += 1
-    shared = sum(1 for n in count.values() if n > 1)
+        for run_id in plan.run_ids():
+            sweeps_of[run_id] = sweeps_of.get(run_id, 0) + 1
+        searches = len(plan.searches) + sum(study.trials for study in studies)
+        print(f"  {name:24s} {len(plan) + searches - len(plan.searches):8d}  {searches:8d}  {len(plan.finetunes):10d}"
+              f"  {len(plan.evaluations):11d}  {hours:8.1f}"
+              + ("  (Optuna trials: drawn at run time, never shared)" if studies else ""), file=out)
+    shared = sum(1 for count in sweeps_of.values() if count > 1)
     print(f"  {shared} trials belong to more than one sweep and run once; {separate:.1f} GPU-h if every sweep ran "
           "on its own storage", file=out)
 
 
-def print_study(study: TamtStudy, out: TextIO) -> None:
+def study_gpu_hours(study: TamtStudy) -> float:
     """A study's budget: its trials, each a search at the middle of the space (Tab. 3's pace)."""
     from orchestrator.estimate import THROUGHPUT, search_seconds
 
-    hours = study.trials * search_seconds(study.spec(study.midpoint()), THROUGHPUT["v100"]) / 3600
+    return study.trials * search_seconds(study.spec(study.midpoint()), THROUGHPUT["v100"]) / 3600
+
+
+def print_study(study: TamtStudy, out: TextIO) -> None:
     space = ", ".join(f"{k} ∈ [{lo:g}, {hi:g}]" for k, (lo, hi) in study.space.items())
     print(f"study {study.name}: {study.trials} Optuna trials of {study.method} at sparsity {study.sparsity:g} on "
-          f"{study.model}, minimising {study.objective} over {space} (log-uniform); {hours:.1f} GPU-h", file=out)
+          f"{study.model}, minimising {study.objective} over {space} (log-uniform); {study_gpu_hours(study):.1f} "
+          "GPU-h", file=out)
 
 
 def print_study_report(report, out: TextIO) -> None:
