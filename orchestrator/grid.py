@@ -5,8 +5,9 @@ How the grid maps to searches follows the paper (§4.1.3, App. C):
 * OMP is deterministic: one search per model × sparsity whatever the mask seeds (its seed is normalised to 0),
   so its fine-tunes over mask seeds collapse to one run id each and run once.
 * Random pruning: one search per model × sparsity × mask seed.
-* IMP: one run per model × mask seed, to the grid's highest sparsity; it yields every lower multiple of 10 %
-  along the way, and each grid sparsity is fine-tuned from that run's mask.
+* IMP: one run per model × mask seed, to the grid's highest sparsity (or ``imp_until``, so that sweeps share
+  runs); it yields every lower multiple of 10 % along the way, and each grid sparsity is fine-tuned from that
+  run's mask.
 * TAMT-MLM / TAMT-KD: one run per model × sparsity × mask seed (Tab. 2's iterations unless set). A run may save
   masks along the way (``save_steps``); ``finetune_steps`` picks which of them are fine-tuned (Fig. 5: every one;
   Fig. 3: Tab. 2's step of a longer run, as the authors took ``checkpoint-17000`` of a 2-epoch run).
