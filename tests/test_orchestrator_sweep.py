@@ -166,6 +166,16 @@ def _wait_for_rows(storage: Path, n: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"fewer than {n} rows after {timeout}s")
 
 
+def run_driver(command: list[str], temp_dir: str) -> dict:
+    """Run a driver subprocess to the end (then clear what its Ray left behind); returns its JSON report line."""
+    try:
+        done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_leftovers(temp_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _start_and_wait(tmp_path: Path, tiny_bert_dir: Path, rows: int):
     """A one-at-a-time driver subprocess, once ``rows`` trials have finished: (process, storage, temp dir, rows)."""
     command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte"],
@@ -189,10 +199,7 @@ def test_driver_killed_mid_sweep_then_rerun_runs_nothing_twice(tmp_path, tiny_be
     executions_before = attempts(storage)
 
     command, _, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte"])
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    _kill_leftovers(temp_dir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_driver(command, temp_dir)
     assert report["complete"] and report["skipped"] >= len(finished_before)
     executions = attempts(storage)
     for run_id in finished_before:  # finished before the kill: never executed again
@@ -226,12 +233,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(tmp_path, tiny_bert_dir):
 def test_losing_a_worker_node_mid_sweep_retries_on_the_other(tmp_path, tiny_bert_dir):
     command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2], tasks=["rte"], cluster=True,
                                          epochs=3)
-    try:
-        done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    finally:
-        _kill_leftovers(temp_dir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_driver(command, temp_dir)
     assert report["complete"], report
     assert_table_matches(storage, planned(tiny_bert_dir, seeds=[1, 2], tasks=["rte"], epochs=3))
     interrupted = (storage / "removed-during.txt").read_text()

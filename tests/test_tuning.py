@@ -18,7 +18,7 @@ from orchestrator.plan import PlanError
 from orchestrator.storage import Storage
 from orchestrator.study import TamtStudy
 from orchestrator.tuning import load_study, recover
-from test_orchestrator_sweep import _env, _kill_leftovers, _wait_for_rows, attempts, mlflow_runs
+from test_orchestrator_sweep import _env, _kill_leftovers, _wait_for_rows, attempts, mlflow_runs, run_driver
 
 DRIVER = Path(__file__).with_name("study_driver.py")
 
@@ -91,13 +91,7 @@ def test_study_killed_mid_run_resumes_without_repeating_a_finished_trial(tmp_pat
         _kill_leftovers(temp_dir)
     executions_before = attempts(storage)
 
-    command, temp_dir = driver(5)
-    try:
-        done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    finally:
-        _kill_leftovers(temp_dir)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_driver(*driver(5))
     assert report["completed"] == 5
 
     executions = attempts(storage)
