@@ -1,0 +1,176 @@
+"""Read a sweep's results table and pick out what the paper's figures average.
+
+The analysis reads the Parquet rows the orchestrator writes (``<runs>/table/<run_id>.parquet``, documented in
+``docs/results.md``) with pyarrow alone: no training code, no Ray, no MLflow. Everything a figure needs is a pure
+function of the DataFrame :func:`load` returns, so the figures can be recomputed from a copied table anywhere.
+
+Two choices decide which rows stand for "the" result of a method at a sparsity; ``docs/analysis.md`` explains them:
+
+* :func:`main_masks`: a search run can write several masks (TAMT along training, IMP one per 10 %), and several
+  runs can share a seed (IMP with different pruning intervals). The paper's main results use one mask per seed:
+  Tab. 2's TAMT step and IMP at its default interval. Sweeps fine-tune that mask on every task and the others on
+  the analysis tasks only, so the mask whose fine-tunes cover the most tasks is the main one.
+* :func:`main_size`: the main results fine-tune on the whole training set; a store without whole-set rows for a
+  task (the smoke presets train on a subset) uses its largest subset.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+"""The storage format this analysis reads (``orchestrator.storage.FORMAT_VERSION``, a column of every row)."""
+
+REPLICATE = ["mask_seed", "finetune_seed"]
+"""What the paper averages over: 3 masks × 3 fine-tuning runs = 9 runs per method (§4.1.3)."""
+
+MASK = ["mask_run_id", "mask_step"]
+"""One mask: the search that wrote it and the training step it was taken at."""
+
+
+class TableError(ValueError):
+    """The results table cannot be read (missing, empty, or of another storage format)."""
+
+
+def load(runs: str | Path) -> pd.DataFrame:
+    """Every row of the results table under ``runs`` (a directory or a pyarrow URI such as ``s3://bucket/runs``).
+
+    Raises:
+        TableError: no table there, or rows of a storage format this analysis does not read.
+    """
+    runs = str(runs)
+    fs, root = pafs.FileSystem.from_uri(runs) if "://" in runs else (pafs.LocalFileSystem(), str(Path(runs)))
+    table_dir = f"{root.rstrip('/')}/table"
+    infos = fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True))
+    files = sorted(info.path for info in infos if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
+    if not files:
+        raise TableError(f"no results table under {runs}: expected Parquet rows in {table_dir}/. Point --runs at "
+                         "the --storage of a sweep (default ./tamt-runs) that has finished at least one trial.")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tables = list(pool.map(lambda path: pq.read_table(path, filesystem=fs), files))
+    # Rows written before a column was added lack it; "permissive" fills it with nulls (docs/results.md).
+    table = pa.concat_tables(tables, promote_options="permissive")
+    versions = set(table.column("format_version").to_pylist())
+    if versions != {FORMAT_VERSION}:
+        raise TableError(f"the table under {runs} has rows of storage format {sorted(versions)}; this analysis "
+                         f"reads format {FORMAT_VERSION}. Use the tamt version that wrote the sweep.")
+    return table.to_pandas(maps_as_pydicts="strict")
+
+
+def stage(rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    return rows[rows["stage"] == name]
+
+
+def finetunes(rows: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tune rows with ``score`` (the task's selection metric at the best evaluation, 0-100, App. C)."""
+    out = stage(rows, "finetune").copy()
+    out["score"] = out["best_score"]
+    return out
+
+
+def training_examples(rows: pd.DataFrame) -> pd.Series:
+    """Examples each fine-tune trained on: the subset size, or the whole training set's size (Fig. 7's x-axis)."""
+    return rows["train_size"].fillna(rows["train_examples"]).astype(float)
+
+
+def main_size(rows: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tunes on each model and task's largest training set: the whole set where the table has it."""
+    size = rows["train_size"].fillna(np.inf)
+    largest = size.groupby([rows["model"], rows["task"]]).transform("max")
+    return rows[size == largest]
+
+
+def main_masks(finetunes: pd.DataFrame) -> pd.DataFrame:
+    """The mask that stands for each (model, method, sparsity, mask seed): its fine-tunes at :func:`main_size`
+    cover the most tasks; ties go to the mask with the most fine-tunes, then to the later step.
+
+    Returns one row per mask seed with ``model, method, sparsity, mask_seed, mask_run_id, mask_step``.
+    """
+    masked = main_size(finetunes[finetunes["method"] != "full"])
+    keys = ["model", "method", "sparsity", "mask_seed"]
+    per_mask = (masked.groupby(keys + MASK, dropna=False)
+                .agg(tasks=("task", "nunique"), runs=("run_id", "size")).reset_index())
+    per_mask = per_mask.sort_values(keys + ["tasks", "runs", "mask_step"], ascending=[True] * 4 + [False] * 3)
+    return per_mask.drop_duplicates(keys)[keys + MASK].reset_index(drop=True)
+
+
+def main_results(rows: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 3's runs: every method's main masks and the full model, fine-tuned on the main training set."""
+    tuned = main_size(finetunes(rows))
+    chosen = main_masks(tuned)
+    masked = tuned.merge(chosen, on=list(chosen.columns))
+    return pd.concat([masked, tuned[tuned["method"] == "full"]], ignore_index=True)
+
+
+def summarize(rows: pd.DataFrame, by: list[str], value: str = "score") -> pd.DataFrame:
+    """Mean, sample standard deviation (ddof 1, NaN for one run) and count of ``value`` per group."""
+    grouped = rows.groupby(by, dropna=False)[value]
+    return grouped.agg(mean="mean", std="std", n="size").reset_index()
+
+
+def task_average(rows: pd.DataFrame, by: list[str], tasks: list[str] | None = None) -> pd.DataFrame:
+    """The average over tasks, per group (Fig. 1 and 3, "Average"): the mean of the per-task means.
+
+    ``tasks`` are the tasks to average (default: every task of ``rows``); a group that lacks some averages the
+    ones it has, and says so: ``tasks`` lists what it averaged and ``complete`` is False. The standard deviation
+    is over replicates (mask seed × fine-tune seed) that ran every averaged task, of each replicate's mean.
+    """
+    tasks = sorted(rows["task"].unique()) if tasks is None else sorted(tasks)
+    rows = rows[rows["task"].isin(tasks)]
+    out = []
+    for key, group in rows.groupby(by, dropna=False, sort=True):
+        present = sorted(group["task"].unique())
+        per_task = group.groupby("task")["score"].mean()
+        per_replicate = group.groupby(REPLICATE, dropna=False).agg(score=("score", "mean"),
+                                                                  tasks=("task", "nunique"))
+        complete_replicates = per_replicate[per_replicate["tasks"] == len(present)]["score"]
+        out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                    "mean": per_task.mean(), "std": complete_replicates.std(), "n": len(complete_replicates),
+                    "tasks": ",".join(present), "complete": present == tasks})
+    columns = [*by, "mean", "std", "n", "tasks", "complete"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def info(rows: pd.DataFrame) -> pd.Series:
+    """The ``info`` column parsed (search rows: ``{"search_config": …}``; fine-tunes: hparams and throughput)."""
+    return rows["info"].map(lambda text: json.loads(text) if isinstance(text, str) else {})
+
+
+def mask_costs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every mask a search wrote, with its pre-training cost (Fig. 5's axes) and dev losses (Fig. 1, 4).
+
+    One row per (search, mask): ``mask_run_id, method, model, sparsity, mask_seed, mask_step, train_s,
+    mlm_dev_loss, kd_dev_loss, pruning_interval``; IMP runs write one mask per 10 % of sparsity.
+    """
+    searches = stage(rows, "search")
+    interval = info(searches).map(lambda parsed: parsed.get("search_config", {}).get("pruning_interval"))
+    out = []
+    for (_, search), p in zip(searches.iterrows(), interval):
+        for mask in search["masks"] if search["masks"] is not None else []:
+            out.append({"mask_run_id": search["run_id"], "method": search["method"], "model": search["model"],
+                        "mask_seed": search["mask_seed"], "sparsity": mask["sparsity"], "mask_step": mask["step"],
+                        "train_s": mask["train_s"], "mlm_dev_loss": mask["mlm_dev_loss"],
+                        "kd_dev_loss": mask["kd_dev_loss"],
+                        "pruning_interval": p if search["method"] == "imp" else None})
+    columns = ["mask_run_id", "method", "model", "mask_seed", "sparsity", "mask_step", "train_s", "mlm_dev_loss",
+               "kd_dev_loss", "pruning_interval"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def similarity_pairs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every compared pair of masks of the similarity trials (§4.2.4), one row each, with the ``trial``'s run id,
+    ``model`` and ``sparsity``."""
+    trials = stage(rows, "similarity")
+    out = [{"trial": trial["run_id"], "model": trial["model"], "sparsity": trial["sparsity"], **pair}
+           for _, trial in trials.iterrows() for pair in (trial["pairs"] if trial["pairs"] is not None else [])]
+    columns = ["trial", "model", "sparsity", *[f"{side}_{key}" for side in "ab"
+                                      for key in ("run_id", "method", "seed", "step", "hash")], "similarity"]
+    return pd.DataFrame(out, columns=columns)
