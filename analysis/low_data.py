@@ -50,7 +50,7 @@ def draw(rows: pd.DataFrame) -> Drawing:
                 missing.append(f"{style.method_name(method)} {style.task_name(task)}: no runs on "
                                f"{', '.join(f'{int(n):,}' for n in absent)} examples")
         metric = runs.loc[runs["task"] == task, "select_metric"].dropna()
-        ax.set_xscale("log")
+        style.size_axis(ax, sizes)
         ax.set(xlabel="Fine-tuning examples",
                title=f"{style.score_label(task, metric.iloc[0] if len(metric) else None)}, {style.percent(sparsity)}")
         ax.title.set_fontsize(9)

@@ -54,7 +54,7 @@ def draw_overview(rows: pd.DataFrame) -> Drawing:
     if not full.empty:
         style.reference(ax, full["mean"].iloc[0])
     ax.set(xlabel="Sparsity (%)", ylabel="Average dev score",
-           title=f"Downstream ({', '.join(style.task_name(t) for t in tasks)})")
+           title=f"Downstream: {style.tasks_text(tasks)}")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if not losses.empty:
@@ -94,7 +94,7 @@ def draw_per_task(rows: pd.DataFrame) -> Drawing:
         if not gap.empty:
             twin = ax.twinx()
             twin.plot(100 * gap.index, gap.values, color="red", linestyle="--", linewidth=1, label="OMP − Rand")
-            twin.set_ylabel("Gap", color="red", fontsize=8)
+            twin.set_ylabel("OMP − Rand", color="red", fontsize=8)
             twin.tick_params(axis="y", colors="red", labelsize=7)
             ax.plot([], [], color="red", linestyle="--", linewidth=1, label="OMP − Rand")  # in the shared legend
         metric = results.loc[results["task"] == task, "select_metric"].dropna()

@@ -56,8 +56,8 @@ def reach(tamt: pd.DataFrame, imp: pd.DataFrame) -> Reach:
                  None if first is None else float(first["train_s"]))
 
 
-def describe(method: str, sparsity: float, result: Reach, tamt_last_step: int) -> str:
-    head = (f"{style.percent(sparsity)}: IMP's best average {result.imp_best:.1f} took "
+def describe(method: str, sparsity: float, result: Reach, tamt_last_step: int, tasks: list[str]) -> str:
+    head = (f"{style.percent(sparsity)}, {style.tasks_text(tasks)}: IMP's best {result.imp_best:.1f} took "
             f"{result.imp_step:,} iterations")
     if result.tamt_step is None:
         return f"{head}; {style.method_name(method)} stays below it up to {tamt_last_step:,} iterations"
@@ -143,8 +143,8 @@ def draw_average(rows: pd.DataFrame) -> Drawing:
         for method in TAMT:
             tamt = curves[curves["method"] == method]
             if not tamt.empty and not imp.empty:
-                findings.append(describe(method, sparsity, reach(tamt, imp), int(tamt["mask_step"].max())))
-        title = f"{style.percent(sparsity)} sparsity, average of {', '.join(style.task_name(t) for t in tasks)}"
+                findings.append(describe(method, sparsity, reach(tamt, imp), int(tamt["mask_step"].max()), tasks))
+        title = f"{style.percent(sparsity)} sparsity, {style.tasks_text(tasks)}"
         axes[row, 0].set(xlabel="Pre-training iterations", ylabel="Average dev score")
         axes[row, 1].set(xlabel=time_label)
         for ax in axes[row]:
@@ -156,13 +156,20 @@ def draw_average(rows: pd.DataFrame) -> Drawing:
 
 def draw_per_task(rows: pd.DataFrame) -> Drawing:
     runs, sparsities = _check(rows)
-    tasks = style.ordered(runs.loc[runs["sparsity"].isin(sparsities), "task"].unique(), style.TASKS)
+    runs = runs[runs["sparsity"].isin(sparsities)]
+    costs = runs.groupby(["task", "method"])["mask_step"].nunique().groupby("task").max()
+    tasks = style.ordered(costs[costs >= 2].index, style.TASKS)  # tasks fine-tuned at several costs
     figure, axes = style.grid(len(sparsities), len(tasks), width=3.2, height=2.8)
+    missing = []
     for row, sparsity in enumerate(sparsities):
         here = runs[runs["sparsity"] == sparsity]
         for column, task in enumerate(tasks):
             ax = axes[row, column]
             curves = _curves(here, task, [task])
+            if curves.empty:
+                missing.append(f"{style.task_name(task)} {style.percent(sparsity)}: no fine-tunes")
+                ax.set_visible(False)
+                continue
             for method in METHODS:
                 curve = curves[curves["method"] == method]
                 if not curve.empty:
@@ -174,7 +181,7 @@ def draw_per_task(rows: pd.DataFrame) -> Drawing:
             ax.grid(alpha=0.3)
         axes[row, 0].set_ylabel("Dev score")
     style.legend_below(figure, axes)
-    return Drawing(figure)
+    return Drawing(figure, missing)
 
 
 FIGURES = (

@@ -105,7 +105,7 @@ def draw_average(rows: pd.DataFrame) -> Drawing:
             ax.set_xlabel(LOSSES[loss])
             ax.grid(alpha=0.3)
         axes[0, column].set_title(f"{style.percent(sparsity)} sparsity "
-                                  f"({', '.join(style.task_name(t) for t in tasks)})", fontsize=8)
+                                  f"({style.tasks_text(tasks)})", fontsize=8)
     for row in axes:
         row[0].set_ylabel("Average dev score")
     style.legend_below(figure, axes)

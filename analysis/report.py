@@ -40,8 +40,6 @@ def _figure(outcome) -> str:
     parts = [f"<h3>{_h(outcome.figure.title)}</h3>",
              f'<img alt="{_h(outcome.figure.name)}" src="data:image/png;base64,{data}">',
              f"<p>Files: {', '.join(f'<code>{_h(p.name)}</code>' for p in outcome.files)}</p>"]
-    if outcome.findings:
-        parts.append("<ul>" + "".join(f"<li>{_h(f)}</li>" for f in outcome.findings) + "</ul>")
     if outcome.missing:
         parts.append(f"<details><summary>{len(outcome.missing)} missing cells (drawn without them)</summary><ul>"
                      + "".join(f"<li>{_h(m)}</li>" for m in outcome.missing) + "</ul></details>")

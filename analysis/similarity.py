@@ -97,7 +97,7 @@ def draw(rows: pd.DataFrame) -> Drawing:
                 else:
                     style.line(ax, curve["distance"], curve["mean"], curve["std"], method=method)
             ax.set(xlabel="Distance from the OMP mask", ylabel="Average dev score")
-            ax.set_title(f"{style.percent(sparsity)} sparsity ({', '.join(style.task_name(t) for t in tasks)})",
+            ax.set_title(f"{style.percent(sparsity)} sparsity ({style.tasks_text(tasks)})",
                          fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

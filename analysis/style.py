@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: the analysis runs on clusters and in CI, never with a display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -55,13 +56,19 @@ def score_label(task: str, metric: str | None) -> str:
     return f"{task_name(task)} ({METRICS.get(metric, metric)})" if metric else task_name(task)
 
 
+def tasks_text(tasks) -> str:
+    """"SST-2", or "average of MNLI, SST-2": what a score axis shows."""
+    names = [task_name(task) for task in tasks]
+    return names[0] if len(names) == 1 else f"average of {', '.join(names)}"
+
+
 def percent(sparsity) -> str:
     return f"{100 * float(sparsity):.0f}%"
 
 
 def grid(rows: int, columns: int, *, width: float = 3.4, height: float = 2.8, **kwargs):
     """A figure of ``rows`` × ``columns`` panels, returned as a 2-D array of axes."""
-    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False,
+    figure, axes = plt.subplots(rows, columns, figsize=(max(width * columns, 5.5), height * rows), squeeze=False,
                                 **kwargs)
     return figure, axes
 
@@ -84,20 +91,41 @@ def reference(ax, value: float, label: str = "Full model") -> None:
     ax.axhline(value, color=COLORS["full"], linestyle="--", linewidth=1, label=label)
 
 
+def _legend_rank(label: str) -> int:
+    """Methods in the paper's order (a label may extend a method's name), then everything else as drawn."""
+    names = list(METHODS.values())
+    return next((i for i, name in enumerate(names) if label == name or label.startswith(name + " ")), len(names))
+
+
 def legend_below(figure, axes) -> None:
-    """One legend for the whole figure, under the panels, from every label any panel drew."""
-    handles, labels = {}, []
+    """One legend for the whole figure, under the panels, from every label any panel drew, methods first."""
+    handles: dict[str, object] = {}
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
-    if labels:
-        figure.legend([handles[label] for label in labels], labels, loc="lower center", ncol=min(len(labels), 7),
-                      frameon=False, bbox_to_anchor=(0.5, 0.0))
-        figure.tight_layout(rect=(0, 0.07 if len(labels) <= 7 else 0.12, 1, 1))
-    else:
+            handles.setdefault(label, handle)
+    labels = sorted(handles, key=_legend_rank)  # stable: non-methods keep their drawing order
+    if not labels:
         figure.tight_layout()
+        return
+    width = figure.get_size_inches()[0]
+    longest = max(len(label) for label in labels)
+    columns = max(1, min(len(labels), int(width / (0.4 + 0.085 * longest))))
+    rows = -(-len(labels) // columns)
+    figure.legend([handles[label] for label in labels], labels, loc="lower center", ncol=columns, frameon=False,
+                  bbox_to_anchor=(0.5, 0.0))
+    figure.tight_layout(rect=(0, min(0.4, 0.3 * rows / figure.get_size_inches()[1]), 1, 1))
+
+
+def count_text(value: float) -> str:
+    """1000 → "1K", 392702 → "393K", 320 → "320"."""
+    return f"{value / 1000:.3g}K" if value >= 1000 else f"{value:.0f}"
+
+
+def size_axis(ax, sizes) -> None:
+    """A log x-axis with a tick at each training-set size that was run (Fig. 7)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(list(sizes), [count_text(s) for s in sizes], rotation=45 if len(sizes) > 4 else 0, fontsize=8)
 
 
 def hide_unused(axes, used: int) -> None:
