@@ -26,6 +26,9 @@ FIGURES: tuple[Figure, ...] = (*omp_vs_rand.FIGURES, *main_results.FIGURES, *pre
                                *pretrain_cost.FIGURES, *similarity.FIGURES, *low_data.FIGURES)
 """In the paper's order of discussion: Fig. 1, 8, 3, 9, 4, 10, 11, 5, 12-14, 6 and 15, 7."""
 
+CACHE = "rows.parquet"
+"""Every row the figures were drawn from, in one file beside them: the next run reads only newer rows."""
+
 
 @dataclass
 class Outcome:
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
-        rows = table.load(args.runs)
+        rows = table.load(args.runs, cache=Path(args.out) / CACHE, log=lambda line: print(f"[tamt] {line}", file=out))
         model = analysis_model(rows, args.model)
     except table.TableError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -98,8 +101,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     print(f"[tamt] {len(rows)} rows from {args.runs}; per-model analyses for {model}", file=out)
     outcomes = draw_all(rows, target, model)
     print_outcomes(outcomes, out)
-    written = results_table.write(results_table.build(rows), target) if (rows["stage"] == "finetune").any() else []
-    page = report.write(rows, outcomes, written, target, runs=args.runs, model=model)
+    results = results_table.build(rows) if (rows["stage"] == "finetune").any() else None
+    written = results_table.write(results, target) if results is not None else []
+    page = report.write(rows, outcomes, results, written, target, runs=args.runs, model=model)
     drawn = sum(1 for outcome in outcomes if not outcome.skipped)
     print(f"[tamt] {drawn} of {len(outcomes)} figures drawn (PNG and PDF) in {target.resolve()}/", file=out)
     for path in written:

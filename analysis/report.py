@@ -93,7 +93,8 @@ def versions(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).fillna("")
 
 
-def write(rows: pd.DataFrame, outcomes, tables: list[Path], out: Path, *, runs: str, model: str | None) -> Path:
+def write(rows: pd.DataFrame, outcomes, results: results_table.ResultsTable | None, tables: list[Path], out: Path,
+          *, runs: str, model: str | None) -> Path:
     """Write ``report.html`` under ``out``; returns its path."""
     drawn = [o for o in outcomes if not o.skipped]
     skipped = [o for o in outcomes if o.skipped]
@@ -109,8 +110,7 @@ def write(rows: pd.DataFrame, outcomes, tables: list[Path], out: Path, *, runs: 
         parts += ["<h2>Skipped figures</h2>", "<ul>" + "".join(
             f'<li class="skipped"><b>{_h(o.figure.title)}</b>: {_h(o.skipped)}</li>' for o in skipped) + "</ul>"]
     parts += ["<h2>Figures</h2>", *[_figure(o) for o in drawn]]
-    if tables:
-        results = results_table.build(rows)
+    if results is not None:
         parts.append("<h2>Results table</h2>")
         for table_model in results.tasks:
             cells, notes = results_table.wide(results, table_model)

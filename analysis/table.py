@@ -17,6 +17,7 @@ Two choices decide which rows stand for "the" result of a method at a sparsity; 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,8 +41,12 @@ class TableError(ValueError):
     """The results table cannot be read (missing, empty, or of another storage format)."""
 
 
-def load(runs: str | Path) -> pd.DataFrame:
+def load(runs: str | Path, cache: Path | None = None, log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every row of the results table under ``runs`` (a directory or a pyarrow URI such as ``s3://bucket/runs``).
+
+    A trial's row never changes once written (its file name is its run id), so ``cache``, one Parquet file of all
+    rows read so far, stays valid: only rows written since are read (a paper-sized sweep has ~9K row files, at a
+    few ms each), and rows whose file is gone are dropped. ``log`` hears what is being read.
 
     Raises:
         TableError: no table there, or rows of a storage format this analysis does not read.
@@ -50,19 +55,44 @@ def load(runs: str | Path) -> pd.DataFrame:
     fs, root = pafs.FileSystem.from_uri(runs) if "://" in runs else (pafs.LocalFileSystem(), str(Path(runs)))
     table_dir = f"{root.rstrip('/')}/table"
     infos = fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True))
-    files = sorted(info.path for info in infos if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
+    files = {Path(info.path).stem: info.path for info in infos
+             if info.type == pafs.FileType.File and info.path.endswith(".parquet")}
     if not files:
         raise TableError(f"no results table under {runs}: expected Parquet rows in {table_dir}/. Point --runs at "
                          "the --storage of a sweep (default ./tamt-runs) that has finished at least one trial.")
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        tables = list(pool.map(lambda path: pq.read_table(path, filesystem=fs), files))
+    known = _read_cache(cache, set(files))
+    cached_ids = set(known.column("run_id").to_pylist()) if known is not None else set()
+    new = sorted(path for run_id, path in files.items() if run_id not in cached_ids)
+    if new and log:
+        log(f"reading {len(new):,} rows from {table_dir}/" + (f" ({known.num_rows:,} cached)" if known else ""))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tables = list(pool.map(lambda path: pq.ParquetFile(path, filesystem=fs).read(use_threads=False), new))
     # Rows written before a column was added lack it; "permissive" fills it with nulls (docs/results.md).
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables(([known] if known is not None else []) + tables, promote_options="permissive")
     versions = set(table.column("format_version").to_pylist())
     if versions != {FORMAT_VERSION}:
         raise TableError(f"the table under {runs} has rows of storage format {sorted(versions)}; this analysis "
                          f"reads format {FORMAT_VERSION}. Use the tamt version that wrote the sweep.")
+    if cache is not None and new:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial")
+        pq.write_table(table, partial)
+        partial.replace(cache)  # atomic: a reader sees the old cache or the new one
     return table.to_pandas(maps_as_pydicts="strict")
+
+
+def _read_cache(cache: Path | None, run_ids: set[str]) -> pa.Table | None:
+    """The cached rows that still have a row file, or None (no cache, or one written by another format)."""
+    if cache is None or not cache.exists():
+        return None
+    try:
+        cached = pq.read_table(cache)
+    except (pa.ArrowInvalid, OSError):
+        return None  # a damaged cache is rebuilt from the row files
+    if set(cached.column("format_version").to_pylist()) - {FORMAT_VERSION}:
+        return None
+    keep = pa.array([run_id in run_ids for run_id in cached.column("run_id").to_pylist()])
+    return cached.filter(keep)
 
 
 def stage(rows: pd.DataFrame, name: str) -> pd.DataFrame:
