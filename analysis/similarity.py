@@ -32,7 +32,7 @@ def distance_points(rows: pd.DataFrame, pairs: pd.DataFrame, sparsity: float) ->
         return pd.DataFrame(columns=["method", "mask_step", "distance", "mean", "std"]), []
     by = ["method", "mask_step"]
     per_point = scored.groupby(by)["task"].agg(frozenset)
-    tasks = sorted(frozenset.intersection(*per_point))
+    tasks = style.ordered(frozenset.intersection(*per_point), style.TASKS)
     curves = table.task_average(scored, by, tasks)
     curves = curves[curves["complete"]]
     return curves.merge(scored.groupby(by)["distance"].mean().reset_index(), on=by), tasks

@@ -126,6 +126,8 @@ def main_masks(finetunes: pd.DataFrame) -> pd.DataFrame:
     """
     masked = main_size(finetunes[finetunes["method"] != "full"])
     keys = ["model", "method", "sparsity", "mask_seed"]
+    if masked.empty:
+        return masked[keys + MASK].reset_index(drop=True)  # typed like the table, so merges on it still work
     per_mask = (masked.groupby(keys + MASK, dropna=False)
                 .agg(tasks=("task", "nunique"), runs=("run_id", "size")).reset_index())
     per_mask = per_mask.sort_values(keys + ["tasks", "runs", "mask_step"], ascending=[True] * 4 + [False] * 3)
@@ -192,7 +194,8 @@ def mask_costs(rows: pd.DataFrame) -> pd.DataFrame:
                         "pruning_interval": p if search["method"] == "imp" else None})
     columns = ["mask_run_id", "method", "model", "mask_seed", "sparsity", "mask_step", "train_s", "mlm_dev_loss",
                "kd_dev_loss", "pruning_interval"]
-    return pd.DataFrame(out, columns=columns)
+    numbers = {name: "float64" for name in columns[3:]}  # as the table's nullable integers read: merges match
+    return pd.DataFrame(out, columns=columns).astype(numbers)
 
 
 def similarity_pairs(rows: pd.DataFrame) -> pd.DataFrame:
@@ -203,4 +206,6 @@ def similarity_pairs(rows: pd.DataFrame) -> pd.DataFrame:
            for _, trial in trials.iterrows() for pair in (trial["pairs"] if trial["pairs"] is not None else [])]
     columns = ["trial", "model", "sparsity", *[f"{side}_{key}" for side in "ab"
                                       for key in ("run_id", "method", "seed", "step", "hash")], "similarity"]
-    return pd.DataFrame(out, columns=columns)
+    numbers = {"sparsity": "float64", "a_seed": "float64", "a_step": "float64", "b_seed": "float64",
+               "b_step": "float64", "similarity": "float64"}
+    return pd.DataFrame(out, columns=columns).astype(numbers)

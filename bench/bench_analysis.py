@@ -94,7 +94,7 @@ class Synthetic:
             for finetune_seed in seeds:
                 score = self.score(model, task, method, sparsity, step, examples, finetune_seed)
                 self.rows.append({
-                    "run_id": _id("finetune", search_id, step, task, finetune_seed, size), "stage": "finetune",
+                    "run_id": _id("finetune", model, search_id, step, task, finetune_seed, size), "stage": "finetune",
                     "model": model, "method": method, "sparsity": sparsity,
                     "mask_seed": seed if method != "full" else None, "mask_step": step if method != "full" else None,
                     "mask_run_id": search_id, "task": task, "finetune_seed": finetune_seed, "train_size": size,

@@ -1,4 +1,5 @@
-"""Project-level rules: the science core stays free of Ray/MLflow; the cluster config is valid for Ray."""
+"""Project-level rules: the science core stays free of Ray/MLflow, the analysis reads tables only; the cluster
+config is valid for Ray."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ def test_tamt_core_imports_no_ray_or_mlflow():
     for path in (ROOT / "tamt_core").rglob("*.py"):
         text = path.read_text()
         assert "import ray" not in text and "import mlflow" not in text, path
+
+
+def test_analysis_imports_no_training_code():
+    """analysis/ draws from the Parquet table alone: no torch, no Ray, no MLflow, no tamt_core or orchestrator."""
+    code = ("import sys, analysis.figures; bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'transformers', 'ray', 'mlflow', 'optuna', 'tamt_core', 'orchestrator'}); print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_cluster_yaml_passes_ray_validation():
