@@ -67,7 +67,7 @@ def settings(rows: pd.DataFrame) -> pd.DataFrame:
            ("devices", _values(rows["device"])),
            ("finished", f"{rows['finished_at'].min()} – {rows['finished_at'].max()}"),
            ("compute (sum of trial wall time)", f"{rows['wall_s'].sum() / 3600:.2f} h")]
-    configs = table.info(searches).map(lambda parsed: parsed.get("search_config", {}))
+    configs = table.info(searches).map(lambda parsed: parsed.get("search_config") or {})
     per_trial = {"seed", "sparsity", "save_steps", "method"}
     for method, group in configs.groupby(searches["method"]):
         distinct = group.map(lambda c: json.dumps({k: v for k, v in sorted(c.items()) if k not in per_trial}))

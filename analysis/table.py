@@ -52,7 +52,8 @@ def load(runs: str | Path, cache: Path | None = None, log: Callable[[str], None]
         TableError: no table there, or rows of a storage format this analysis does not read.
     """
     runs = str(runs)
-    fs, root = pafs.FileSystem.from_uri(runs) if "://" in runs else (pafs.LocalFileSystem(), str(Path(runs)))
+    fs, root = (pafs.FileSystem.from_uri(runs) if "://" in runs
+                else (pafs.LocalFileSystem(), str(Path(runs).expanduser().resolve())))
     table_dir = f"{root.rstrip('/')}/table"
     infos = fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True))
     files = {Path(info.path).stem: info.path for info in infos
@@ -112,9 +113,10 @@ def training_examples(rows: pd.DataFrame) -> pd.Series:
 
 
 def main_size(rows: pd.DataFrame) -> pd.DataFrame:
-    """Fine-tunes on each model and task's largest training set: the whole set where the table has it."""
+    """Fine-tunes on each model and task's largest training set: the whole set where the table has it. Decided
+    for the masks and for the full model apart, so that one's whole-set runs never hide the other's."""
     size = rows["train_size"].fillna(np.inf)
-    largest = size.groupby([rows["model"], rows["task"]]).transform("max")
+    largest = size.groupby([rows["model"], rows["task"], rows["method"] == "full"]).transform("max")
     return rows[size == largest]
 
 
@@ -143,9 +145,10 @@ def main_results(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(rows: pd.DataFrame, by: list[str], value: str = "score") -> pd.DataFrame:
-    """Mean, sample standard deviation (ddof 1, NaN for one run) and count of ``value`` per group."""
+    """Mean, sample standard deviation (ddof 1, NaN for one run) and count of ``value`` per group (runs with
+    a value)."""
     grouped = rows.groupby(by, dropna=False)[value]
-    return grouped.agg(mean="mean", std="std", n="size").reset_index()
+    return grouped.agg(mean="mean", std="std", n="count").reset_index()
 
 
 def task_average(rows: pd.DataFrame, by: list[str], tasks: list[str] | None = None) -> pd.DataFrame:
@@ -161,8 +164,10 @@ def task_average(rows: pd.DataFrame, by: list[str], tasks: list[str] | None = No
     for key, group in rows.groupby(by, dropna=False, sort=True):
         present = sorted(group["task"].unique())
         per_task = group.groupby("task")["score"].mean()
-        per_replicate = group.groupby(REPLICATE, dropna=False).agg(score=("score", "mean"),
-                                                                  tasks=("task", "nunique"))
+        # each replicate's average weighs its tasks equally, as the mean does, whatever its runs per task
+        replicate_task = group.groupby([*REPLICATE, "task"], dropna=False)["score"].mean().reset_index()
+        per_replicate = replicate_task.groupby(REPLICATE, dropna=False).agg(score=("score", "mean"),
+                                                                           tasks=("task", "nunique"))
         complete_replicates = per_replicate[per_replicate["tasks"] == len(present)]["score"]
         out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
                     "mean": per_task.mean(), "std": complete_replicates.std(), "n": len(complete_replicates),
@@ -173,7 +178,7 @@ def task_average(rows: pd.DataFrame, by: list[str], tasks: list[str] | None = No
 
 def info(rows: pd.DataFrame) -> pd.Series:
     """The ``info`` column parsed (search rows: ``{"search_config": …}``; fine-tunes: hparams and throughput)."""
-    return rows["info"].map(lambda text: json.loads(text) if isinstance(text, str) else {})
+    return rows["info"].map(lambda text: (json.loads(text) or {}) if isinstance(text, str) else {})
 
 
 def mask_costs(rows: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +188,7 @@ def mask_costs(rows: pd.DataFrame) -> pd.DataFrame:
     mlm_dev_loss, kd_dev_loss, pruning_interval``; IMP runs write one mask per 10 % of sparsity.
     """
     searches = stage(rows, "search")
-    interval = info(searches).map(lambda parsed: parsed.get("search_config", {}).get("pruning_interval"))
+    interval = info(searches).map(lambda parsed: (parsed.get("search_config") or {}).get("pruning_interval"))
     out = []
     for (_, search), p in zip(searches.iterrows(), interval):
         for mask in search["masks"] if search["masks"] is not None else []:

@@ -262,3 +262,4 @@ def print_where(report, out: TextIO) -> None:
     print(f"  results table: {storage.table_path()}  (orchestrator.results.read({storage.uri!r}))", file=out)
     print(f"  masks and run files: {storage.path('runs')}/<run_id>/", file=out)
     print(f"  MLflow: {report.mlflow_uri}  (mlflow ui --backend-store-uri {report.mlflow_uri})", file=out)
+    print(f"  figures: python -m analysis.figures --runs {storage.uri} --out figures/", file=out)

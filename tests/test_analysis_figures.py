@@ -43,7 +43,8 @@ def _pair(a, b, similarity_value):
             "similarity": similarity_value}
 
 
-OMP, IMP, MLM, KD = ("omp50", "omp", 0, 0), ("imp1", "imp", 1, 40), ("mlm1", "tamt-mlm", 1, 20), ("kd1", "tamt-kd", 1, 20)
+OMP, IMP = ("omp50", "omp", 0, 0), ("imp1", "imp", 1, 40)
+MLM, KD = ("mlm1", "tamt-mlm", 1, 20), ("kd1", "tamt-kd", 1, 20)
 
 
 def sweep_rows() -> list[dict]:
