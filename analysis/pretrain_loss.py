@@ -55,7 +55,7 @@ def _average_points(found: pd.DataFrame, sparsity: float) -> tuple[pd.DataFrame,
     mask = ["method", "mask_run_id", "mask_step"]
     task_sets = here.groupby(mask)["task"].agg(frozenset)
     tamt_sets = [tasks for (method, _, _), tasks in task_sets.items() if method in TAMT]
-    tasks = sorted(frozenset.intersection(*tamt_sets))
+    tasks = style.ordered(frozenset.intersection(*tamt_sets), style.TASKS)
     dropped = [f"{style.method_name(m)} {style.percent(sparsity)} step {int(s)}: lacks "
                f"{', '.join(style.task_name(t) for t in sorted(set(tasks) - ts))}"
                for (m, _, s), ts in task_sets.items() if not set(tasks) <= ts]
@@ -94,21 +94,20 @@ def draw_average(rows: pd.DataFrame) -> Drawing:
     losses = [loss for loss in LOSSES if found[loss].notna().any()]
     require(bool(losses), "no MLM or KD dev losses in the table (searches ran with dev_loss_batches=0)")
     figure, axes = style.grid(len(losses), len(sparsities), width=3.4, height=3.0)
-    missing = []
+    missing, task_sets = [], {}
     for column, sparsity in enumerate(sparsities):
         averaged, tasks, dropped = _average_points(found, sparsity)
         missing += dropped
+        task_sets[sparsity] = tasks
         for row, loss in enumerate(losses):
             ax = axes[row, column]
             _scatter(ax, averaged, loss)
             ax.set_title(f"{style.percent(sparsity)} sparsity", fontsize=9)
             ax.set_xlabel(LOSSES[loss])
             ax.grid(alpha=0.3)
-        axes[0, column].set_title(f"{style.percent(sparsity)} sparsity "
-                                  f"({style.tasks_text(tasks)})", fontsize=8)
     for row in axes:
-        row[0].set_ylabel("Average dev score")
-    style.legend_below(figure, axes)
+        row[0].set_ylabel("Dev score")
+    style.legend_below(figure, axes, style.tasks_title(axes, task_sets))
     return Drawing(figure, missing)
 
 

@@ -62,6 +62,17 @@ def tasks_text(tasks) -> str:
     return names[0] if len(names) == 1 else f"average of {', '.join(names)}"
 
 
+def tasks_title(axes, task_sets: dict) -> str | None:
+    """Which tasks the scores average: a title for the whole figure when every column shares them (returned, for
+    :func:`legend_below`), else added to each column's title (``task_sets``: column → tasks, in column order)."""
+    distinct = {tuple(tasks) for tasks in task_sets.values()}
+    if len(distinct) == 1:
+        return f"Score: {tasks_text(next(iter(distinct)))}"
+    for ax, tasks in zip(axes[0], task_sets.values()):
+        ax.set_title(f"{ax.get_title()}\n{tasks_text(tasks)}", fontsize=8)
+    return None
+
+
 def percent(sparsity) -> str:
     return f"{100 * float(sparsity):.0f}%"
 
@@ -97,15 +108,20 @@ def _legend_rank(label: str) -> int:
     return next((i for i, name in enumerate(names) if label == name or label.startswith(name + " ")), len(names))
 
 
-def legend_below(figure, axes) -> None:
-    """One legend for the whole figure, under the panels, from every label any panel drew, methods first."""
+def legend_below(figure, axes, title: str | None = None) -> None:
+    """One legend for the whole figure, under the panels, from every label any panel drew, methods first; and
+    ``title`` above the panels."""
     handles: dict[str, object] = {}
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = sorted(handles, key=_legend_rank)  # stable: non-methods keep their drawing order
+    height = figure.get_size_inches()[1]
+    top = 1 - 0.35 / height if title else 1
+    if title:
+        figure.suptitle(title, fontsize=10)
     if not labels:
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0, 1, top))
         return
     width = figure.get_size_inches()[0]
     longest = max(len(label) for label in labels)
@@ -113,7 +129,7 @@ def legend_below(figure, axes) -> None:
     rows = -(-len(labels) // columns)
     figure.legend([handles[label] for label in labels], labels, loc="lower center", ncol=columns, frameon=False,
                   bbox_to_anchor=(0.5, 0.0))
-    figure.tight_layout(rect=(0, min(0.4, 0.3 * rows / figure.get_size_inches()[1]), 1, 1))
+    figure.tight_layout(rect=(0, min(0.4, 0.3 * rows / height), 1, top))
 
 
 def count_text(value: float) -> str:
