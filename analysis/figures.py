@@ -50,34 +50,34 @@ def analysis_model(rows: pd.DataFrame, requested: str | None) -> str | None:
     return models.index[0] if len(models) else None
 
 
-def draw_all(rows: pd.DataFrame, out: Path, model: str | None) -> list[Outcome]:
-    outcomes = []
-    for figure in FIGURES:
-        outcome = Outcome(figure)
-        ours = rows[rows["model"] == model] if figure.per_model else rows
-        try:
-            drawing = figure.draw(ours)
-        except Skip as why:
-            outcome.skipped = str(why)
-        else:
-            outcome.files = style.save(drawing.figure, out, figure.name)
-            outcome.missing, outcome.findings = drawing.missing, drawing.findings
-        outcomes.append(outcome)
-    return outcomes
+def draw(figure: Figure, rows: pd.DataFrame, out: Path, model: str | None) -> Outcome:
+    """Draw one figure into ``out``, or record why it is skipped (and remove a stale file of it from an earlier
+    run, which would no longer match the table)."""
+    outcome = Outcome(figure)
+    try:
+        drawing = figure.draw(rows[rows["model"] == model] if figure.per_model else rows)
+    except Skip as why:
+        outcome.skipped = str(why)
+        for stale in (out / f"{figure.name}.png", out / f"{figure.name}.pdf"):
+            stale.unlink(missing_ok=True)
+        return outcome
+    outcome.files = style.save(drawing.figure, out, figure.name)
+    outcome.missing, outcome.findings = drawing.missing, drawing.findings
+    return outcome
 
 
-def print_outcomes(outcomes: list[Outcome], out: TextIO) -> None:
-    for outcome in outcomes:
-        if outcome.skipped:
-            print(f"[tamt] skipped {outcome.figure.name} ({outcome.figure.title}): {outcome.skipped}", file=out)
-            continue
-        print(f"[tamt] drew {outcome.figure.name} ({outcome.figure.title})", file=out)
-        for line in outcome.missing[:8]:
-            print(f"         missing: {line}", file=out)
-        if len(outcome.missing) > 8:
-            print(f"         … and {len(outcome.missing) - 8} more cells missing (listed in the report)", file=out)
-        for line in outcome.findings:
-            print(f"         {line}", file=out)
+def print_outcome(outcome: Outcome, out: TextIO) -> None:
+    if outcome.skipped:
+        print(f"[tamt] skipped {outcome.figure.name} ({outcome.figure.title}): {outcome.skipped}", file=out)
+        return
+    print(f"[tamt] drew {outcome.figure.name} ({outcome.figure.title})", file=out)
+    for line in outcome.missing[:8]:
+        print(f"         missing: {line}", file=out)
+    if len(outcome.missing) > 8:
+        print(f"         … and {len(outcome.missing) - 8} more cells missing (listed in the report)", file=out)
+    for line in outcome.findings:
+        print(f"         {line}", file=out)
+    out.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +98,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     target = Path(args.out)
-    print(f"[tamt] {len(rows)} rows from {args.runs}; per-model analyses for {model}", file=out)
-    outcomes = draw_all(rows, target, model)
-    print_outcomes(outcomes, out)
+    stages = ", ".join(f"{name} {count:,}" for name, count in rows["stage"].value_counts().items())
+    print(f"[tamt] {len(rows):,} rows from {args.runs} ({stages}); per-model analyses for {model}", file=out)
+    outcomes = []
+    for figure in FIGURES:
+        outcomes.append(draw(figure, rows, target, model))
+        print_outcome(outcomes[-1], out)
     results = results_table.build(rows) if (rows["stage"] == "finetune").any() else None
     written = results_table.write(results, target) if results is not None else []
     page = report.write(rows, outcomes, results, written, target, runs=args.runs, model=model)

@@ -213,6 +213,9 @@ def test_distance_from_omp_joins_each_mask_with_its_scores(stored):
 
 def test_figures_whose_inputs_are_missing_are_skipped_not_drawn_empty(tmp_path):
     full_only = [r for r in sweep_rows() if r["stage"] == "finetune" and r["method"] == "full"]
+    stale = tmp_path / "figures" / "fig7_low_data.png"  # from an earlier run on another table
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
     code, printed = _run(_store(tmp_path, full_only), tmp_path / "figures")
     assert code == 0
     assert f"0 of {len(ALL_FIGURES)} figures drawn" in printed
