@@ -27,6 +27,8 @@ class ResultsTable:
     """Which mask step stands for each method and sparsity, so a reader knows what was averaged."""
     sizes: pd.DataFrame
     """Training examples of each model's fine-tunes per task (the whole set, or the largest subset run)."""
+    metrics: dict[str, str]
+    """The metric each task's score is (Tab. 1: the one that selects the best evaluation)."""
 
 
 def build(rows: pd.DataFrame) -> ResultsTable:
@@ -44,7 +46,8 @@ def build(rows: pd.DataFrame) -> ResultsTable:
              .reset_index())
     sizes = (results.assign(train_examples=table.training_examples(results))
              .groupby(["model", "task"])["train_examples"].max().reset_index())
-    return ResultsTable(long, tasks, masks, sizes)
+    metrics = results.dropna(subset=["select_metric"]).groupby("task")["select_metric"].first().to_dict()
+    return ResultsTable(long, tasks, masks, sizes, metrics)
 
 
 def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
@@ -65,7 +68,7 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
         for column in columns:
             key = (sparsity, method, column)
             if key not in cells.index:
-                line[_heading(column)] = "—"
+                line[_heading(column, results.metrics)] = "—"
                 continue
             cell = cells.loc[key]
             text = style.mean_std_text(cell["mean"], cell["std"])
@@ -75,14 +78,14 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
                              f"{', '.join(style.task_name(t) for t in cell['tasks'].split(','))}")
             elif column != AVERAGE:
                 counts.add(int(cell["n"]))
-            line[_heading(column)] = text
+            line[_heading(column, results.metrics)] = text
         line["n"] = "/".join(map(str, sorted(counts)))
         lines.append(line)
     return pd.DataFrame(lines), notes
 
 
-def _heading(column: str) -> str:
-    return "Average" if column == AVERAGE else style.task_name(column)
+def _heading(column: str, metrics: dict[str, str]) -> str:
+    return "Average" if column == AVERAGE else style.score_label(column, metrics.get(column))
 
 
 def notes_below(results: ResultsTable, model: str) -> list[str]:

@@ -152,6 +152,7 @@ def test_results_table_holds_hand_computed_means_stds_and_averages(drawn):
     assert cell.loc[("omp", 0.5, "sst2"), "n"] == 2
     markdown = (drawn[2] / "results.md").read_text()
     assert "Average over: SST-2, RTE" in markdown
+    assert "| Sparsity | Method | SST-2 (Acc) | RTE (Acc) | Average | n |" in markdown
     assert "| 50% | OMP | 81.0 ± 1.4 | 61.0 ± 1.4 | 71.0 ± 1.4 | 2 |" in markdown
     assert "TAMT-MLM 50% 20" in markdown  # which step stands for TAMT
 
