@@ -157,7 +157,7 @@ def draw_average(rows: pd.DataFrame) -> Drawing:
 def draw_per_task(rows: pd.DataFrame) -> Drawing:
     runs, sparsities = _check(rows)
     runs = runs[runs["sparsity"].isin(sparsities)]
-    costs = runs.groupby(["task", "method"])["mask_step"].nunique().groupby("task").max()
+    costs = runs.groupby(["sparsity", "task", "method"])["mask_step"].nunique().groupby("task").max()
     tasks = style.ordered(costs[costs >= 2].index, style.TASKS)  # tasks fine-tuned at several costs
     figure, axes = style.grid(len(sparsities), len(tasks), width=3.2, height=2.8)
     missing = []

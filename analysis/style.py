@@ -103,9 +103,9 @@ def reference(ax, value: float, label: str = "Full model") -> None:
 
 
 def _legend_rank(label: str) -> int:
-    """Methods in the paper's order (a label may extend a method's name), then everything else as drawn."""
+    """Methods in the paper's order (a label may add a remark: "TAMT-MLM (along training)"), then the rest."""
     names = list(METHODS.values())
-    return next((i for i, name in enumerate(names) if label == name or label.startswith(name + " ")), len(names))
+    return next((i for i, name in enumerate(names) if label == name or label.startswith(name + " (")), len(names))
 
 
 def legend_below(figure, axes, title: str | None = None) -> None:
