@@ -53,6 +53,12 @@ def missing_cells(rows: pd.DataFrame, methods: Iterable[str], sparsities: Iterab
     return out
 
 
+def task_title(rows: pd.DataFrame, task: str) -> str:
+    """"MNLI (Acc (m))": the task and the metric its scores are, when all of ``rows`` agree on one."""
+    metrics = rows.loc[rows["task"] == task, "select_metric"].dropna().unique()
+    return style.score_label(task, metrics[0] if len(metrics) == 1 else None)
+
+
 def require(condition: bool, reason: str) -> None:
     if not condition:
         raise Skip(reason)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import style, table
-from analysis.figure import Drawing, Figure, require
+from analysis.figure import Drawing, Figure, require, task_title
 
 
 def low_data_runs(rows: pd.DataFrame) -> tuple[pd.DataFrame, float]:
@@ -49,10 +49,8 @@ def draw(rows: pd.DataFrame) -> Drawing:
             if absent:
                 missing.append(f"{style.method_name(method)} {style.task_name(task)}: no runs on "
                                f"{', '.join(f'{int(n):,}' for n in absent)} examples")
-        metric = runs.loc[runs["task"] == task, "select_metric"].dropna()
         style.size_axis(ax, sizes)
-        ax.set(xlabel="Fine-tuning examples",
-               title=f"{style.score_label(task, metric.iloc[0] if len(metric) else None)}, {style.percent(sparsity)}")
+        ax.set(xlabel="Fine-tuning examples", title=f"{task_title(runs, task)}, {style.percent(sparsity)}")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel("Dev score")

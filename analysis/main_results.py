@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import style, table
-from analysis.figure import Drawing, Figure, missing_cells, require
+from analysis.figure import Drawing, Figure, missing_cells, require, task_title
 
 MASKED = ("omp", "rand", "imp", "tamt-mlm", "tamt-kd")
 
@@ -17,13 +17,8 @@ def _score_panels(rows: pd.DataFrame) -> list[str]:
     return tasks + (["average"] if len(tasks) > 1 else [])
 
 
-def _metric(rows: pd.DataFrame, task: str) -> str | None:
-    metrics = rows.loc[rows["task"] == task, "select_metric"].dropna().unique()
-    return metrics[0] if len(metrics) == 1 else None
-
-
 def _panel_title(rows: pd.DataFrame, panel: str) -> str:
-    return "Average" if panel == "average" else style.score_label(panel, _metric(rows, panel))
+    return "Average" if panel == "average" else task_title(rows, panel)
 
 
 def _curves(rows: pd.DataFrame, panel: str, tasks: list[str], by: list[str]) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import style, table
-from analysis.figure import Drawing, Figure, missing_cells, require
+from analysis.figure import Drawing, Figure, missing_cells, require, task_title
 
 METHODS = ("omp", "rand")
 
@@ -97,8 +97,7 @@ def draw_per_task(rows: pd.DataFrame) -> Drawing:
             twin.set_ylabel("OMP − Rand", color="red", fontsize=8)
             twin.tick_params(axis="y", colors="red", labelsize=7)
             ax.plot([], [], color="red", linestyle="--", linewidth=1, label="OMP − Rand")  # in the shared legend
-        metric = results.loc[results["task"] == task, "select_metric"].dropna()
-        ax.set(xlabel="Sparsity (%)", title=style.score_label(task, metric.iloc[0] if len(metric) else None))
+        ax.set(xlabel="Sparsity (%)", title=task_title(results, task))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     for row in axes:

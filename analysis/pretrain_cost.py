@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import style, table
-from analysis.figure import Drawing, Figure, require
+from analysis.figure import Drawing, Figure, require, task_title
 
 TAMT = ("tamt-mlm", "tamt-kd")
 METHODS = ("imp", *TAMT)
@@ -174,9 +174,7 @@ def draw_per_task(rows: pd.DataFrame) -> Drawing:
                 curve = curves[curves["method"] == method]
                 if not curve.empty:
                     style.line(ax, curve["mask_step"], curve["mean"], curve["std"], method=method)
-            metric = here.loc[here["task"] == task, "select_metric"].dropna()
-            ax.set_title(f"{style.score_label(task, metric.iloc[0] if len(metric) else None)}, "
-                         f"{style.percent(sparsity)}", fontsize=9)
+            ax.set_title(f"{task_title(here, task)}, {style.percent(sparsity)}", fontsize=9)
             ax.set_xlabel("Pre-training iterations")
             ax.grid(alpha=0.3)
         axes[row, 0].set_ylabel("Dev score")
