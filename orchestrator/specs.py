@@ -12,13 +12,12 @@ edge from a fine-tune to its mask.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig
+from tamt_core.ids import content_id
 from tamt_core.methods.base import SearchConfig
 
 SPARSITY_DIGITS = 4
@@ -28,12 +27,6 @@ SPARSITY_DIGITS = 4
 LATER_SEARCH_FIELDS: dict[str, Any] = {"alpha": hparams.ALPHA, "phi": hparams.PHI}
 """``SearchConfig`` fields added after stores existed, with their defaults: a field at its default is left out of
 the run id, so a search planned before the field existed keeps its id and a rerun still finds its row."""
-
-
-def content_hash(payload: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over canonical JSON: the run id of a spec."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ class SearchSpec:
     @property
     def run_id(self) -> str:
         config = {k: v for k, v in self.config.to_dict().items() if LATER_SEARCH_FIELDS.get(k, object()) != v}
-        return content_hash({"stage": self.stage, "model": self.model, "data": self.data, "config": config})
+        return content_id({"stage": self.stage, "model": self.model, "data": self.data, "config": config})
 
     def yields(self) -> tuple[tuple[float, int], ...]:
         """(sparsity, step) of every mask the search writes, in order (§4.1.3, Tab. 2)."""
@@ -131,7 +124,7 @@ class FinetuneSpec:
 
     @property
     def run_id(self) -> str:
-        return content_hash({"stage": self.stage, "mask": None if self.mask is None else self.mask.to_dict(),
+        return content_id({"stage": self.stage, "mask": None if self.mask is None else self.mask.to_dict(),
                              "config": self.config.to_dict()})
 
     def with_mask_hash(self, mask_hash: str | None) -> FinetuneConfig:
@@ -162,7 +155,7 @@ class DenseLossSpec:
 
     @property
     def run_id(self) -> str:
-        return content_hash(self.to_dict())
+        return content_id(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "model": self.model, "data": self.data, "dev_loss_batches": self.dev_loss_batches}
@@ -201,7 +194,7 @@ class SimilaritySpec:
 
     @property
     def run_id(self) -> str:
-        return content_hash(self.to_dict())
+        return content_id(self.to_dict())
 
     def pairs(self) -> list[tuple[MaskRef, MaskRef]]:
         """The compared pairs, in a fixed order: (reference, mask) for each mask, or every unordered pair."""

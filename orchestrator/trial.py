@@ -27,7 +27,7 @@ from tamt_core.evaluate import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
 from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError, load_config
-from tamt_core.search import run_search
+from tamt_core.search import IDENTITY_FILE, SearchResult, run_search
 
 from orchestrator import results
 from orchestrator.plan import PlanError
@@ -110,31 +110,33 @@ def _record_attempt(directory: Path, spec: Spec, node: str) -> int:
 
 def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report) -> dict[str, Any]:
     masks_dir = run_dir.local / "masks"
-    shutil.rmtree(masks_dir, ignore_errors=True)  # a search restarts from its seed; drop a killed attempt's masks
-
-    train_s = {0: 0.0}  # training seconds up to each step, without loading or evaluation (Fig. 5's time axis)
+    if masks_dir.exists() and not (masks_dir / IDENTITY_FILE).exists():
+        shutil.rmtree(masks_dir)  # files of an attempt that kept no identity (and so no checkpoint): start over
 
     def log_step(metrics: dict) -> None:
-        step = metrics["step"]
-        train_s[step] = train_s[max(train_s)] + metrics["step_s"]
-        if step % SEARCH_REPORT_EVERY == 0:
-            report({"step": step, "loss": metrics["loss"], "lr": metrics["lr"]})
+        report({"step": metrics["step"], "loss": metrics["loss"], "lr": metrics["lr"]})
 
-    paths = run_search(spec.config, masks_dir, model=spec.model, data=spec.data, device=settings.device,
-                       log_step=log_step)
-    loaded = {path.name: load_mask(path) for path in paths}
+    result = run_search(spec.config, masks_dir, model=spec.model, data=spec.data, device=settings.device,
+                        log_step=log_step)
+    return search_row(spec, settings, result)
+
+
+def search_row(spec: SearchSpec, settings: TrialSettings, result: SearchResult) -> dict[str, Any]:
+    """The results row of a finished search: every mask with its dev losses (Fig. 1, 4 set OMP's and random
+    masks beside the rest, so every method's are measured) and the training seconds up to it (Fig. 5)."""
+    loaded = {path.name: load_mask(path) for path in result.paths}
     losses = {}
-    if spec.dev_loss_batches != 0:  # OMP and random masks too: Fig. 1 and 4 set their losses beside the rest
+    if spec.dev_loss_batches != 0:
         losses = pretrain_losses(dict(loaded), model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
                                  device=settings.device)
     masks = []
-    for path in paths:
-        mask = loaded[path.name]
+    for written in result.masks:
+        mask = loaded[written.file]
         masks.append({"sparsity": round(float(mask.meta["sparsity"]), 4), "step": int(mask.meta["step"]),
-                      "file": f"masks/{path.name}", "mask_hash": mask.content_hash, "actual_sparsity": mask.sparsity,
-                      "train_s": train_s.get(int(mask.meta["step"])),
-                      "mlm_dev_loss": losses.get(path.name, {}).get("mlm_loss"),
-                      "kd_dev_loss": losses.get(path.name, {}).get("kd_loss")})
+                      "file": f"masks/{written.file}", "mask_hash": mask.content_hash,
+                      "actual_sparsity": mask.sparsity, "train_s": written.train_s,
+                      "mlm_dev_loss": losses.get(written.file, {}).get("mlm_loss"),
+                      "kd_dev_loss": losses.get(written.file, {}).get("kd_loss")})
     final = masks[-1]
     config = spec.config
     return {"model": spec.model, "method": config.method, "objective": config.objective,

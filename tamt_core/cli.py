@@ -1,6 +1,7 @@
 """``tamt``: single runs from the shell, the way a researcher works before a sweep.
 
     tamt search {omp,rand,imp,tamt-mlm,tamt-kd} --sparsity S [--model M] [--seed N] [--steps T] --out DIR
+    torchrun --nproc-per-node N -m tamt_core.cli search ...      (data-parallel over N processes)
     tamt pretrain-loss --mask FILE [--mask FILE ...] [--dense]
     tamt mask-info FILE
     tamt similarity FILE FILE
@@ -14,14 +15,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tamt_core.console import quiet_libraries
 from tamt_core import hparams
 from tamt_core.methods.base import METHOD_NAMES, SearchConfig
+from tamt_core.search_run import CHECKPOINT_EVERY_S
 
 log = logging.getLogger("tamt")
 
@@ -75,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--alpha", type=float, default=hparams.ALPHA,
                         help="TAMT: OMP-kept scores start at alpha·phi (Eq. 5; default 2)")
     search.add_argument("--phi", type=float, default=hparams.PHI, help="TAMT: starting threshold (Eq. 3; default 1e-2)")
-    search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
+                                         "local rank's GPU)")
+    search.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
+                        help="IMP/TAMT: checkpoint at most this often, and at every saved mask (default "
+                             f"{CHECKPOINT_EVERY_S:.0f}); rerun the same command to continue an interrupted search")
 
     loss = commands.add_parser("pretrain-loss", help="MLM / KD dev loss of subnetworks (Fig. 1, 4)")
     loss.add_argument("--mask", type=Path, action="append", default=[], help="mask file (repeatable)")
@@ -160,9 +169,33 @@ def _search(args: argparse.Namespace) -> int:
                           pruning_interval=args.pruning_interval, rewind=args.rewind,
                           zero_rounding=args.zero_rounding, kd_include_padding=args.kd_include_padding,
                           alpha=args.alpha, phi=args.phi)
-    for path in run_search(config, args.out, model=args.model, data=args.data, device=args.device):
+    with _process_group(args.device) as device:
+        result = run_search(config, args.out, model=args.model, data=args.data, device=device,
+                            checkpoint_every_s=args.checkpoint_every)
+    for path in result.paths:
         print(path)
     return 0
+
+
+@contextlib.contextmanager
+def _process_group(device: str | None) -> Iterator[str | None]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (nccl on GPUs, gloo on CPUs) and use the
+    local rank's GPU; otherwise one process on ``device``."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield device
+        return
+    use_gpu = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if use_gpu:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
 
 
 def _pretrain_loss(args: argparse.Namespace) -> int:
@@ -254,8 +287,8 @@ def _demo(args: argparse.Namespace) -> int:
     from tamt_core.search import run_search
 
     smoke = dict(sparsity=args.sparsity, seed=0, block_size=128, batch_size=8)
-    omp = run_search(SearchConfig(method="omp", **smoke), args.out)[-1]
-    tamt = run_search(SearchConfig(method="tamt-mlm", steps=args.steps, lr=2e-3, **smoke), args.out)[-1]
+    omp = run_search(SearchConfig(method="omp", **smoke), args.out / "omp").paths[-1]
+    tamt = run_search(SearchConfig(method="tamt-mlm", steps=args.steps, lr=2e-3, **smoke), args.out / "tamt-mlm").paths[-1]
     results = pretrain_losses({"dense": None, "omp": load_mask(omp), "tamt-mlm": load_mask(tamt)},
                               block_size=128, max_batches=8)
     _print_results(results, as_json=False)

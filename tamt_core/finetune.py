@@ -15,7 +15,6 @@ directory continues an interrupted run, or returns the finished result without c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,14 +34,16 @@ from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceCla
                           PreTrainedTokenizerBase)
 
 from tamt_core import hparams
-from tamt_core.checkpoint import load_training_state, save_training_state
+from tamt_core.checkpoint import (CorruptCheckpointError, OutputDirectoryError, claim_directory, load_training_state,
+                                  save_training_state, write_json)
 from tamt_core.data import downstream, squad
 from tamt_core.device import autocast, pick_device
 from tamt_core.evaluate import load_for_mask
+from tamt_core.ids import content_id
 from tamt_core.masking import apply_fixed_mask
 from tamt_core.masks import Mask
 from tamt_core.metrics import GLUE_METRIC_KEYS, glue_metrics, squad_metrics
-from tamt_core.models import BUILTIN_MODEL_NAME
+from tamt_core.models import BUILTIN_MODEL_NAME, TRAINING_DTYPE
 from tamt_core.tasks import Task, get_task
 from tamt_core.training import adamw_with_schedule, to_device
 
@@ -54,10 +55,6 @@ EVAL_BATCH_SIZE = 64
 CHECKPOINT_EVERY_S = 300.0
 """Seconds between checkpoints: one is taken at the first evaluation point after this much time has passed, so
 short GLUE runs evaluated every 50 steps do not spend their time writing 1.3 GB BERT-base states."""
-
-
-class OutputDirectoryError(ValueError):
-    """The output directory belongs to a different run."""
 
 
 def metric_names(task: Task) -> tuple[str, ...]:
@@ -123,8 +120,7 @@ class FinetuneConfig:
     @property
     def run_id(self) -> str:
         """16 hex digits of sha256 over the canonical JSON of the config: same config, same id, same directory."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return content_id(self.to_dict())
 
 
 @dataclass
@@ -231,9 +227,9 @@ def _task_model(task: Task, source: str, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if task.kind == "span":
-            return AutoModelForQuestionAnswering.from_pretrained(source)
+            return AutoModelForQuestionAnswering.from_pretrained(source, dtype=TRAINING_DTYPE)
         return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=task.num_labels,
+            source, dtype=TRAINING_DTYPE, num_labels=task.num_labels,
             problem_type="regression" if task.kind == "regression" else "single_label_classification")
 
 
@@ -288,29 +284,15 @@ def _claim(out_dir: Path, config: FinetuneConfig, mask_path: str | None) -> Fine
     Raises:
         OutputDirectoryError: when the directory holds another run or files that are not a run.
     """
-    identity = out_dir / "run.json"
-    if identity.exists():
-        recorded = json.loads(identity.read_text())
-        if recorded.get("run_id") != config.run_id:
-            theirs = recorded.get("config", {})
-            raise OutputDirectoryError(
-                f"{out_dir} holds another fine-tuning run (run id {recorded.get('run_id')}: task "
-                f"{theirs.get('task')}, seed {theirs.get('seed')}, mask {theirs.get('mask_hash')}); this one is "
-                f"{config.run_id}. Pass a new --out, or delete {out_dir} to discard the other run.")
-        result = out_dir / "result.json"
-        return FinetuneResult.from_dict(json.loads(result.read_text())) if result.exists() else None
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise OutputDirectoryError(f"{out_dir} is not empty and holds no fine-tuning run (no run.json); pass an "
-                                   "empty or new directory as --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(identity, {"run_id": config.run_id, "config": config.to_dict(), "mask_path": mask_path})
-    return None
+    claim_directory(out_dir, "run.json", {"run_id": config.run_id, "config": config.to_dict(), "mask_path": mask_path},
+                    kind="fine-tuning", describe=_describe)
+    result = out_dir / "result.json"
+    return FinetuneResult.from_dict(json.loads(result.read_text())) if result.exists() else None
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+def _describe(identity: dict[str, Any]) -> str:
+    config = identity.get("config", {})
+    return f"task {config.get('task')}, seed {config.get('seed')}, mask {config.get('mask_hash')}"
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -377,10 +359,15 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
     torch.manual_seed(config.seed)  # dropout draws
     step, curve, train_seconds = 0, [], 0.0
     if checkpoint.exists():
-        progress = load_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
-        step, train_seconds = progress["step"], progress["train_seconds"]
-        curve = [Evaluation(**e) for e in progress["curve"]]
-        log.info("%s: resuming at step %d of %d", out_dir, step, total_steps)
+        try:
+            progress = load_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
+            step, train_seconds = progress["step"], progress["train_seconds"]
+            curve = [Evaluation(**e) for e in progress["curve"]]
+            log.info("%s: resuming at step %d of %d", out_dir, step, total_steps)
+        except CorruptCheckpointError as error:
+            aside = checkpoint.with_name(f"checkpoint.set-aside-{time.strftime('%Y%m%d-%H%M%S')}.safetensors")
+            os.replace(checkpoint, aside)
+            log.warning("%s; set aside as %s, fine-tuning starts over from step 0", error, aside.name)
     log.info("fine-tuning %s on %s: %d examples, %d steps (%d epochs × %d), evaluating every %d, device %s",
              "θ0 ⊙ M" if mask is not None else "the full model", task.name, len(data.train), total_steps,
              hp.max_epochs, steps_per_epoch, eval_every, torch_device)
@@ -405,7 +392,7 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
             loss_steps = 0
             _log_evaluation(task, evaluation, best_evaluation(curve, hp.metric), hp.metric, total_steps,
                             step * batch_size / max(train_seconds, 1e-9))
-            _write_json(out_dir / "curve.json", [asdict(e) for e in curve])
+            write_json(out_dir / "curve.json", [asdict(e) for e in curve])
             if step < total_steps and time.monotonic() - last_checkpoint >= checkpoint_every_s:
                 save_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule,
                                     progress={"step": step, "train_seconds": train_seconds,
@@ -426,7 +413,7 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         save_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule,
                             progress={"step": step, "train_seconds": train_seconds,
                                       "curve": [asdict(e) for e in curve]})
-    _write_json(out_dir / "result.json", result.to_dict())
+    write_json(out_dir / "result.json", result.to_dict())
     if checkpoint.exists() and not keep_checkpoint:
         checkpoint.unlink()
     return result

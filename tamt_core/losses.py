@@ -18,18 +18,31 @@ from tamt_core.training import to_device
 KD_DISTANCES = ("cosine", "mse")
 
 
-def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor], denominator: int | None = None) -> torch.Tensor:
     """Cross-entropy over the corrupted positions only (labels ≠ −100), averaged over them as HF's MLM loss.
 
     The vocabulary projection runs on the selected positions alone (~15 % of tokens): the same loss, without
-    computing logits nobody reads.
+    computing logits nobody reads. With ``denominator`` (the corrupted positions of a whole global batch of which
+    ``batch`` is one rank's share, :mod:`tamt_core.parallel`) the loss is this share's sum over that count, so the
+    ranks' losses add up to the global batch's mean.
     """
     hidden = base_model(model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                token_type_ids=batch.get("token_type_ids")).last_hidden_state
     labels = batch["labels"]
     selected = labels != -100
     logits = mlm_head(model)(hidden[selected])
-    return F.cross_entropy(logits.float(), labels[selected])
+    if denominator is None:
+        return F.cross_entropy(logits.float(), labels[selected])
+    return F.cross_entropy(logits.float(), labels[selected], reduction="sum") / denominator
+
+
+def loss_denominator(batch: dict[str, torch.Tensor], objective: str, include_padding: bool = False) -> int:
+    """What the loss of ``objective`` averages over in ``batch``: its corrupted positions (MLM), or its tokens
+    (KD; with ``include_padding`` every position)."""
+    if objective == "mlm":
+        return int((batch["labels"] != -100).sum())
+    mask = batch.get("attention_mask")
+    return int(batch["input_ids"].numel() if include_padding or mask is None else mask.sum())
 
 
 def encoder_layer_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -40,12 +53,13 @@ def encoder_layer_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> 
 
 
 def kd_loss(student_states, teacher_states, attention_mask: torch.Tensor | None, *,
-            distance: str = "cosine", include_padding: bool = False) -> torch.Tensor:
+            distance: str = "cosine", include_padding: bool = False, denominator: int | None = None) -> torch.Tensor:
     """Eq. 6: (1/L) Σ_l mean over tokens of 1 − cos(H^T_l, H^S_l); ``mse`` averages squared errors instead.
 
     Tokens are the non-padding positions of the batch (Eq. 6's |x|); ``include_padding`` averages over every
     position, as the released trainer did (reference-impl §6.1). ``mse`` is the released eval scripts' default
-    (reference-impl §9): mean over tokens and hidden units.
+    (reference-impl §9): mean over tokens and hidden units. ``denominator``: the token count of the global batch
+    of which this is one rank's share (see :func:`mlm_loss`).
     """
     if distance not in KD_DISTANCES:
         raise ValueError(f"unknown KD distance {distance!r}; choose one of {KD_DISTANCES}")
@@ -56,10 +70,10 @@ def kd_loss(student_states, teacher_states, attention_mask: torch.Tensor | None,
         else:
             per_token = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # (B, T)
         if include_padding or attention_mask is None:
-            per_layer.append(per_token.mean())
+            per_layer.append(per_token.mean() if denominator is None else per_token.sum() / denominator)
         else:
             weights = attention_mask.to(per_token.dtype)
-            per_layer.append((per_token * weights).sum() / weights.sum())
+            per_layer.append((per_token * weights).sum() / (weights.sum() if denominator is None else denominator))
     return torch.stack(per_layer).mean()
 
 

@@ -153,7 +153,8 @@ class ScoreMask(nn.Module):
     def __init__(self, scores: torch.Tensor, threshold: float = PHI) -> None:
         super().__init__()
         self.scores = nn.Parameter(scores.detach().clone())
-        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=scores.dtype))
+        # τ lives beside the scores: a CPU τ would make every re-set on a GPU a blocking copy per matrix
+        self.register_buffer("threshold", torch.full((), float(threshold), dtype=scores.dtype, device=scores.device))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return _MaskedByScores.apply(weight, self.scores, self.threshold)

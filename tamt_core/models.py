@@ -24,6 +24,11 @@ BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 """``config.model_type`` values whose encoders have the Q/K/V/AO/FI/FO layout the masked set is defined on."""
 BUILTIN_MODEL_NAME = "builtin:minilm-l6"
 """How masks made on the built-in smoke model name it (see ``tamt_core.smoke``)."""
+TRAINING_DTYPE = torch.float32
+"""Every checkpoint loads in fp32, whatever dtype its files hold (transformers 5 keeps the saved dtype by default):
+Adam's steps of ~5e-5 on TAMT's scores of ~2e-2 round away in bf16 (0.02 + 5e-5 == 0.02), so mask training would
+silently stop, and fine-tuning would train bf16 weights. CUDA runs compute in bf16 through autocast instead
+(:mod:`tamt_core.device`)."""
 INIT_SEED = 0
 """Seed for any weights a checkpoint lacks (e.g. an MLM head or pooler), so masks touching them reproduce."""
 
@@ -95,13 +100,13 @@ def load_pretrained(model: str | None = None, *, with_mlm_head: bool = True) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         if with_mlm_head:
-            net = AutoModelForMaskedLM.from_pretrained(source)
+            net = AutoModelForMaskedLM.from_pretrained(source, dtype=TRAINING_DTYPE)
             torch.manual_seed(INIT_SEED)
             base = base_model(net)
             if getattr(base, "pooler", None) is None:
-                base.pooler = getattr(AutoModel.from_pretrained(source), "pooler", None)
+                base.pooler = getattr(AutoModel.from_pretrained(source, dtype=TRAINING_DTYPE), "pooler", None)
         else:
-            net = AutoModel.from_pretrained(source)
+            net = AutoModel.from_pretrained(source, dtype=TRAINING_DTYPE)
     tokenizer = AutoTokenizer.from_pretrained(source)
     net.eval()
     return Pretrained(net, tokenizer, name, source, weights_fingerprint(dense_weights(net)))

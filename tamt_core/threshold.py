@@ -8,8 +8,9 @@ A full ``kthvalue`` over every matrix costs about as much as a training step on 
 re-set runs every step by default. Scores move by about one learning rate per step, so the k-th value lies in a
 narrow band around the previous τ: counting the entries below the band and selecting inside it gives the same
 value as a full ``kthvalue`` (exact, not approximate) for two comparisons over each matrix plus a selection over a
-few entries. The counts of all matrices are read in one host transfer, so a re-set costs two GPU synchronisations,
-not a few per matrix. A band that misses widens 8×; after a few misses the full selection is used.
+few entries. The counts of all matrices are read in one host transfer, so a re-set costs one GPU synchronisation,
+not a few per matrix (the released code's periodic re-set, ``threshold_period`` 100 or 1000, costs none between
+re-sets). A band that misses widens 8×; after a few misses the full selection is used.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
 class BandedThresholds:
     """Exact per-matrix k-th smallest scores, searched near the previous thresholds.
 
-    One instance per training run holds the band widths (state of the training loop, not global).
+    One instance per training run holds the band half-widths, as 0-dim tensors on the scores' device, so that
+    narrowing a band costs no host transfer: a re-set synchronises with the host once, to read the counts (a
+    narrow band's size decides the selection's size). The widths are state of the training loop, checkpointed
+    with it (:meth:`state_dict`), not global.
 
     Args:
         zeros: target number of zeros k per matrix.
@@ -43,10 +47,17 @@ class BandedThresholds:
                  attempts: int = 4, margin: float = 1.5) -> None:
         self.zeros = dict(zeros)
         self.margin = margin
-        self.widths = {name: initial_width for name in zeros}
+        self.initial_width = initial_width
+        self.widths: dict[str, torch.Tensor] = {}
         self.min_width = min_width
         self.attempts = attempts
         self.full_selections = 0
+
+    def _width(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        width = self.widths.get(name)
+        if width is None:
+            return torch.full((), self.initial_width, dtype=like.dtype, device=like.device)
+        return width.to(device=like.device, dtype=like.dtype)
 
     @torch.no_grad()
     def reset(self, scores: Mapping[str, torch.Tensor], thresholds: Mapping[str, torch.Tensor]) -> None:
@@ -57,8 +68,7 @@ class BandedThresholds:
                 thresholds[name].fill_(float("-inf"))
             else:
                 todo.append(name)
-        widths = {name: self.widths[name] for name in todo}
-        moves = {}
+        widths = {name: self._width(name, thresholds[name]) for name in todo}
         for _ in range(self.attempts):
             if not todo:
                 break
@@ -70,22 +80,27 @@ class BandedThresholds:
                 counts.append(torch.stack([torch.count_nonzero(below_masks[name]),
                                            torch.count_nonzero(upto_masks[name])]))
             missed = []
-            for name, (below, upto) in zip(todo, torch.stack(counts).tolist()):  # one host transfer
+            for name, (below, upto) in zip(todo, torch.stack(counts).tolist()):  # the one host transfer
                 k = self.zeros[name]
                 if not below < k <= upto:
                     missed.append(name)
-                    widths[name] *= 8.0
+                    widths[name] = widths[name] * 8.0
                     continue
                 flat = scores[name].detach().reshape(-1)
                 band = torch.nonzero_static(upto_masks[name].logical_xor_(below_masks[name]), size=upto - below)
                 value = torch.kthvalue(flat[band.squeeze(1)].float(), k - below).values.to(flat.dtype)
-                moves[name] = (value - thresholds[name]).abs()
+                # next band: a few times this step's move, so it rarely misses and stays narrow
+                self.widths[name] = torch.clamp((value - thresholds[name]).abs() * self.margin, min=self.min_width)
                 thresholds[name].copy_(value)
             todo = missed
         for name in todo:
             self.full_selections += 1
             thresholds[name].copy_(kth_smallest(scores[name], self.zeros[name]))
             self.widths[name] = widths[name]
-        if moves:  # next band: a few times this step's move, so it rarely misses and stays narrow
-            for name, move in zip(moves, torch.stack(list(moves.values())).tolist()):
-                self.widths[name] = max(self.margin * move, self.min_width)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"widths": dict(self.widths), "full_selections": self.full_selections}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.widths = dict(state["widths"])
+        self.full_selections = state["full_selections"]

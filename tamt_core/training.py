@@ -2,25 +2,71 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 
-def endless_batches(dataset, collate: Callable, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled batches epoch after epoch; epoch e is shuffled with seed ``seed + e`` (reproducible).
+class BatchStream:
+    """Shuffled batches epoch after epoch, resumable at any batch: the data position of a pre-training loop.
 
-    Incomplete last batches are dropped, as the released KD trainer does (reference-impl §5.6).
+    Epoch e is shuffled by a generator seeded with ``seed + e``, drawn as ``DataLoader(shuffle=True,
+    generator=...)`` draws it (one 64-bit base seed, then the permutation), so the batches equal such a DataLoader's
+    over the same data and seed. Incomplete last batches are dropped, as the released KD trainer does
+    (reference-impl §5.6). The state is (epoch, batch) plus the collator's RNG when it has one (the MLM
+    corruption), so a resumed run sees the batches, and the masked positions, it would have seen.
     """
-    if len(dataset) < batch_size:
-        raise ValueError(f"the training data has {len(dataset)} sequences, fewer than one batch of {batch_size}; "
-                         "use more data or a smaller --batch-size")
-    for epoch in itertools.count():
-        generator = torch.Generator().manual_seed(seed + epoch)
-        yield from DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                              generator=generator)
+
+    def __init__(self, dataset, collate: Callable, batch_size: int, seed: int) -> None:
+        if len(dataset) < batch_size:
+            raise ValueError(f"the training data has {len(dataset)} sequences, fewer than one batch of "
+                             f"{batch_size}; use more data or a smaller --batch-size")
+        self.dataset, self.collate, self.batch_size, self.seed = dataset, collate, batch_size, seed
+        self.epoch, self.batch = 0, 0
+        self._order: list[int] | None = None
+
+    def _epoch_order(self) -> list[int]:
+        if self._order is None:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's base seed
+            self._order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        return self._order
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.batch == steps_per_epoch(len(self.dataset), self.batch_size):
+            self.epoch, self.batch, self._order = self.epoch + 1, 0, None
+        indices = self._epoch_order()[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+        self.batch += 1
+        rows = self.dataset.__getitems__(indices) if hasattr(self.dataset, "__getitems__") else [
+            self.dataset[i] for i in indices]
+        return self.collate(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        generator = collator_generator(self.collate)
+        return {"epoch": self.epoch, "batch": self.batch,
+                "collate_rng": None if generator is None else generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch, self._order = state["epoch"], state["batch"], None
+        generator = collator_generator(self.collate)
+        if (generator is None) != (state["collate_rng"] is None):
+            raise ValueError("the checkpoint's data stream and this run's differ in whether the collator draws "
+                             "random numbers (MLM vs KD data)")
+        if generator is not None:
+            generator.set_state(state["collate_rng"])
+
+
+def collator_generator(collate: Callable) -> torch.Generator | None:
+    """The torch generator a seeded transformers collator draws its corruption from (created if not yet)."""
+    if getattr(collate, "seed", None) is None:
+        return None
+    if not isinstance(getattr(collate, "generator", None), torch.Generator):
+        collate.create_rng("pt")
+    return collate.generator
 
 
 def steps_per_epoch(num_sequences: int, batch_size: int) -> int:
@@ -44,4 +90,8 @@ def adamw_with_schedule(params: Iterable[torch.nn.Parameter], *, lr: float, weig
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Move a CPU batch to ``device`` without blocking the host: on CUDA through pinned memory, since a copy from
+    pageable memory may wait for the stream."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}

@@ -15,7 +15,7 @@ from tamt_core.search import run_search
 @pytest.fixture(scope="module")
 def omp_mask_file(tiny_bert_dir, tmp_path_factory):
     return run_search(SearchConfig(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
-                      model=str(tiny_bert_dir))[0]
+                      model=str(tiny_bert_dir)).paths[0]
 
 
 def test_export_round_trips_through_stock_automodel(omp_mask_file, tmp_path):

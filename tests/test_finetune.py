@@ -29,7 +29,7 @@ QUICK = dict(train_size=64, batch_size=16, epochs=1, eval_every=2)
 @pytest.fixture(scope="module")
 def omp_mask(tiny_bert_dir, tmp_path_factory):
     path = run_search(SearchConfig(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
-                      model=str(tiny_bert_dir))[0]
+                      model=str(tiny_bert_dir)).paths[0]
     return path, load_mask(path)
 
 

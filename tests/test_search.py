@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,15 +17,18 @@ from tamt_core.methods.tamt import initial_scores
 from tamt_core.models import load_pretrained, mlm_head
 from tamt_core.pruning import n_zeros
 from tamt_core.search import pretraining_data, run_search
+from tamt_core.search_run import SearchRun
 
 SMALL = dict(block_size=64, batch_size=4)
 
 
-def _run(model_dir, config):
-    """Run a method directly; returns the found masks, the per-step logs and the model it trained."""
+def _run(model_dir, config, log_every=1):
+    """Run a method directly (no checkpoints); returns the found masks, the logged steps and the model it trained."""
     pretrained = load_pretrained(str(model_dir))
     logs = []
-    context = SearchContext(pretrained, torch.device("cpu"), pretraining_data(pretrained, None, config), logs.append)
+    run = SearchRun({}, store=None, mask_dir=Path("unused"), log=logs.append, device=torch.device("cpu"),
+                    log_every=log_every)
+    context = SearchContext(pretrained, torch.device("cpu"), pretraining_data(pretrained, None, config), run)
     found = list(METHODS[config.method].search(context, config))
     return found, logs, pretrained.model
 
@@ -144,13 +149,13 @@ def test_sparsity_drifts_between_resets_and_is_exact_after_one(tiny_bert_dir):
 
 
 def test_run_search_writes_mask_files_with_metadata(tiny_bert_dir, tmp_path):
-    paths = run_search(SearchConfig(method="rand", sparsity=0.5, seed=3), tmp_path, model=str(tiny_bert_dir))
+    paths = run_search(SearchConfig(method="rand", sparsity=0.5, seed=3), tmp_path, model=str(tiny_bert_dir)).paths
     mask = load_mask(paths[0])
     assert mask.meta["method"] == "rand" and mask.meta["seed"] == 3 and mask.meta["sparsity"] == 0.5
     assert mask.meta["model_fingerprint"] == load_pretrained(str(tiny_bert_dir)).fingerprint
     assert mask.sparsity == pytest.approx(0.5, abs=1e-6)
     again = load_mask(run_search(SearchConfig(method="rand", sparsity=0.5, seed=3), tmp_path / "again",
-                                 model=str(tiny_bert_dir))[0])
+                                 model=str(tiny_bert_dir)).paths[0])
     assert again.content_hash == mask.content_hash  # reproducible from the seed
 
 
@@ -160,7 +165,7 @@ def test_every_registered_method_writes_masks_of_its_sparsity(method, tiny_bert_
     options = {"imp": dict(pruning_interval=1, **SMALL), "tamt-mlm": dict(steps=2, **SMALL),
                "tamt-kd": dict(steps=2, **SMALL)}.get(method, {})
     config = SearchConfig(method=method, sparsity=0.3, **options)
-    paths = run_search(config, tmp_path, model=str(tiny_bert_dir))
+    paths = run_search(config, tmp_path, model=str(tiny_bert_dir)).paths
     final = load_mask(paths[-1])
     assert final.meta["method"] == method and final.meta["sparsity"] == pytest.approx(0.3)
     assert final.sparsity == pytest.approx(0.3, abs=2e-3)
@@ -187,8 +192,8 @@ def test_imp_builds_a_fresh_optimizer_after_every_prune(tiny_bert_dir, monkeypat
 
 def test_same_seed_reproduces_a_tamt_run(tiny_bert_dir, tmp_path):
     config = SearchConfig(method="tamt-kd", sparsity=0.5, steps=3, lr=1e-2, seed=5, **SMALL)
-    first = load_mask(run_search(config, tmp_path / "a", model=str(tiny_bert_dir))[-1])
-    second = load_mask(run_search(config, tmp_path / "b", model=str(tiny_bert_dir))[-1])
+    first = load_mask(run_search(config, tmp_path / "a", model=str(tiny_bert_dir)).paths[-1])
+    second = load_mask(run_search(config, tmp_path / "b", model=str(tiny_bert_dir)).paths[-1])
     assert first.content_hash == second.content_hash
 
 

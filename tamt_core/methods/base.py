@@ -9,8 +9,6 @@ touch the file system. Methods share helpers (``tamt_core.pruning``, ``tamt_core
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,6 +17,7 @@ from typing import Protocol
 import torch
 
 from tamt_core import hparams
+from tamt_core.ids import content_id
 from tamt_core.pruning import ROUNDINGS
 
 METHOD_NAMES = ("omp", "rand", "imp", "tamt-mlm", "tamt-kd")
@@ -116,8 +115,7 @@ class SearchConfig:
     @property
     def config_id(self) -> str:
         """Content hash of the configuration: equal configs share it, so a run can be recognised and resumed."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return content_id(self.to_dict())
 
     @property
     def objective(self) -> str | None:
@@ -151,16 +149,17 @@ class FoundMask:
 
 @dataclass
 class SearchContext:
-    """What a method may use: the pre-trained model (with MLM head and pooler), data, device and a logger.
+    """What a method may use: the pre-trained model (with MLM head and pooler), data, device, and its run.
 
     ``train_data()`` loads and tokenises the pre-training corpus on first use, so OMP and random never pay for it.
-    ``log`` receives one dict of metrics per training step.
+    ``run`` (:class:`tamt_core.search_run.SearchRun`) is where a training method resumes from, reports each step
+    to, and learns its rank among data-parallel processes.
     """
 
     pretrained: "tamt_core.models.Pretrained"  # noqa: F821
     device: torch.device
     train_data: Callable[[str], object]
-    log: Callable[[dict], None]
+    run: "tamt_core.search_run.SearchRun"  # noqa: F821
 
 
 class SearchMethod(Protocol):

@@ -11,17 +11,17 @@ reproduces the released code, whose rewind was a no-op (reference-impl §4.4). T
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import torch
 
+from tamt_core.checkpoint import TrainedTensors
 from tamt_core.device import autocast
-from tamt_core.losses import mlm_loss
+from tamt_core.losses import loss_denominator, mlm_loss
 from tamt_core.masking import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.pruning import prune_smallest
-from tamt_core.training import adamw_with_schedule, endless_batches, steps_per_epoch, to_device
+from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device
 
 ROUNDS = 10
 
@@ -47,46 +47,61 @@ class IMP:
         batch_size = config.batch_size or hp.batch_size
         period = config.pruning_interval
         final_round = round(config.sparsity * ROUNDS)
+        steps = (final_round - 1) * period
+        run, ranks = context.run, context.run.ranks
 
         model = context.pretrained.model.to(context.device)
         data = context.train_data("mlm")
         total_steps = config.schedule_steps or max(hp.max_epochs * steps_per_epoch(len(data.dataset), batch_size),
                                                    final_round * period)
-        batches = endless_batches(data.dataset, data.collate, batch_size, config.seed)
-        theta0 = {name: p.detach().clone() for name, p in base_model(model).state_dict().items()}
+        batches = BatchStream(data.dataset, data.collate, batch_size, config.seed)
+        theta0 = {name: p.detach().clone() for name, p in base_model(model).state_dict().items()}  # the rewind point
 
         weights = dense_weights(model)
         keep = imp_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}, 0)
         apply_fixed_mask(model, keep)
         masks = mask_parametrizations(model)
-        yield FoundMask(0, 1 / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
+        params = [p for p in model.parameters() if p.requires_grad]
+        state = {"trained": TrainedTensors(model), "batches": batches}
 
+        def fresh_optimizer() -> None:
+            """After each prune the optimizer and LR schedule restart (reference-impl §4.5)."""
+            state["optimizer"], state["schedule"] = adamw_with_schedule(
+                params, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon, total_steps=total_steps)
+
+        fresh_optimizer()
+        start = run.resume(state)  # the round is step // P; the current mask is a buffer of the trained tensors
+        if start == 0:
+            yield FoundMask(0, 1 / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
         model.train()
-        step = 0
-        for prunes_done in range(1, final_round):
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer, schedule = adamw_with_schedule(params, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon,
-                                                  total_steps=total_steps)
-            for _ in range(period):
-                step += 1
-                started = time.perf_counter()
+        with ranks.summed_gradients(params) as gradients_summed:
+            for step in range(start + 1, steps + 1):
+                optimizer, schedule = state["optimizer"], state["schedule"]
+                global_batch = next(batches)
+                denominator = loss_denominator(global_batch, "mlm") if ranks.parallel else None
                 with autocast(context.device):
-                    loss = mlm_loss(model, to_device(next(batches), context.device))
+                    loss = mlm_loss(model, to_device(ranks.shard(global_batch), context.device), denominator)
                 loss.backward()
+                gradients_summed()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                context.log({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
-                             "sparsity": prunes_done / ROUNDS, "step_s": time.perf_counter() - started})
-
-            keep = imp_prune(dense_weights(model), keep, prunes_done)
-            with torch.no_grad():
-                for name, parametrization in masks.items():
-                    parametrization.mask.copy_(keep[name])
-                if config.rewind:
-                    _rewind(model, theta0)
-            yield FoundMask(step, (prunes_done + 1) / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
+                lr_now = schedule.get_last_lr()[0]
+                pruned = step % period == 0
+                if pruned:
+                    prunes_done = step // period
+                    keep = imp_prune(dense_weights(model), {n: m.mask for n, m in masks.items()}, prunes_done)
+                    with torch.no_grad():
+                        for name, parametrization in masks.items():
+                            parametrization.mask.copy_(keep[name])
+                        if config.rewind:
+                            _rewind(model, theta0)
+                    if step < steps:
+                        fresh_optimizer()
+                    yield FoundMask(step, (prunes_done + 1) / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
+                run.end_step(step, loss, lr=lr_now, last=step == steps, mask_saved=pruned,
+                             sparsity=((step - 1) // period + 1) / ROUNDS)
 
 
 def _rewind(model: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> None:

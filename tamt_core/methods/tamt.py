@@ -9,26 +9,29 @@ always before a mask is saved, as the released code does (reference-impl §5.3-5
 * TAMT-MLM trains M̄ and the MLM head except the tied decoder (§3.4.3), AdamW lr 5e-5, no weight decay (Tab. 1).
 * TAMT-KD trains M̄ only, lr 2e-5, weight decay 0.01 (Tab. 1; decay from the released scripts), on Eq. 6 against
   the unmasked model as teacher, in eval mode.
+
+The loop resumes from its last checkpoint and runs data-parallel through its :class:`SearchRun` (``context.run``);
+one process or N, it computes the same steps (:mod:`tamt_core.parallel`).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 
 import torch
 
 from tamt_core import hparams
+from tamt_core.checkpoint import TrainedTensors
 from tamt_core.device import autocast
-from tamt_core.losses import encoder_layer_states, kd_loss, mlm_loss
+from tamt_core.losses import encoder_layer_states, kd_loss, loss_denominator, mlm_loss
 from tamt_core.masking import apply_score_masks, base_model, current_mask, dense_weights, mask_parametrizations
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.methods.omp import omp_mask
 from tamt_core.models import mlm_head
 from tamt_core.pruning import n_zeros
 from tamt_core.threshold import BandedThresholds
-from tamt_core.training import adamw_with_schedule, endless_batches, steps_per_epoch, to_device
+from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device
 
 
 def initial_scores(weights: dict[str, torch.Tensor], sparsity: float, rounding: str = "floor", *,
@@ -68,12 +71,13 @@ class TAMT:
         batch_size = config.batch_size or hp.batch_size
         steps = config.resolved_steps()
         save_steps = set(config.save_steps) | {steps}
+        run, ranks = context.run, context.run.ranks
 
         model = context.pretrained.model.to(context.device)
         data = context.train_data(self.objective)
         total_steps = config.schedule_steps or max(hp.max_epochs * steps_per_epoch(len(data.dataset), batch_size),
                                                    steps)
-        batches = endless_batches(data.dataset, data.collate, batch_size, config.seed)
+        batches = BatchStream(data.dataset, data.collate, batch_size, config.seed)
         teacher = copy.deepcopy(base_model(model)).eval().requires_grad_(False) if self.objective == "kd" else None
 
         embedding = dense_weights(model)["embeddings.word_embeddings.weight"]
@@ -87,31 +91,36 @@ class TAMT:
         optimizer, schedule = adamw_with_schedule(trainable, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon,
                                                   total_steps=total_steps)
 
-        if 0 in save_steps:
+        start = run.resume({"trained": TrainedTensors(model), "optimizer": optimizer, "schedule": schedule,
+                            "batches": batches, "thresholds": thresholds.search})
+        if start == 0 and 0 in save_steps:
             yield FoundMask(0, config.sparsity, current_mask(model))
         model.train()
-        for step in range(1, steps + 1):
-            started = time.perf_counter()
-            batch = to_device(next(batches), context.device)
-            with autocast(context.device):
-                loss = self._loss(model, teacher, batch, config)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            trained = time.perf_counter()
-            if step % config.threshold_period == 0 or step in save_steps:
-                thresholds.reset()
-            optimizer.zero_grad(set_to_none=True)
-            context.log({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
-                         "step_s": time.perf_counter() - started, "threshold_s": time.perf_counter() - trained})
-            if step in save_steps:
-                yield FoundMask(step, config.sparsity, current_mask(model))
+        with ranks.summed_gradients(trainable) as gradients_summed:
+            for step in range(start + 1, steps + 1):
+                global_batch = next(batches)
+                denominator = (loss_denominator(global_batch, self.objective, config.kd_include_padding)
+                               if ranks.parallel else None)
+                batch = to_device(ranks.shard(global_batch), context.device)
+                with autocast(context.device):
+                    loss = self._loss(model, teacher, batch, config, denominator)
+                loss.backward()
+                gradients_summed()
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                if step % config.threshold_period == 0 or step in save_steps:
+                    thresholds.reset()
+                optimizer.zero_grad(set_to_none=True)
+                if step in save_steps:
+                    yield FoundMask(step, config.sparsity, current_mask(model))
+                run.end_step(step, loss, lr=schedule.get_last_lr()[0], last=step == steps,
+                             mask_saved=step in save_steps)
 
-    def _loss(self, model, teacher, batch, config: SearchConfig) -> torch.Tensor:
+    def _loss(self, model, teacher, batch, config: SearchConfig, denominator: int | None) -> torch.Tensor:
         if self.objective == "mlm":
-            return mlm_loss(model, batch)
+            return mlm_loss(model, batch, denominator)
         with torch.no_grad():
             targets = encoder_layer_states(teacher, batch)
         return kd_loss(encoder_layer_states(base_model(model), batch), targets, batch.get("attention_mask"),
-                       include_padding=config.kd_include_padding)
+                       include_padding=config.kd_include_padding, denominator=denominator)
