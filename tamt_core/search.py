@@ -32,7 +32,7 @@ from tamt_core.methods import METHODS
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.models import Pretrained, load_config, load_pretrained
 from tamt_core.parallel import Ranks, dropout_seed
-from tamt_core.search_run import CHECKPOINT_EVERY_S, CheckpointStore, LocalCheckpoints, SearchRun
+from tamt_core.search_run import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointStore, LocalCheckpoints, SearchRun
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,13 @@ def pretraining_data(pretrained: Pretrained, source: str | None, config: SearchC
 def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None, data: str | None = None,
                device: str | None = None, log_step: Callable[[dict], None] | None = None,
                checkpoints: CheckpointStore | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-               ) -> SearchResult:
+               log_every: int = LOG_EVERY) -> SearchResult:
     """Search masks with ``config`` on ``model`` (hub id, directory or None = built-in) into ``out_dir``.
 
     Resumes from the newest checkpoint in ``checkpoints`` (default: ``out_dir/checkpoints``), written at every
-    saved mask and every ``checkpoint_every_s`` seconds. ``log_step`` receives each logged step's metrics besides
-    ``log.jsonl`` and the console.
+    saved mask and every ``checkpoint_every_s`` seconds. The loss is logged every ``log_every`` steps (each log is
+    one host synchronisation); ``log_step`` receives each logged step's metrics besides ``log.jsonl`` and the
+    console.
 
     Raises:
         ValueError, ModelUnavailableError, DatasetUnavailableError, OutputDirectoryError, CheckpointError: bad
@@ -151,7 +152,7 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     run = SearchRun({"run_id": identity["run_id"], "model_fingerprint": pretrained.fingerprint},
                     store=checkpoints or LocalCheckpoints(out_dir / CHECKPOINTS_DIR), mask_dir=out_dir,
                     log=progress, ranks=ranks, device=torch_device, seed=config.seed,
-                    checkpoint_every_s=checkpoint_every_s)
+                    checkpoint_every_s=checkpoint_every_s, log_every=log_every)
     context = SearchContext(pretrained, torch_device, pretraining_data(pretrained, data, config), run)
     devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from torch's RNG: seed it, leave the caller's alone

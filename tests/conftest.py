@@ -69,6 +69,19 @@ def tiny_bert_dir(tmp_path_factory, minilm_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_without_dropout_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """The tiny BERT with dropout off: a data-parallel search must then compute exactly one process's steps."""
+    from transformers import BertForPreTraining
+
+    directory = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    torch.manual_seed(0)
+    BertForPreTraining(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                       ).save_pretrained(directory)
+    minilm_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def tiny_roberta_dir(tmp_path_factory, minilm_tokenizer) -> Path:
     """A random 2-layer RoBERTa MLM checkpoint without pooler weights (they are initialised under a fixed seed);
     the BERT vocabulary stands in for a BPE tokenizer."""
