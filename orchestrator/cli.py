@@ -93,9 +93,13 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
     parser.add_argument("--gpus-per-search", type=float, help="default 1 when GPUs are used, else 0")
     parser.add_argument("--gpus-per-finetune", type=float,
                         help="default 1 when GPUs are used, else 0; a fraction (0.5) packs small tasks on one GPU")
-    parser.add_argument("--max-failures", type=int, default=3, help="retries of a failed trial (node loss, OOM)")
+    parser.add_argument("--workers-per-search", type=int, default=1, metavar="N",
+                        help="Ray Train workers of each IMP/TAMT search, each with --cpus-per-trial CPUs and "
+                             "--gpus-per-search GPUs; they split the global batch (default 1)")
+    parser.add_argument("--max-failures", type=int, default=3,
+                        help="retries of a failed trial, and restarts of a search's workers (node loss, OOM)")
     parser.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
-                        help="fine-tuning checkpoint period")
+                        help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--search-settings", metavar="FILE",
                         help="JSON {method: {setting: value}} laid over the preset's search settings, e.g. the "
@@ -158,7 +162,7 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
     resources = Resources(search_cpu=args.cpus_per_trial, finetune_cpu=args.cpus_per_trial,
                           search_gpu=args.gpus_per_search if args.gpus_per_search is not None else float(use_gpu),
                           finetune_gpu=(args.gpus_per_finetune if args.gpus_per_finetune is not None
-                                        else float(use_gpu)))
+                                        else float(use_gpu)), workers_per_search=args.workers_per_search)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise PlanError(f"--max-concurrent must be ≥ 1, got {args.max_concurrent}")
     ray_init = {"num_cpus": args.num_cpus} if args.num_cpus else {}
@@ -173,7 +177,8 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
     for study in studies:
         report = run_study(study, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-                           ray_address=args.address, ray_init=ray_init, out=out)
+                           checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
+                           out=out)
         print_study_report(report, out)
         complete = complete and report.completed >= study.trials
     return 0 if complete else 1

@@ -2,10 +2,11 @@
 
 This is the only module that calls ``tamt_core``'s entry points (``run_search``, ``pretrain_losses``,
 ``finetune``, ``similarity``); it passes specs and files, never touches a model. :func:`execute` knows nothing of
-Ray, so tests and a debugger can run a trial directly; :func:`tune_trial` is the Ray Tune trainable around it.
+Ray, so tests and a debugger can run a trial directly; :func:`tune_trial` is the Ray Tune trainable around it, and
+a search that trains runs as a Ray Train job (:mod:`orchestrator.train`) whose workers call :func:`search_worker`.
 
 A trial is idempotent: it appends one line to ``attempts.jsonl`` (so retries can be counted), resumes a fine-tune
-from its checkpoint, restarts a search (searches are reproducible from their seed), and writes its row last.
+or a search from its checkpoint, and writes its row last.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,6 +30,7 @@ from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
 from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError, load_config
 from tamt_core.search import IDENTITY_FILE, SearchResult, run_search
+from tamt_core.search_run import CheckpointStore
 
 from orchestrator import results
 from orchestrator.plan import PlanError
@@ -37,20 +40,27 @@ from orchestrator.storage import RunDirectory, Storage
 
 Report = Callable[[dict[str, Any]], None]
 PACKAGES = ("tamt", "torch", "transformers", "datasets", "ray", "mlflow", "pyarrow")
-SEARCH_REPORT_EVERY = 10
-"""A search reports its training loss to the tracker every this many steps (each report costs a round trip)."""
 
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """How trials run, as opposed to what they compute (not part of any run id)."""
+    """How trials run, as opposed to what they compute (not part of any run id).
+
+    ``checkpoint_every_s`` is the period of fine-tune and search checkpoints; ``workers_per_search`` Train
+    workers, each holding ``search_cpu`` CPUs and ``search_gpu`` GPUs, run a search that trains, restarted up to
+    ``max_failures`` times after a worker or node failure.
+    """
 
     storage: str
     checkpoint_every_s: float = 300.0
     device: str | None = None
+    workers_per_search: int = 1
+    search_cpu: float = 1.0
+    search_gpu: float = 0.0
+    max_failures: int = 3
 
     def to_dict(self) -> dict[str, Any]:
-        return {"storage": self.storage, "checkpoint_every_s": self.checkpoint_every_s, "device": self.device}
+        return asdict(self)
 
 
 def package_versions() -> dict[str, str]:
@@ -77,10 +87,12 @@ def check_models(specs: Iterable[Spec]) -> None:
 
 
 def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics: None,
-            node: str | None = None, scratch_root: Path | None = None) -> dict[str, Any]:
+            node: str | None = None, scratch_root: Path | None = None,
+            checkpoints: CheckpointStore | None = None) -> dict[str, Any]:
     """Run ``spec`` to completion (resuming what an earlier attempt left) and publish its row; returns the row.
 
-    ``scratch_root`` is where remote-storage trials work locally (default: the system temp directory).
+    ``scratch_root`` is where remote-storage trials work locally (default: the system temp directory);
+    ``checkpoints`` is where a search keeps its checkpoints (default: in its run directory).
     """
     storage = Storage.at(settings.storage)
     if results.has_row(storage, spec.run_id):  # a retry after the row was published: nothing to do
@@ -90,8 +102,11 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
     node = node or socket.gethostname()
     started = time.time()
     attempts = _record_attempt(run_dir.local, spec, node)
-    run = {"search": _search, "finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
-    row = run(spec, settings, run_dir, report)
+    if spec.stage == "search":
+        row = _search(spec, settings, run_dir, checkpoints)
+    else:
+        run = {"finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
+        row = run(spec, settings, run_dir, report)
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
                attempts=attempts, node=node, versions=package_versions(),
                finished_at=datetime.fromtimestamp(int(time.time()), tz=timezone.utc))
@@ -108,16 +123,13 @@ def _record_attempt(directory: Path, spec: Spec, node: str) -> int:
     return sum(1 for _ in log.open())
 
 
-def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report) -> dict[str, Any]:
+def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory,
+            checkpoints: CheckpointStore | None = None) -> dict[str, Any]:
     masks_dir = run_dir.local / "masks"
     if masks_dir.exists() and not (masks_dir / IDENTITY_FILE).exists():
         shutil.rmtree(masks_dir)  # files of an attempt that kept no identity (and so no checkpoint): start over
-
-    def log_step(metrics: dict) -> None:
-        report({"step": metrics["step"], "loss": metrics["loss"], "lr": metrics["lr"]})
-
     result = run_search(spec.config, masks_dir, model=spec.model, data=spec.data, device=settings.device,
-                        log_step=log_step)
+                        checkpoints=checkpoints, checkpoint_every_s=settings.checkpoint_every_s)
     return search_row(spec, settings, result)
 
 
@@ -235,15 +247,46 @@ def worker_setup() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def run_trial(spec: Spec, settings: TrialSettings, report: Report, node: str) -> dict[str, Any]:
+    """Run one trial inside a Ray Tune trial; returns its row. A search that trains runs as a Ray Train job, which
+    this function drives and waits for; every other trial runs here."""
+    from orchestrator.train import fit_search, trains
+
+    if not trains(spec.to_dict()):
+        return execute(spec, settings, report, node=node)
+    storage = Storage.at(settings.storage)
+    if not results.has_row(storage, spec.run_id):
+        fit_search(spec, settings, search_worker)
+    return results.read_row(storage, spec.run_id)
+
+
 def tune_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable: one spec per trial, metrics reported as the run goes."""
     import ray.tune
 
-    node = worker_setup()
-    spec = spec_from_dict(config["spec"])
-    settings = TrialSettings(**config["settings"])
-    row = execute(spec, settings, ray.tune.report, node=node)
+    row = run_trial(spec_from_dict(config["spec"]), TrialSettings(**config["settings"]), ray.tune.report,
+                    worker_setup())
     final = {"tamt_done": 1, "step": row.get("steps") or 0}
     if row.get("best_score") is not None:
         final["best_score"] = row["best_score"]
     ray.tune.report(final)
+
+
+def search_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a search: rank 0 runs the trial (masks, checkpoints, row); the others train beside it."""
+    from orchestrator.train import RayTrainCheckpoints, worker_device, world_rank
+
+    node = worker_setup()
+    spec = spec_from_dict(config["spec"])
+    settings = TrialSettings(**config["settings"])
+    settings = replace(settings, device=worker_device(settings))
+    rank = world_rank()
+    storage = Storage.at(settings.storage)
+    run_dir = RunDirectory(storage, spec.run_id)
+    checkpoints = RayTrainCheckpoints(Path(tempfile.gettempdir()) / "tamt-train" / spec.run_id / f"rank{rank}",
+                                      set_aside_dir=run_dir.local / "set-aside")
+    if rank == 0:
+        execute(spec, settings, node=node, checkpoints=checkpoints)
+    else:
+        run_search(spec.config, run_dir.local / "masks", model=spec.model, data=spec.data, device=settings.device,
+                   checkpoints=checkpoints, checkpoint_every_s=settings.checkpoint_every_s)

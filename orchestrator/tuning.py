@@ -2,14 +2,14 @@
 
 App. C: the authors did "not perform hyper-parameter search for TAMT based on the downstream performance"; a study
 here keeps that rule and minimises the dev loss of the mask's own objective (MLM or KD, §4.1.2), so no downstream
-data is touched. Each Optuna trial is an ordinary :class:`SearchSpec`, run by :func:`orchestrator.trial.execute`:
+data is touched. Each Optuna trial is an ordinary :class:`SearchSpec`, run by :func:`orchestrator.trial.run_trial`:
 it lands in the results table like any search, shares its run directory and MLflow child with an identical search
 of another sweep, and is never computed twice.
 
 The study lives in an Optuna RDB store beside the runs (``<storage>/optuna.db``). A rerun after a killed driver
 loads it: trials the study completed stay done; a trial the driver did not live to record but whose row was
 written is recorded from the table; a trial cut off mid-run is marked failed and its parameters queued again (its
-search restarts from its seed). The sampler is reseeded with the number of trials already in the study, so a
+search resumes from its last checkpoint). The sampler is reseeded with the number of trials already in the study, so a
 resumed study draws new points instead of replaying the first ones. The best setting is written as
 ``<storage>/studies/<name>/best.json``, which ``--search-settings`` lays over any sweep's grids.
 """
@@ -33,7 +33,7 @@ from orchestrator.plan import Plan
 from orchestrator.storage import Storage, StorageError, write_atomically
 from orchestrator.study import TamtStudy
 from orchestrator.tracking import MlflowTracker
-from orchestrator.trial import TrialSettings, execute, worker_setup
+from orchestrator.trial import TrialSettings, run_trial, worker_setup
 
 def study_storage_uri(storage: Storage) -> str:
     if not storage.is_local:
@@ -84,9 +84,9 @@ def write_best(study: TamtStudy, ostudy: optuna.Study, storage: Storage) -> dict
 
 def study_trial(config: dict[str, Any]) -> None:
     """The Ray Tune trainable of a study: one search with the sampled setting, reported as its dev loss."""
-    node = worker_setup()
     study = TamtStudy.from_dict(config["study"])
-    row = execute(study.spec(study.params_of(config)), TrialSettings(**config["settings"]), node=node)
+    row = run_trial(study.spec(study.params_of(config)), TrialSettings(**config["settings"]), tune.report,
+                    worker_setup())
     tune.report({"objective": row[study.objective], "mlm_dev_loss": row["mlm_dev_loss"],
                  "kd_dev_loss": row["kd_dev_loss"], "tamt_done": 1})
 
@@ -128,8 +128,9 @@ class StudyReport:
 
 def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = None,
               resources: Resources = Resources(), max_concurrent: int | None = None, max_failures: int = 3,
-              device: str | None = None, ray_address: str | None = None, ray_init: dict[str, Any] | None = None,
-              progress_every_s: float = 10.0, out: TextIO | None = None) -> StudyReport:
+              checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
+              ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
+              out: TextIO | None = None) -> StudyReport:
     """Run the study's missing trials on Ray Tune with Optuna's TPE; safe to rerun after any interruption."""
     out = out or sys.stdout
     _, uri = prepare(Plan.of([study.spec(study.midpoint())]), storage, mlflow_uri)  # storage, MLflow, model
@@ -145,14 +146,15 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
         searcher = OptunaSearch(space=study.distributions(), metric="objective", mode="min",
                                 sampler=optuna.samplers.TPESampler(seed=study.sampler_seed + len(ostudy.trials)),
                                 study_name=study.name, storage=optuna.storages.RDBStorage(study_storage_uri(storage)))
-        settings = TrialSettings(storage.uri, device=device)
         counts = StudyCounts(todo)
         tracker = MlflowTracker(uri, study.name, {"study": json.dumps(study.to_dict(), sort_keys=True)},
                                 spec_of=lambda config: study.spec(study.params_of(config)))
         started_here = connect(ray_address, ray_init)
         try:
+            resources = resources.on_cluster(True, attached(ray_address))
+            settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
             tuner = tune.Tuner(
-                tune.with_resources(study_trial, resources.for_stage("search")),
+                tune.with_resources(study_trial, resources.for_trial(study.spec(study.midpoint()).to_dict())),
                 param_space={"study": study.to_dict(), "settings": settings.to_dict()},
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, reuse_actors=True,
                                             max_concurrent_trials=max_concurrent or default_concurrency(

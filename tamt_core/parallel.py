@@ -92,10 +92,24 @@ class Ranks:
         """Every rank's ``value`` (same shape on every rank), on the CPU, in rank order."""
         if not self.parallel:
             return [value.cpu()]
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        gathered = [torch.empty_like(value, device=device) for _ in range(self.world_size)]
-        dist.all_gather(gathered, value.to(device))
+        gathered = [torch.empty_like(value, device=_collective_device()) for _ in range(self.world_size)]
+        dist.all_gather(gathered, value.to(_collective_device()))
         return [tensor.cpu() for tensor in gathered]
+
+    def agree(self, value: bool) -> bool:
+        """Rank 0's ``value``, on every rank (a decision only rank 0 can see, such as what its disk holds)."""
+        if not self.parallel:
+            return value
+        flag = torch.tensor([float(value)], device=_collective_device())
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must be: the current GPU for nccl, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class RankRngStreams:

@@ -143,9 +143,9 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     if ranks.writes:
         claim_directory(out_dir, IDENTITY_FILE, identity, kind="search", describe=_describe)
     finished = SearchResult.read(out_dir)
-    if finished is not None:
-        log.info("%s: the search is complete (%d masks)", out_dir, len(finished.masks))
-        return finished
+    if ranks.agree(finished is not None):  # rank 0's directory decides: other ranks may see only their own disk
+        log.info("%s: the search is complete", out_dir)
+        return finished or SearchResult(out_dir, ())
 
     pretrained = load_pretrained(model)
     progress = _ProgressLog(out_dir / LOG_FILE, log_step)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,8 +44,8 @@ MASKS_DIR = "masks"
 class CheckpointStore(Protocol):
     """Where a search's checkpoints live; each checkpoint is a local directory once assembled or fetched."""
 
-    def candidates(self) -> list[Path]:
-        """Checkpoints to resume from, newest first, as local directories."""
+    def candidates(self) -> Iterable[Path]:
+        """Checkpoints to resume from, newest first, as local directories (fetched as the iteration reaches them)."""
 
     def staging(self, step: int) -> Path:
         """An empty local directory to assemble the checkpoint of ``step`` in (called on rank 0 only)."""
@@ -56,6 +56,10 @@ class CheckpointStore(Protocol):
     def set_aside(self, checkpoint: Path) -> Path:
         """Move an unreadable checkpoint out of the way (never delete it); returns where it went."""
 
+    def urgent(self) -> bool:
+        """Whether to checkpoint at this sync point whatever the period (a preemption notice); every rank calls it
+        at every sync point and gets the same answer."""
+
 
 class LocalCheckpoints(CheckpointDirectory):
     """:class:`CheckpointDirectory` as a :class:`CheckpointStore` (``tamt search --out DIR``)."""
@@ -63,6 +67,9 @@ class LocalCheckpoints(CheckpointDirectory):
     def publish(self, staging: Path | None, step: int, metrics: dict[str, Any]) -> None:
         if staging is not None:
             super().publish(staging, step)
+
+    def urgent(self) -> bool:
+        return False
 
 
 class Stopwatch:
@@ -121,13 +128,15 @@ class SearchRun:
             CheckpointError: the newest checkpoint belongs to another search or another layout (names the fix).
         """
         self.components = components  # live: a loop may swap a component (IMP's fresh optimizer after a prune)
-        for candidate in self.store.candidates() if self.store is not None else []:
+        unreadable = 0
+        for candidate in self.store.candidates() if self.store is not None else ():
             state_file = candidate / STATE_FILE
             try:
                 progress = read_progress(state_file)
                 self._check_identity(progress, candidate)
                 load_state(state_file, {**self.components, "rng": self.rng})
             except CorruptCheckpointError as error:
+                unreadable += 1
                 aside = self.store.set_aside(candidate) if self.ranks.writes else candidate
                 log.warning("checkpoint %s cannot be read (%s); set aside as %s, trying the one before", candidate,
                             error, aside)
@@ -139,13 +148,13 @@ class SearchRun:
                 self._restore_masks(candidate)
             if self.rng.reseeded:
                 log.warning("the checkpoint was written by %d processes and this run has %d: dropout is reseeded, "
-                            "so the resumed search is not the uninterrupted one", len(progress.get("ranks", [])),
+                            "so the resumed search is not the uninterrupted one", len(progress["ranks"]),
                             self.ranks.world_size)
             log.info("resuming from the checkpoint of step %d (%.0f training seconds so far)", self.resumed_from,
                      self.clock.elapsed)
             break
         else:
-            if self.store is not None and self.store.candidates():
+            if unreadable:
                 log.warning("no readable checkpoint is left: the search starts over from step 0")
         self.clock.start()
         return self.resumed_from
@@ -179,6 +188,8 @@ class SearchRun:
         if not (last or mask_saved or step % self.log_every == 0):
             return
         due = float(self.ranks.writes and time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s)
+        if self.store is not None and self.store.urgent():
+            due = 1.0
         loss_sum, due = self.ranks.all_sum(torch.stack([self._loss_sum, self._loss_sum.new_tensor(due)])).tolist()
         metrics = {"step": step, "loss": loss_sum / self._window, "lr": lr, "train_s": self.clock.seconds(), **extra}
         self._loss_sum.zero_()

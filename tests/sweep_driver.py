@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.engine import run_sweep
+from orchestrator.engine import Resources, run_sweep
 from orchestrator.grid import Grid
 from orchestrator.storage import Storage
 
@@ -22,6 +22,7 @@ def grid(settings: dict) -> Grid:
                 sparsities=tuple(settings.get("sparsities", (0.5,))), mask_seeds=(1,),
                 finetune_seeds=tuple(settings.get("seeds", (1,))), tasks=tuple(settings.get("tasks", ("rte",))),
                 train_sizes=(settings.get("train_size", 64),), full_model=settings.get("full_model", True),
+                search=settings.get("search", {}),
                 finetune={"epochs": settings.get("epochs", 1), "eval_every": 1, "batch_size": 8},
                 dev_loss_batches=0)
 
@@ -59,7 +60,8 @@ def main() -> None:
         threading.Thread(target=remove_node_when_busy, args=(cluster, workers[0], storage.local_root),
                          daemon=True).start()
     report = run_sweep(plan, name="reliability", storage=storage, max_concurrent=settings.get("max_concurrent"),
-                       checkpoint_every_s=0.0, progress_every_s=1.0, **kwargs)
+                       checkpoint_every_s=0.0, progress_every_s=1.0,
+                       resources=Resources(workers_per_search=settings.get("workers_per_search", 1)), **kwargs)
     if cluster is not None:
         cluster.shutdown()
     print(json.dumps({"planned": report.planned, "skipped": report.skipped, "succeeded": sorted(report.succeeded),

@@ -1,5 +1,6 @@
 """A sweep on real Ray, a real MLflow store and real Parquet files, with the tiny BERT: rerun, extension,
-driver kill, Ctrl-C and losing a node mid-sweep."""
+driver kill, Ctrl-C and losing a node mid-sweep; searches as Ray Train jobs that survive a killed worker or driver
+and run on two workers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -242,3 +244,116 @@ def test_losing_a_worker_node_mid_sweep_retries_on_the_other(tmp_path, tiny_bert
     nodes = {json.loads(line)["node"] for p in (storage / "runs").glob("*/attempts.jsonl")
              for line in p.read_text().splitlines()}
     assert len(nodes) == 2, "trials ran on both worker nodes"
+
+
+# --- searches as Ray Train jobs ----------------------------------------------------------------------------------
+
+def _search_grid(model: Path, steps: int, **search) -> "Grid":
+    from orchestrator.grid import Grid
+
+    return Grid(models=(str(model),), methods=("tamt-mlm",), sparsities=(0.5,), mask_seeds=(1,), finetune_seeds=(1,),
+                tasks=("rte",), train_sizes=(32,), full_model=False,
+                search={"steps": steps, "batch_size": 2, "block_size": 32, "lr": 1e-2, **search},
+                finetune={"epochs": 1, "eval_every": 2, "batch_size": 8}, dev_loss_batches=0)
+
+
+def _logged_steps(storage: Path, run_id: str) -> list[int]:
+    """Every step a search logged, attempt after attempt (the log is appended; a resumed attempt repeats steps)."""
+    return [json.loads(line)["step"] for line in (storage / "runs" / run_id / "masks" / "log.jsonl").read_text()
+            .splitlines()]
+
+
+def _checkpointed(storage: Path, run_id: str, step: int) -> bool:
+    """The search has logged ``step`` and Ray Train holds a checkpoint of it."""
+    log = storage / "runs" / run_id / "masks" / "log.jsonl"
+    return (log.exists() and any(s >= step for s in _logged_steps(storage, run_id))
+            and any((storage / "ray" / f"search-{run_id}").glob("checkpoint-*")))
+
+
+def test_a_search_whose_worker_is_killed_resumes_from_its_checkpoint(ray_session, tmp_path, tiny_bert_dir):
+    """SIGKILL the Train worker of a TAMT search mid-run: Train restarts it, it resumes from the last checkpoint,
+    the fine-tune of its mask runs after it, and the table has each run id once."""
+    import threading
+
+    from orchestrator.engine import run_sweep
+
+    plan = _search_grid(tiny_bert_dir, steps=200).plan()
+    (search_id,) = plan.searches
+    storage = tmp_path / "runs"
+    killed: dict[str, int] = {}
+
+    def kill_the_worker() -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline and not _checkpointed(storage, search_id, 60):
+            time.sleep(0.02)
+        attempt = json.loads((storage / "runs" / search_id / "attempts.jsonl").read_text().splitlines()[-1])
+        os.kill(attempt["pid"], signal.SIGKILL)
+        killed.update(pid=attempt["pid"], step=_logged_steps(storage, search_id)[-1])
+
+    threading.Thread(target=kill_the_worker, daemon=True).start()
+    report = run_sweep(plan, name="worker-kill", storage=Storage.at(storage), checkpoint_every_s=0.0,
+                       progress_every_s=5.0)
+    assert report.complete and killed, report
+    assert_table_matches(storage, plan)
+    pids = [json.loads(line)["pid"] for line in (storage / "runs" / search_id / "attempts.jsonl").read_text()
+            .splitlines()]
+    assert len(pids) == 2 and pids[0] == killed["pid"] != pids[1], "one restart, in a new worker process"
+    steps = _logged_steps(storage, search_id)
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert 10 < steps[restart] <= killed["step"] + 10, "the restart resumed from a checkpoint, not from step 0"
+    assert len(steps) * 10 < 1.5 * 200, f"steps executed in total: about {len(steps) * 10} of 200"
+    table = results.read_frame(str(storage)).set_index("run_id")
+    finetune = table[table.stage == "finetune"].iloc[0]
+    assert finetune.mask_run_id == search_id and finetune.mask_hash == table.loc[search_id].mask_hash
+
+
+def test_driver_killed_while_a_search_runs_then_rerun_continues_the_search(tmp_path, tiny_bert_dir):
+    search = {"steps": 300, "batch_size": 2, "block_size": 32, "lr": 1e-2}
+    settings = dict(methods=["tamt-mlm"], search=search, seeds=[1], tasks=["rte"], full_model=False, train_size=32)
+    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, **settings)
+    (search_id,) = planned(tiny_bert_dir, **settings).searches
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not _checkpointed(storage, search_id, 60):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        _kill_leftovers(temp_dir)
+    before = _logged_steps(storage, search_id)
+
+    command, _, temp_dir = _driver(tmp_path, tiny_bert_dir, **settings)
+    report = run_driver(command, temp_dir)
+    assert report["complete"], report
+    steps = _logged_steps(storage, search_id)
+    rerun = steps[len(before):]
+    assert rerun and rerun[0] > 10, f"the rerun logged from step {rerun[0]}: it did not start over"
+    assert rerun[-1] == 300 and steps.count(10) == 1
+    assert_table_matches(storage, planned(tiny_bert_dir, **settings))
+
+
+def test_a_two_worker_search_writes_the_one_worker_masks(ray_session, tmp_path, tiny_bert_without_dropout_dir):
+    """--workers-per-search 2 (gloo on CPUs) splits each global batch of 4 over two workers. With dropout off, the
+    one thing each worker draws on its own, the masks are the one-worker search's, measured equal to the bit
+    (similarity 1.0, equal content hashes); docs/orchestrator.md gives the effect of dropout."""
+    from orchestrator.engine import Resources, run_sweep
+    from tamt_core.masks import load_mask, similarity
+
+    grid = _search_grid(tiny_bert_without_dropout_dir, steps=20, save_steps=(10,), batch_size=4)
+    plan = replace(grid, tasks=()).plan()
+    (search_id,) = plan.searches
+    rows = {}
+    for workers in (1, 2):
+        storage = tmp_path / f"workers-{workers}"
+        report = run_sweep(plan, name=f"workers-{workers}", storage=Storage.at(storage),
+                           resources=Resources(workers_per_search=workers), progress_every_s=5.0)
+        assert report.complete, report
+        rows[workers] = results.read_row(Storage.at(storage), search_id)
+    one, two = ([m["file"] for m in rows[w]["masks"]] for w in (1, 2))
+    assert one == two == ["masks/tamt-mlm_s0.50_seed1_step10.safetensors", "masks/tamt-mlm_s0.50_seed1_step20.safetensors"]
+    for entry_one, entry_two in zip(rows[1]["masks"], rows[2]["masks"]):
+        masks = [load_mask(tmp_path / f"workers-{w}" / "runs" / search_id / e["file"])
+                 for w, e in ((1, entry_one), (2, entry_two))]
+        assert similarity(*masks) == 1.0 and entry_one["mask_hash"] == entry_two["mask_hash"]
