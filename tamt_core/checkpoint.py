@@ -62,7 +62,7 @@ def _flatten(value: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict
             if identity in seen:  # a tied tensor: one copy in the file, two references
                 return {_TENSOR: seen[identity]}
             seen[identity] = path
-        tensors[path] = tensor.to("cpu", copy=True).contiguous()
+        tensors[path] = tensor.contiguous() if tensor.device.type == "cpu" else tensor.to("cpu")  # written at once
         return {_TENSOR: path}
     if isinstance(value, Mapping):
         if all(isinstance(key, str) for key in value):
