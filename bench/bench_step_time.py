@@ -215,7 +215,7 @@ def band_fraction(thresholds: ThresholdController) -> float:
     """
     inside = total = 0
     for name, mask in thresholds.masks.items():
-        flat, width = mask.scores.detach().reshape(-1), thresholds.search.widths[name]
+        flat, width = mask.scores.detach().reshape(-1), thresholds.search.width(name, mask.threshold)
         centre = mask.threshold.to(flat.dtype)
         if torch.isfinite(centre):
             inside += int(((flat >= centre - width) & (flat <= centre + width)).sum())

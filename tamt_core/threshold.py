@@ -53,7 +53,8 @@ class BandedThresholds:
         self.attempts = attempts
         self.full_selections = 0
 
-    def _width(self, name: str, like: torch.Tensor) -> torch.Tensor:
+    def width(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The half-width of the next band of ``name``, as a 0-dim tensor beside ``like`` (its τ)."""
         width = self.widths.get(name)
         if width is None:
             return torch.full((), self.initial_width, dtype=like.dtype, device=like.device)
@@ -68,7 +69,7 @@ class BandedThresholds:
                 thresholds[name].fill_(float("-inf"))
             else:
                 todo.append(name)
-        widths = {name: self._width(name, thresholds[name]) for name in todo}
+        widths = {name: self.width(name, thresholds[name]) for name in todo}
         for _ in range(self.attempts):
             if not todo:
                 break
