@@ -456,6 +456,32 @@ def test_resources_with_nothing_to_hold():
     assert Resources(search_cpu=0, search_gpu=1).for_stage("search") == {"cpu": 0, "gpu": 1}
 
 
+def test_workers_per_search_is_checked_before_anything_runs():
+    """--workers-per-search 0 or a fraction is refused; so are more (or bigger) workers than the cluster holds at
+    its largest, counted node by node; a search driver holds no CPU, and sits on preemption-safe nodes when the
+    cluster declares them."""
+    from orchestrator.engine import SEARCH_DRIVER_MEMORY, Resources, check_search_capacity
+
+    for workers in (0, -1, 1.5):
+        with pytest.raises(PlanError, match="--workers-per-search must be a whole number ≥ 1"):
+            Resources(workers_per_search=workers)
+    gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 2.0}]
+    check_search_capacity(Resources(search_gpu=1, workers_per_search=2), gpu_nodes)
+    with pytest.raises(PlanError, match="at most 2 such workers.*lower --workers-per-search"):
+        check_search_capacity(Resources(search_gpu=1, workers_per_search=3), gpu_nodes)
+    with pytest.raises(PlanError, match="at most 0 such workers"):
+        check_search_capacity(Resources(search_cpu=4, search_gpu=2), gpu_nodes)  # no node has 2 GPUs
+    check_search_capacity(Resources(search_cpu=1, workers_per_search=18), gpu_nodes)  # CPUs: 8 + 8 + 2
+    check_search_capacity(Resources(workers_per_search=64), None)  # an autoscaler that cannot be read: no check
+
+    tamt = {"stage": "search", "config": {"method": "tamt-kd"}}
+    omp = {"stage": "search", "config": {"method": "omp"}}
+    assert Resources(search_gpu=1).for_trial(omp) == {"cpu": 1.0, "gpu": 1}
+    assert Resources(search_gpu=1).for_trial(tamt) == {"cpu": 0.0, "gpu": 0.0, "memory": SEARCH_DRIVER_MEMORY}
+    driver = Resources(search_gpu=1, search_driver_resource="tamt_search_driver").for_trial(tamt)
+    assert driver["cpu"] == driver["gpu"] == 0 and driver["tamt_search_driver"] > 0
+
+
 def test_remote_storage_needs_a_tracking_server(tmp_path):
     from orchestrator.engine import prepare
     from orchestrator.tracking import TrackingError

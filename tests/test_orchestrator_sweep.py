@@ -48,7 +48,7 @@ def assert_table_matches(storage: Path, plan) -> None:
     assert Counter(ids) == Counter(set(plan.searches) | set(plan.finetunes)), "each planned run id exactly once"
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def ray_session():
     import ray
 
@@ -277,14 +277,14 @@ def test_a_search_whose_worker_is_killed_resumes_from_its_checkpoint(ray_session
 
     from orchestrator.engine import run_sweep
 
-    plan = _search_grid(tiny_bert_dir, steps=200).plan()
+    plan = _search_grid(tiny_bert_dir, steps=120).plan()
     (search_id,) = plan.searches
     storage = tmp_path / "runs"
     killed: dict[str, int] = {}
 
     def kill_the_worker() -> None:
         deadline = time.time() + 180
-        while time.time() < deadline and not _checkpointed(storage, search_id, 60):
+        while time.time() < deadline and not _checkpointed(storage, search_id, 40):
             time.sleep(0.02)
         attempt = json.loads((storage / "runs" / search_id / "attempts.jsonl").read_text().splitlines()[-1])
         os.kill(attempt["pid"], signal.SIGKILL)
@@ -301,21 +301,21 @@ def test_a_search_whose_worker_is_killed_resumes_from_its_checkpoint(ray_session
     steps = _logged_steps(storage, search_id)
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     assert 10 < steps[restart] <= killed["step"] + 10, "the restart resumed from a checkpoint, not from step 0"
-    assert len(steps) * 10 < 1.5 * 200, f"steps executed in total: about {len(steps) * 10} of 200"
+    assert len(steps) * 10 < 1.5 * 120, f"steps executed in total: about {len(steps) * 10} of 120"
     table = results.read_frame(str(storage)).set_index("run_id")
     finetune = table[table.stage == "finetune"].iloc[0]
     assert finetune.mask_run_id == search_id and finetune.mask_hash == table.loc[search_id].mask_hash
 
 
 def test_driver_killed_while_a_search_runs_then_rerun_continues_the_search(tmp_path, tiny_bert_dir):
-    search = {"steps": 200, "batch_size": 2, "block_size": 32, "lr": 1e-2}
+    search = {"steps": 120, "batch_size": 2, "block_size": 32, "lr": 1e-2}
     settings = dict(methods=["tamt-mlm"], search=search, seeds=[1], tasks=[], full_model=False)
     command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, **settings)
     (search_id,) = planned(tiny_bert_dir, **settings).searches
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
-        while not _checkpointed(storage, search_id, 60):
+        while not _checkpointed(storage, search_id, 40):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -330,7 +330,7 @@ def test_driver_killed_while_a_search_runs_then_rerun_continues_the_search(tmp_p
     steps = _logged_steps(storage, search_id)
     rerun = steps[len(before):]
     assert rerun and rerun[0] > 10, f"the rerun logged from step {rerun[0]}: it did not start over"
-    assert rerun[-1] == 200 and steps.count(10) == 1
+    assert rerun[-1] == 120 and steps.count(10) == 1
     assert_table_matches(storage, planned(tiny_bert_dir, **settings))
 
 

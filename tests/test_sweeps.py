@@ -229,3 +229,11 @@ def test_grid_refuses_a_finetune_step_its_runs_do_not_save():
         smoke_grid(methods=("tamt-kd",), sparsities=(0.7,), tasks=("rte",), finetune_steps=(12,)).plan()
     with pytest.raises(PlanError, match="imp_until 0.5 is below"):
         smoke_grid(methods=("imp",), sparsities=(0.7,), tasks=("rte",), imp_until=0.5)
+
+
+def test_zero_workers_per_search_is_refused_before_anything_runs(tmp_path, capsys):
+    code = sweep_main("main_results", presets_of("main_results"),
+                      ["--preset", "smoke", "--storage", str(tmp_path / "s"), "--workers-per-search", "0"])
+    assert code == 2
+    assert "--workers-per-search must be a whole number ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
