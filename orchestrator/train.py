@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
-from ray.train import Checkpoint, CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (Checkpoint, CheckpointConfig, CheckpointUploadMode, FailureConfig, LoggingConfig, RunConfig,
+                       ScalingConfig)
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -60,6 +61,7 @@ def fit_search(spec: SearchSpec, settings: "TrialSettings", worker_loop) -> None
         run_config=RunConfig(name=train_run_name(spec.run_id), storage_path=storage.ray_storage_path(),
                              failure_config=FailureConfig(max_failures=settings.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level="WARNING"),  # the sweep prints its own progress
                              callbacks=[TuneReportCallback()]),
     ).fit()
 

@@ -12,6 +12,7 @@ or a search from its checkpoint, and writes its row last.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -244,6 +245,7 @@ def worker_setup() -> str:
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))  # a reused worker keeps old counts
     quiet_libraries()
+    logging.getLogger("tamt_core").setLevel(logging.WARNING)  # the sweep prints progress; Train workers log INFO
     return ray.get_runtime_context().get_node_id()
 
 
