@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 
 SEARCH_DRIVER_RESOURCE = "tamt_search_driver"
-"""A custom resource that nodes safe from preemption declare (the head, on-demand nodes: cluster.yaml, k8s/):
-where it exists, the Tune trial that drives a search's Ray Train job, and so Train's controller beside it, is
-placed on such a node, and a spot reclaim takes only workers, which Train restarts."""
+"""A custom resource that nodes safe from preemption declare (the head in cluster.yaml and k8s/): where it exists,
+the Tune trial that drives a search's Ray Train job, and so Train's controller beside it, is placed on such a node,
+and a spot reclaim takes only workers, which Train restarts."""
 SEARCH_DRIVER_MEMORY = 512 * 2**20
 """What the Tune trial driving a Train search holds: no CPU (it waits for its workers, which hold the search's
 CPUs and GPUs), the memory of a Python process that has imported torch."""
