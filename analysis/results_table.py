@@ -3,6 +3,11 @@
 Laid out as the paper's figures read: one table per model, a row per (sparsity, method) and the full model, a
 column per task in Tab. 1's order and "Average" last. The average is over the tasks the model was fine-tuned on
 (the table names them); a row that lacks some of them averages the rest and is marked †.
+
+Two marks say how much a number means. ``≈``: the cell's difference to OMP at the same sparsity is within the
+seed spread (no larger than the larger of the two standard deviations), so the runs do not tell the two apart.
+``°``: the cell is at chance level, within one standard deviation (or one point) of what a predictor that ignores
+its input scores (the majority class; 0 for correlations and SQuAD): that subnetwork learnt nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ import pandas as pd
 from analysis import style, table
 
 AVERAGE = "average"
+WITHIN_NOISE, AT_CHANCE = "≈", "°"
+CHANCE_MARGIN = 1.0
+"""Points above the chance level a cell with no measured spread (one run) still counts as at chance."""
+LEGEND = (f"{WITHIN_NOISE} within the seed spread of OMP at this sparsity; {AT_CHANCE} at chance level (within one "
+          f"std, or {CHANCE_MARGIN:g} point, of a predictor that ignores its input).")
 
 
 @dataclass(frozen=True)
@@ -35,12 +45,16 @@ def build(rows: pd.DataFrame) -> ResultsTable:
     results = table.main_results(rows)
     keys = ["model", "method", "sparsity"]
     per_task = table.summarize(results, keys + ["task"])
+    per_task["chance"] = results.groupby(keys + ["task"], dropna=False)["chance"].mean().to_numpy()
     tasks = {model: style.ordered(group["task"].unique(), style.TASKS) for model, group in results.groupby("model")}
     averages = pd.concat([table.task_average(results[results["model"] == model], keys, model_tasks)
                           for model, model_tasks in tasks.items()], ignore_index=True)
     averages["task"] = AVERAGE
+    averages["chance"] = [per_task[(per_task["model"] == a.model) & per_task["task"].isin(a.tasks.split(","))
+                                   ].drop_duplicates("task")["chance"].mean() for a in averages.itertuples()]
     long = pd.concat([per_task.assign(tasks=None, complete=None), averages], ignore_index=True)
-    long = long[keys + ["task", "mean", "std", "n", "tasks", "complete"]]
+    long = long[keys + ["task", "mean", "std", "n", "chance", "tasks", "complete"]]
+    long["marks"] = marks(long)
     masks = (results.groupby(keys, dropna=False)
              .agg(mask_steps=("mask_step", lambda s: ",".join(str(int(v)) for v in sorted(s.dropna().unique()))))
              .reset_index())
@@ -48,6 +62,25 @@ def build(rows: pd.DataFrame) -> ResultsTable:
              .groupby(["model", "task"])["train_examples"].max().reset_index())
     metrics = results.dropna(subset=["select_metric"]).groupby("task")["select_metric"].first().to_dict()
     return ResultsTable(long, tasks, masks, sizes, metrics)
+
+
+def marks(long: pd.DataFrame) -> pd.Series:
+    """Each cell's marks: :data:`WITHIN_NOISE` against OMP at its sparsity, :data:`AT_CHANCE` (see the module)."""
+    omp = long[long["method"] == "omp"].set_index(["model", "sparsity", "task"])
+    out = []
+    for cell in long.itertuples():
+        text = ""
+        key = (cell.model, cell.sparsity, cell.task)
+        if cell.method not in ("omp", "full") and key in omp.index:
+            reference = omp.loc[key]
+            spread = max(cell.std, reference["std"])
+            if not pd.isna(spread) and abs(cell.mean - reference["mean"]) <= spread:
+                text += WITHIN_NOISE
+        if not pd.isna(cell.chance) and cell.mean - cell.chance <= (CHANCE_MARGIN if pd.isna(cell.std)
+                                                                     else max(cell.std, CHANCE_MARGIN)):
+            text += AT_CHANCE
+        out.append(text)
+    return pd.Series(out, index=long.index, dtype=object)
 
 
 def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
@@ -71,7 +104,7 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
                 line[_heading(column, results.metrics)] = "—"
                 continue
             cell = cells.loc[key]
-            text = style.mean_std_text(cell["mean"], cell["std"])
+            text = style.mean_std_text(cell["mean"], cell["std"]) + (f" {cell['marks']}" if cell["marks"] else "")
             if column == AVERAGE and not cell["complete"]:
                 text += " †"
                 notes.append(f"† {style.method_name(method)} {style.percent(sparsity)}: average of "
@@ -92,7 +125,7 @@ def notes_below(results: ResultsTable, model: str) -> list[str]:
     """What the averages cover, which mask steps stand for each method, and the training-set sizes."""
     tasks = results.tasks[model]
     out = [f"Average over: {', '.join(style.task_name(t) for t in tasks)}; † averages fewer tasks. "
-           "n = runs per cell (mask seeds × fine-tuning seeds)."]
+           "n = runs per cell (mask seeds × fine-tuning seeds).", LEGEND]
     masks = results.masks[results.masks["model"] == model]
     steps = masks[masks["mask_steps"].ne("") & masks["method"].isin(["imp", "tamt-mlm", "tamt-kd"])]
     if not steps.empty:

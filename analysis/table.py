@@ -101,9 +101,15 @@ def stage(rows: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def finetunes(rows: pd.DataFrame) -> pd.DataFrame:
-    """Fine-tune rows with ``score`` (the task's selection metric at the best evaluation, 0-100, App. C)."""
+    """Fine-tune rows with ``score`` (the task's selection metric at the best evaluation, 0-100, App. C) and
+    ``chance`` (what a predictor that ignores its input scores on that metric; NaN for rows that predate it)."""
     out = stage(rows, "finetune").copy()
     out["score"] = out["best_score"]
+    if "info" in out and "select_metric" in out:
+        levels = info(out).map(lambda parsed: parsed.get("chance") or {})
+        out["chance"] = [level.get(metric, np.nan) for level, metric in zip(levels, out["select_metric"])]
+    else:
+        out["chance"] = np.nan
     return out
 
 

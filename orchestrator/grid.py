@@ -56,7 +56,11 @@ class Grid:
         models: hub ids or directories (``tamt_core.models.BUILTIN_MODEL_NAME`` for the shipped model).
         methods: subset of ``omp``, ``rand``, ``imp``, ``tamt-mlm``, ``tamt-kd``.
         sparsities: fractions in (0, 1).
-        mask_seeds, finetune_seeds: non-negative ints.
+        mask_seeds, finetune_seeds: non-negative ints. Every mask is fine-tuned with every fine-tune seed, unless
+            ``paired_seeds``.
+        paired_seeds: replicates instead of a cross product: the i-th mask seed's masks are fine-tuned with the
+            i-th fine-tune seed only (both axes as long), so n seeds cost n fine-tunes per cell, each with its own
+            mask; OMP's one mask and the full model take every fine-tune seed.
         tasks: GLUE task names and ``squad``; empty = no fine-tunes (searches and evaluations only).
         train_sizes: low-data subset sizes (Fig. 7); ``None`` = the whole training set.
         full_model: also fine-tune each model without a mask (the dashed line of Fig. 3).
@@ -90,6 +94,7 @@ class Grid:
     dev_loss_batches: int | None = None
     imp_until: float | None = None
     finetune_steps: Steps | Mapping[float, Steps] | None = None
+    paired_seeds: bool = False
 
     def __post_init__(self) -> None:
         for name in ("models", "methods", "sparsities", "mask_seeds", "finetune_seeds", "tasks", "train_sizes"):
@@ -134,6 +139,10 @@ class Grid:
             if self.sparsities and self.imp_until < max(self.sparsities):
                 raise PlanError(f"imp_until {self.imp_until} is below the grid's highest sparsity "
                                 f"{max(self.sparsities)}; IMP cannot yield masks past the sparsity it stops at")
+        if self.paired_seeds and self.methods and self.tasks and len(self.mask_seeds) != len(self.finetune_seeds):
+            raise PlanError(f"paired_seeds pairs the i-th mask seed with the i-th fine-tune seed, but there are "
+                            f"{len(self.mask_seeds)} mask seeds and {len(self.finetune_seeds)} fine-tune seeds; give "
+                            "as many of each, or cross them (paired_seeds=False)")
         for name in ("mask_seeds", "finetune_seeds"):
             bad = [s for s in getattr(self, name) if isinstance(s, bool) or not isinstance(s, int) or s < 0]
             if bad:
@@ -237,15 +246,22 @@ class Grid:
             raise PlanError(f"fine-tune settings for {task}: {error}") from error
         return FinetuneSpec(config, mask)
 
-    def _finetunes(self, model: str, mask: MaskRef | None) -> list[FinetuneSpec]:
+    def _finetunes(self, model: str, mask: MaskRef | None, seeds: tuple[int, ...] | None = None
+                   ) -> list[FinetuneSpec]:
         return [self._finetune_spec(model, task, seed, train_size, mask)
-                for task in self.tasks for train_size in self.train_sizes for seed in self.finetune_seeds]
+                for task in self.tasks for train_size in self.train_sizes for seed in seeds or self.finetune_seeds]
+
+    def _finetune_seeds_of(self, search: SearchSpec) -> tuple[int, ...]:
+        """The fine-tune seeds a search's masks get: all of them, or with ``paired_seeds`` its mask seed's own."""
+        if not self.paired_seeds or search.config.method == "omp":
+            return self.finetune_seeds
+        return (self.finetune_seeds[self.mask_seeds.index(search.config.seed)],)
 
     def plan(self) -> Plan:
         """The DAG: every search, every fine-tune of every mask the grid picks, the full models and dense losses."""
         plan = Plan.of(self.searches())
         for search, mask in self.masks():
-            for spec in self._finetunes(search.model, mask):
+            for spec in self._finetunes(search.model, mask, self._finetune_seeds_of(search)):
                 plan.add(spec)
         for model in self.models:
             if self.full_model:

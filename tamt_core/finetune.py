@@ -275,6 +275,24 @@ def evaluate_task(model: nn.Module, task: Task, data: TaskData, collate: Callabl
         model.train(was_training)
 
 
+def chance_metrics(task: Task, data: TaskData) -> dict[str, float]:
+    """The dev metrics of a predictor that ignores its input: the majority class of each dev set for classification
+    (accuracy = the majority's share; MCC 0), and 0 for correlations (a constant correlates with nothing) and
+    SQuAD (an answer needs the passage). A score this close tells a subnetwork that learnt nothing."""
+    if task.kind == "span":
+        return {"exact_match": 0.0, "f1": 0.0}
+    metrics: dict[str, float] = {}
+    for suffix, dev in data.dev.items():
+        labels = np.asarray(dev["labels"])
+        if task.kind == "regression":
+            scores = {key: 0.0 for key in GLUE_METRIC_KEYS[task.name]}
+        else:
+            majority = np.bincount(labels.astype(np.int64)).argmax()
+            scores = glue_metrics(task.name, np.full_like(labels, majority), labels)
+        metrics.update({f"{k}_{suffix}" if suffix else k: v for k, v in scores.items()})
+    return metrics
+
+
 # --- output directory ------------------------------------------------------------------------------------------
 
 
@@ -407,6 +425,7 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         "mask_path": mask_path, "mask_sparsity": None if mask is None else mask.sparsity,
         "mask_method": None if mask is None else mask.meta.get("method"),
         "train_examples": len(data.train), "steps": total_steps, "eval_every": eval_every,
+        "chance": chance_metrics(task, data),
         "hparams": asdict(hp), "device": str(torch_device), "train_seconds": train_seconds,
         "train_examples_per_s": total_steps * batch_size / max(train_seconds, 1e-9)})
     if keep_checkpoint:

@@ -605,3 +605,37 @@ def test_mask_costs_reads_a_search_row_whose_info_is_null():
                                                      "mlm_dev_loss": 2.0, "kd_dev_loss": 0.1}]}])
     out = table.mask_costs(rows)
     assert len(out) == 1 and pd.isna(out["pruning_interval"].iloc[0])
+
+
+# --- results table: marks ---------------------------------------------------------------------------------------
+
+def _ft(method, mask_seed, seed, score, *, task="sst2", sparsity=0.5, chance=50.0):
+    run = None if method == "full" else f"{method}{mask_seed}"
+    return {"run_id": f"{method}-{mask_seed}-{seed}-{task}", "stage": "finetune", "model": "m", "method": method,
+            "sparsity": 0.0 if method == "full" else sparsity, "mask_seed": mask_seed, "mask_run_id": run,
+            "mask_step": 0 if run else None, "task": task, "finetune_seed": seed, "train_size": None,
+            "train_examples": 320, "best_score": score, "select_metric": "accuracy",
+            "info": json.dumps({"chance": {"accuracy": chance}})}
+
+
+def test_results_table_marks_cells_within_omps_seed_spread_and_at_chance():
+    """OMP 80/82/84 (mean 82, std 2). TAMT-KD 81/83/85 (mean 83, std 2): |83 − 82| = 1 ≤ 2, within noise. Rand
+    60/62/64: |62 − 82| = 20 > 2, a real difference. IMP 66/76/86 (std 10): |76 − 82| = 6 ≤ 10, within noise.
+    On RTE (chance 50) Rand scores 49/50/51: mean 50, std 1, within one std of chance; OMP 60/62/64 is not."""
+    from analysis import results_table
+
+    rows = [_ft("full", None, seed, 95) for seed in (1, 2, 3)]
+    for seed, (omp, kd, rand, imp) in enumerate([(80, 81, 60, 66), (82, 83, 62, 76), (84, 85, 64, 86)], start=1):
+        rows += [_ft("omp", 0, seed, omp), _ft("tamt-kd", seed, seed, kd), _ft("rand", seed, seed, rand),
+                 _ft("imp", seed, seed, imp)]
+        rows += [_ft("omp", 0, seed, 58 + 2 * seed, task="rte"), _ft("rand", seed, seed, 48 + seed, task="rte")]
+    built = results_table.build(pd.DataFrame(rows))
+    marks = {(r.method, r.task): r.marks for r in built.long.itertuples()}
+    assert marks[("tamt-kd", "sst2")] == results_table.WITHIN_NOISE
+    assert marks[("imp", "sst2")] == results_table.WITHIN_NOISE
+    assert marks[("rand", "sst2")] == "" and marks[("omp", "sst2")] == "" and marks[("full", "sst2")] == ""
+    assert marks[("rand", "rte")] == results_table.AT_CHANCE and marks[("omp", "rte")] == ""
+    cells, _ = results_table.wide(built, "m")
+    rand = cells[cells["Method"] == "Rand"].iloc[0]
+    assert rand.filter(like="RTE").iloc[0] == f"50.0 ± 1.0 {results_table.AT_CHANCE}"
+    assert results_table.LEGEND in results_table.markdown(built)
