@@ -148,6 +148,15 @@ def markdown(results: ResultsTable) -> str:
     return "\n".join(out)
 
 
+def text(results: ResultsTable) -> str:
+    """The table for a terminal: per model, its cells aligned in columns, then the notes and marks."""
+    out = ["", "Results (mean ± std over seeds; " + LEGEND[0].lower() + LEGEND[1:] + ")"]
+    for model in results.tasks:
+        cells, averages = wide(results, model)
+        out += ["", style.model_name(model), cells.to_string(index=False), *averages, *notes_below(results, model)[2:]]
+    return "\n".join(out) + "\n"
+
+
 def write(results: ResultsTable, out: Path) -> list[Path]:
     """``results.md`` and ``results.csv`` (long form, one row per cell) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
 from orchestrator.storage import DEFAULT_STORAGE, Storage, StorageError
 from orchestrator.study import TamtStudy
+from orchestrator.tracking import runs_view
 
 Declaration = Grid | MaskSimilarity | Plan | TamtStudy
 """What a preset lists: grids, similarity trials and plans (anything with a ``plan()``), or tuning studies."""
@@ -264,7 +265,22 @@ def print_where(report, out: TextIO) -> None:
           f"{len(report.failed)} failed, {len(report.blocked)} blocked by a failed search", file=out)
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error.splitlines()[0] if error else ''}", file=out)
+    print_results(storage, out)
     print(f"  results table: {storage.table_path()}  (orchestrator.results.read({storage.uri!r}))", file=out)
     print(f"  masks and run files: {storage.path('runs')}/<run_id>/", file=out)
-    print(f"  MLflow: {report.mlflow_uri}  (mlflow ui --backend-store-uri {report.mlflow_uri})", file=out)
-    print(f"  figures: python -m analysis.figures --runs {storage.uri} --out figures/", file=out)
+    serve, page = runs_view(report.mlflow_uri, report.experiment_id)
+    print(f"  MLflow runs: {page}" + (f"  (after: {serve})" if serve else ""), file=out)
+    print(f"  figures and the full results table: python -m analysis.figures --runs {storage.uri} --out figures/",
+          file=out)
+
+
+def print_results(storage: Storage, out: TextIO) -> None:
+    """The results so far in ``storage``: method × sparsity, mean ± std over seeds per task, the full model
+    (``analysis.results_table``), with its marks; nothing when no fine-tune has finished."""
+    from analysis import results_table, table
+
+    try:
+        built = results_table.build(table.load(storage.uri))
+    except (table.TableError, KeyError, ValueError):
+        return
+    print(results_table.text(built), file=out)

@@ -264,6 +264,8 @@ class SweepReport:
     failed: dict[str, str] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
     interrupted: bool = False
+    experiment_id: str | None = None
+    """The MLflow experiment of the sweep's runs (known once a trial ran)."""
 
     @property
     def complete(self) -> bool:
@@ -319,6 +321,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
     searcher = PlanSearcher(plan, todo, settings)
     tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
+    report.experiment_id = tracker.experiment_id
     trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
     max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
     try:

@@ -51,6 +51,16 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                             "database URI")
 
 
+def runs_view(uri: str, experiment_id: str | None, port: int = 5000) -> tuple[str | None, str]:
+    """How to look at a sweep's runs: the command that serves a local store (``None`` for a server) and the URL of
+    the runs table of its experiment (the UI's start page when ``experiment_id`` is unknown). MLflow 3's UI opens
+    an experiment on its GenAI overview, which lists no runs; ``workflowType=machine_learning`` opens the runs."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
+    if uri.startswith(("http://", "https://")):
+        return None, f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri} --port {port}", f"http://127.0.0.1:{port}/{page}"
+
+
 def _flat_params(spec: Spec) -> list[Param]:
     """Spec fields as MLflow params (``config.task``, ``mask.search_id``, ...); MLflow caps values at 6000 chars."""
     flat: dict[str, Any] = {}

@@ -123,6 +123,39 @@ def test_tracker_finds_its_parent_and_children_again(tmp_path, plan):
     assert first.client.get_run(child).data.params["config.task"] == spec.config.task
 
 
+def test_a_sweep_ends_with_its_results_and_the_runs_view_of_mlflow(tmp_path, plan):
+    """The end of a sweep prints the compact results table (mean ± std over seeds, with the marks) and a link
+    that opens MLflow's runs table, not its GenAI overview."""
+    import io
+    import json
+
+    from orchestrator.cli import print_results
+    from orchestrator.tracking import runs_view
+
+    storage = Storage.at(tmp_path / "runs")
+    for seed, (full, omp) in enumerate([(90.0, 70.0), (92.0, 74.0)], start=1):
+        for method, score in (("full", full), ("omp", omp)):
+            results.write_row(storage, {
+                "run_id": f"{method}-{seed}", "stage": "finetune", "model": "m", "method": method,
+                "sparsity": 0.0 if method == "full" else 0.5, "mask_seed": None if method == "full" else 0,
+                "mask_run_id": None if method == "full" else "omp50", "mask_step": None if method == "full" else 0,
+                "task": "rte", "finetune_seed": seed, "train_examples": 320, "best_score": score,
+                "select_metric": "accuracy", "info": json.dumps({"chance": {"accuracy": 50.0}})})
+    printed = io.StringIO()
+    print_results(storage, printed)
+    lines = printed.getvalue().splitlines()
+    assert any("Full model" in line and "91.0 ± 1.4" in line for line in lines), lines
+    assert any("OMP" in line and "72.0 ± 2.8" in line for line in lines), lines
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "main", {})
+    serve, page = runs_view(uri, tracker.experiment_id)
+    assert serve == f"mlflow ui --backend-store-uri {uri} --port 5000"
+    assert page == f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    assert runs_view("http://tracking:5000/", "7") == (
+        None, "http://tracking:5000/#/experiments/7/runs?workflowType=machine_learning")
+
+
 def test_unknown_model_is_refused_before_any_trial(tmp_path):
     from orchestrator.engine import prepare
     from orchestrator.plan import PlanError
