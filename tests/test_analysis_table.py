@@ -609,7 +609,7 @@ def test_mask_costs_reads_a_search_row_whose_info_is_null():
 
 # --- results table: marks ---------------------------------------------------------------------------------------
 
-def _ft(method, mask_seed, seed, score, *, task="sst2", sparsity=0.5, chance=50.0):
+def _scored(method, mask_seed, seed, score, *, task="sst2", sparsity=0.5, chance=50.0):
     run = None if method == "full" else f"{method}{mask_seed}"
     return {"run_id": f"{method}-{mask_seed}-{seed}-{task}", "stage": "finetune", "model": "m", "method": method,
             "sparsity": 0.0 if method == "full" else sparsity, "mask_seed": mask_seed, "mask_run_id": run,
@@ -624,11 +624,11 @@ def test_results_table_marks_cells_within_omps_seed_spread_and_at_chance():
     On RTE (chance 50) Rand scores 49/50/51: mean 50, std 1, within one std of chance; OMP 60/62/64 is not."""
     from analysis import results_table
 
-    rows = [_ft("full", None, seed, 95) for seed in (1, 2, 3)]
+    rows = [_scored("full", None, seed, 95) for seed in (1, 2, 3)]
     for seed, (omp, kd, rand, imp) in enumerate([(80, 81, 60, 66), (82, 83, 62, 76), (84, 85, 64, 86)], start=1):
-        rows += [_ft("omp", 0, seed, omp), _ft("tamt-kd", seed, seed, kd), _ft("rand", seed, seed, rand),
-                 _ft("imp", seed, seed, imp)]
-        rows += [_ft("omp", 0, seed, 58 + 2 * seed, task="rte"), _ft("rand", seed, seed, 48 + seed, task="rte")]
+        rows += [_scored("omp", 0, seed, omp), _scored("tamt-kd", seed, seed, kd), _scored("rand", seed, seed, rand),
+                 _scored("imp", seed, seed, imp)]
+        rows += [_scored("omp", 0, seed, 58 + 2 * seed, task="rte"), _scored("rand", seed, seed, 48 + seed, task="rte")]
     built = results_table.build(pd.DataFrame(rows))
     marks = {(r.method, r.task): r.marks for r in built.long.itertuples()}
     assert marks[("tamt-kd", "sst2")] == results_table.WITHIN_NOISE
