@@ -25,7 +25,7 @@ import yaml
 from ray import tune
 from ray.tune.search import Searcher
 
-from orchestrator import results
+from orchestrator import ray_logging, results
 from orchestrator.plan import Plan, PlanError
 from orchestrator.storage import Storage
 from orchestrator.tracking import MlflowTracker, TrackingError, check_tracking_uri
@@ -362,10 +362,12 @@ def connect(ray_address: str | None, ray_init: dict[str, Any] | None) -> bool:
     cluster some other ``ray start`` left on the machine); returns whether the caller should shut it down."""
     if ray.is_initialized():
         return False
+    options = dict(ray_init or {})
+    runtime_env = {"worker_process_setup_hook": ray_logging.SETUP_HOOK, **options.pop("runtime_env", {})}
     if attached(ray_address):
-        ray.init(address=ray_address or os.environ["RAY_ADDRESS"])
+        ray.init(address=ray_address or os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:
-        ray.init(address="local", **(ray_init or {}))
+        ray.init(address="local", runtime_env=runtime_env, **options)
     return True
 
 

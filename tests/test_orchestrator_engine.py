@@ -212,3 +212,39 @@ def test_a_similarity_waits_for_every_search_it_compares_and_is_blocked_by_any_f
     failing.on_trial_complete(trials[rand], error=True)  # a second failed input blocks it once, not twice
     failing.on_trial_complete(trials[imp], {})
     assert failing.blocked == {similarity} and failing.unsuggested == 0 and drain(failing, 3) == []
+
+
+def test_sweep_workers_silence_two_ray_train_messages_and_nothing_else():
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+
+    from orchestrator import ray_logging
+
+    ray_logging.worker_process_setup()
+    ray_logging.worker_process_setup()  # a reused worker runs the hook again: still one filter
+    cleaner = logging.getLogger(ray_logging.CLEANER_LOGGER)
+    assert sum(isinstance(f, ray_logging.DropUnavailableStateApi) for f in cleaner.filters) == 1
+    said = [cleaner.makeRecord(cleaner.name, logging.WARNING, __file__, 0, message, (), None) for message in (
+        "Failed to query Ray Train Controller actor state. State API may be temporarily unavailable.",
+        "Detected that the Ray Train controller actor (a1) is dead. Cleaning up placement group = [p1].")]
+    assert [bool(cleaner.filter(record)) for record in said] == [False, True]
+    assert ray_logging.train_context_logger() is train_context.logger
+    assert not train_context.logger.isEnabledFor(logging.INFO) and train_context.logger.isEnabledFor(logging.WARNING)
+
+
+def test_a_sweep_starts_ray_with_the_worker_logging_hook_and_keeps_the_callers_runtime_env(monkeypatch):
+    import ray
+
+    from orchestrator import ray_logging
+    from orchestrator.engine import connect
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    assert connect(None, {"num_cpus": 2, "runtime_env": {"env_vars": {"A": "1"}}}) is True
+    assert connect("10.0.0.1:6379", None) is True
+    hook = {"worker_process_setup_hook": ray_logging.SETUP_HOOK}
+    assert calls == [{"address": "local", "num_cpus": 2, "runtime_env": {**hook, "env_vars": {"A": "1"}}},
+                     {"address": "10.0.0.1:6379", "runtime_env": hook}]
