@@ -194,6 +194,7 @@ def _process_group(device: str | None) -> Iterator[str | None]:
     dist.init_process_group("nccl" if use_gpu else "gloo")
     try:
         yield device
+        dist.barrier()  # every rank is past its last collective before any tears the group down (gloo aborts)
     finally:
         dist.destroy_process_group()
 

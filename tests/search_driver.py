@@ -74,6 +74,7 @@ def main() -> None:
         rank = dist.get_rank() if dist.is_initialized() else 0
         Path(f"{settings['report']}.rank{rank}").write_text(json.dumps(checksums))
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
