@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from orchestrator.cli import sweep_main  # noqa: E402
-from sweeps.common import BERT, ROBERTA, SMOKE_SPARSITIES, paper_grid, smoke_grid  # noqa: E402
+from sweeps.common import BERT, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid  # noqa: E402
 from tamt_core import hparams  # noqa: E402
 from tamt_core.methods.base import METHOD_NAMES  # noqa: E402
 from tamt_core.tasks import TASKS  # noqa: E402
@@ -23,8 +23,15 @@ PRESETS = {
     # the full models; TAMT masks at Tab. 2's step, IMP's from runs to 90 %.
     "paper": lambda: [paper_grid(models=(BERT, ROBERTA), methods=METHOD_NAMES, sparsities=hparams.SPARSITIES,
                                  tasks=tuple(TASKS))],
-    # Offline, on 2 CPU cores in minutes: every method at two sparsities, two tasks and the full model.
-    "smoke": lambda: [smoke_grid(methods=METHOD_NAMES, sparsities=SMOKE_SPARSITIES, tasks=("rte", "sst2"))],
+    # Offline, on 2 CPU cores in minutes: every method at 50 % and the full model on the smoke SST-2, three
+    # fine-tuning seeds each. Random masks have a seed of their own per replicate; IMP and TAMT one search each (a
+    # TAMT search costs two of the smoke's minutes).
+    "smoke": lambda: [
+        smoke_grid(methods=("omp", "imp", "tamt-mlm", "tamt-kd"), sparsities=(0.5,), tasks=("sst2",),
+                   finetune_seeds=SMOKE_SEEDS, imp_until=0.5),
+        smoke_grid(methods=("rand",), sparsities=(0.5,), tasks=("sst2",), mask_seeds=SMOKE_SEEDS,
+                   finetune_seeds=SMOKE_SEEDS, paired_seeds=True),
+    ],
 }
 
 if __name__ == "__main__":

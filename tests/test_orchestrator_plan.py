@@ -241,24 +241,28 @@ def test_smoke_preset_counts(presets):
     from orchestrator.cli import plan_of
 
     plan = plan_of(presets["smoke"]())
-    # One model, 2 sparsities, 1 mask seed, 1 fine-tune seed, 2 tasks, 1 train size.
-    # Searches: OMP 2, rand 2, IMP 1 (to 0.7), TAMT-MLM 2, TAMT-KD 2 = 9.
-    assert dict(plan.counts()["search"]) == {"omp": 2, "rand": 2, "imp": 1, "tamt-mlm": 2, "tamt-kd": 2}
-    # Fine-tunes: every method 2 sparsities × 2 tasks = 4, five methods = 20, plus full model 2 tasks = 22.
-    assert dict(plan.counts()["finetune"]) == {m: 4 for m in METHOD_NAMES} | {"full": 2}
-    assert len(plan) == 9 + 22
-    # The smoke settings reach the specs: IMP with P = 4 yields 0.5 at (5 − 1)·4 = 16 and 0.7 at (7 − 1)·4 = 24;
-    # TAMT's steps map 0.5 → 16 and 0.7 → 24; the fine-tunes use 320 training examples.
+    # One model, one task (SST-2), fine-tune seeds 1-3, every method at 50 %. Searches: OMP, IMP (to 50 %), TAMT-MLM
+    # and TAMT-KD with one mask seed, random masks with seeds 1-3 = 4 + 3 = 7.
+    assert dict(plan.counts()["search"]) == {"omp": 1, "rand": 3, "imp": 1, "tamt-mlm": 1, "tamt-kd": 1}
+    assert next(s for s in plan.searches.values() if s.config.method == "imp").config.sparsity == 0.5
+    # Fine-tunes: 3 seeds of each method's mask (random masks paired with their fine-tune seed) and of the full
+    # model = 15 + 3 = 18.
+    assert dict(plan.counts()["finetune"]) == {m: 3 for m in METHOD_NAMES} | {"full": 3}
+    assert len(plan) == 7 + 18
+    rand = sorted((s.config.seed, plan.searches[s.mask.search_id].config.seed)
+                  for s in plan.finetunes.values() if plan.method_of(s) == "rand")
+    assert rand == [(1, 1), (2, 2), (3, 3)]
+    # The smoke settings reach the specs: IMP with P = 4 yields 0.5 at (5 − 1)·4 = 16; TAMT's masks at 50 % are the
+    # 90-step ones; the fine-tunes use 320 training examples for 2 epochs.
     for spec in plan.finetunes.values():
         assert spec.config.train_size == 320 and spec.config.epochs == 2 and spec.config.eval_every == 20
         assert spec.config.lr == 1e-4 and spec.config.batch_size == 16
         if spec.mask is not None:
-            assert spec.mask.step == {"omp": {0.5: 0, 0.7: 0}, "rand": {0.5: 0, 0.7: 0},
-                                      "imp": {0.5: 16, 0.7: 24}, "tamt-mlm": {0.5: 16, 0.7: 24},
-                                      "tamt-kd": {0.5: 16, 0.7: 24}}[plan.method_of(spec)][spec.mask.sparsity]
+            assert spec.mask.step == {"omp": 0, "rand": 0, "imp": 16, "tamt-mlm": 90, "tamt-kd": 90}[plan.method_of(spec)]
     for search in plan.searches.values():
+        assert search.dev_loss_batches == 2  # the whole MLM dev split, 32 KD sequences
         if search.config.method in ("tamt-mlm", "tamt-kd"):
-            assert search.config.lr == 2e-3  # the per-method override
+            assert search.config.lr == 3e-4 and search.config.steps == 90  # the per-method override
         if search.config.method == "imp":
             assert search.config.lr is None and search.config.pruning_interval == 4
 

@@ -127,15 +127,16 @@ def test_smoke_plans():
     counts = {name: (len(p.searches), len(p.finetunes), len(p.evaluations))
               for name in SWEEPS if name != "tune_tamt" for p in [plan(name, "smoke")]}
     assert counts == {
-        "main_results": (9, 22, 0),          # 10 masks × (rte, sst2) + full × 2
-        "pretrain_correlation": (9, 19, 1),  # sst2: OMP 2, rand 2, full, IMP 2, TAMT 2 × 2 × 3 steps; dense loss
-        "pretrain_cost": (4, 8, 0),          # TAMT 2 runs × 3 steps; IMP at P = 2 and 4
+        "main_results": (7, 18, 0),          # 50 %: OMP, IMP, TAMT × 2, rand × 3 seeds; 6 cells × 3 seeds
+        "pretrain_correlation": (9, 15, 1),  # sst2: OMP 2, rand 2, full, IMP 2, TAMT 2 × 2 × 2 steps; dense loss
+        "pretrain_cost": (4, 6, 0),          # TAMT 2 runs × 2 steps; IMP at P = 2 and 4
         "mask_similarity": (5, 0, 2),        # all pairs of 4 masks; 8 masks against OMP
         "low_data": (4, 15, 0),              # (80, 160, 320 examples) × (4 masks + full)
     }
     united = plan_of([d for name in SWEEPS for d in presets_of(name)["smoke"]() if not isinstance(d, TamtStudy)])
-    # 9 searches + IMP at P = 2; fine-tunes: main 22 + 8 TAMT steps off main's + IMP P = 2 + 10 subsets.
-    assert (len(united.searches), len(united.finetunes), len(united.evaluations)) == (10, 41, 3)
+    # main's 7 + OMP and rand at 70 %, TAMT × 2 at 70 %, IMP to 70 % at P = 2 and 4; fine-tunes: main 18 + 21
+    # other masks, steps and subsets.
+    assert (len(united.searches), len(united.finetunes), len(united.evaluations)) == (13, 39, 3)
 
 
 def test_every_sweep_has_both_presets_and_its_studies_are_valid():
@@ -174,7 +175,7 @@ def test_two_named_sweeps_unite(tmp_path):
                       parts=parts, out=buffer)
     assert code == 0
     # mask_similarity's 5 searches are all among pretrain_cost's 4 plus OMP at 0.7: 5 unique searches.
-    assert "sweep x, preset smoke: 15 unique trials (5 mask searches, 8 fine-tunes, 2 evaluations)" in buffer.getvalue()
+    assert "sweep x, preset smoke: 13 unique trials (5 mask searches, 6 fine-tunes, 2 evaluations)" in buffer.getvalue()
 
 
 def test_sweep_script_runs_as_a_script():

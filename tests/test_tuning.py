@@ -79,10 +79,10 @@ def test_study_killed_mid_run_resumes_without_repeating_a_finished_trial(tmp_pat
                                     "trials": trials}))
         return [sys.executable, str(DRIVER), str(path)], temp_dir
 
-    command, temp_dir = driver(3)
+    command, temp_dir = driver(2)
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        finished_before = _wait_for_rows(storage, 2, proc)
+        finished_before = _wait_for_rows(storage, 1, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -91,19 +91,19 @@ def test_study_killed_mid_run_resumes_without_repeating_a_finished_trial(tmp_pat
         _kill_leftovers(temp_dir)
     executions_before = attempts(storage)
 
-    report = run_driver(*driver(3))
-    assert report["completed"] == 3
+    report = run_driver(*driver(2))
+    assert report["completed"] == 2
 
     executions = attempts(storage)
     for run_id in finished_before:  # finished before the kill: never executed again
         assert executions[run_id] == 1 == executions_before[run_id]
     ostudy = optuna.load_study(study_name="tiny", storage=f"sqlite:///{storage / 'optuna.db'}")
     complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3
+    assert len(complete) == 2
     params = [tuple(sorted(t.params.items())) for t in complete]
-    assert len(set(params)) == 3, "a resumed study draws new settings instead of replaying old ones"
+    assert len(set(params)) == 2, "a resumed study draws new settings instead of replaying old ones"
     table = results.read_frame(str(storage)).set_index("run_id")
-    assert len(table) == 3 and set(executions) == set(table.index)
+    assert len(table) == 2 and set(executions) == set(table.index)
     for trial in complete:  # each value is the KD dev loss of the search with that trial's setting
         run_id = next(r for r, row in table.iterrows() if json.loads(row["info"])["search_config"]["lr"] ==
                       trial.params["lr"])
@@ -113,4 +113,4 @@ def test_study_killed_mid_run_resumes_without_repeating_a_finished_trial(tmp_pat
     assert report["best_value"] == pytest.approx(min(t.value for t in complete))
     parents, children = mlflow_runs(storage)
     assert [p.data.tags["tamt.sweep"] for p in parents] == ["tiny"]
-    assert len({c.data.tags["tamt.run_id"] for c in children}) == len(children) >= 3
+    assert len({c.data.tags["tamt.run_id"] for c in children}) == len(children) >= 2

@@ -22,7 +22,8 @@ Dunmere."``), so the label follows from comparing the two texts, not from world 
   value 3.5, another person with the same fact 2, same person but another kind of fact 1, nothing shared 0 — plus
   ±0.4 of rater noise.
 * CoLA: grammatical sentences versus the same sentences corrupted (words shuffled, verb agreement broken,
-  neighbouring words swapped). SST-2: short reviews built from clearly positive or negative words, some negated.
+  neighbouring words swapped). SST-2: short reviews built from clearly positive or negative words, some negated;
+  10 of the 300 dev labels flipped (:data:`DEV_LABEL_FLIPS`), so the full model's ceiling is 96.7 %, not 100 %.
 * SQuAD: paragraphs of facts about one or two people; questions ask for one fact, the answer is the value's span
   (``answer_start`` exact). A few dev paragraphs need two 384-token windows.
 
@@ -46,8 +47,15 @@ from typing import Any
 
 from tamt_core.data.caching import build_once, cache_root
 
-GENERATOR_VERSION = "v2"
+GENERATOR_VERSION = "v3"
 """Bump whenever the generated data changes: the cache folder name includes it (see :func:`smoke_tasks_dir`)."""
+ROWS_VERSION = "v2"
+"""The version the rows are drawn under; v3 keeps v2's rows and adds :data:`DEV_LABEL_FLIPS`."""
+DEV_LABEL_FLIPS: dict[str, int] = {"sst2": 5}
+"""Dev rows of each class whose label is flipped, as annotators disagree on some real SST-2 sentences: the full
+model learns the smoke SST-2 to 100 % within the smoke's 40 steps, and a task at 100 cannot show how close a
+subnetwork comes. With 5 of each class flipped (10 of 300) its ceiling is 96.7 %; labels stay balanced and every
+score keeps its order."""
 
 SPLIT_SIZES: dict[str, dict[str, int]] = {
     "cola": {"train": 1400, "validation": 300},
@@ -403,8 +411,15 @@ _GENERATORS: dict[str, Callable[[str, int, random.Random], list[dict[str, Any]]]
 
 def generate_task(task: str, split: str, *, seed: int = 0) -> list[dict[str, Any]]:
     """The rows of one split of one smoke task, in the hub schema. Deterministic in (task, split, seed)."""
-    rng = random.Random(f"tamt-smoke-tasks-{GENERATOR_VERSION}-{seed}-{task}-{split}")
-    return _GENERATORS[task](split, SPLIT_SIZES[task][split], rng)
+    rng = random.Random(f"tamt-smoke-tasks-{ROWS_VERSION}-{seed}-{task}-{split}")
+    rows = _GENERATORS[task](split, SPLIT_SIZES[task][split], rng)
+    if split != "train" and task in DEV_LABEL_FLIPS:
+        noise = random.Random(f"tamt-smoke-tasks-label-noise-{seed}-{task}-{split}")
+        flipped = [row for label in (0, 1)
+                   for row in noise.sample([r for r in rows if r["label"] == label], DEV_LABEL_FLIPS[task])]
+        for row in flipped:
+            row["label"] = 1 - row["label"]
+    return rows
 
 
 def _jsonl(rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> str:
