@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -77,6 +78,29 @@ def _has_gpu_or_cluster(address: str | None) -> bool:
     return torch.cuda.is_available()
 
 
+def check_address_answers(address: str | None, timeout_s: float = 3.0) -> None:
+    """Refuse a Ray address (``--address`` or ``RAY_ADDRESS``) where nothing listens, before a preset is chosen
+    from it and before any work: ``HOST:PORT`` and ``ray://HOST:PORT`` are tried with one TCP connection;
+    ``auto`` and other forms are left to ``ray.init``.
+
+    Raises:
+        PlanError: naming the address, where it came from and the fix.
+    """
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given:
+        return
+    host, _, port = given.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        source = "--address" if address else "RAY_ADDRESS"
+        raise PlanError(f"no Ray cluster answers at {given} ({source}: {error.strerror or error}). Start it (ray up "
+                        "cluster.yaml, or ray start --head on that node) or correct the address; without "
+                        f"{source} the sweep runs on a private local Ray.") from error
+
+
 def build_parser(name: str, description: str, presets: Presets) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description)
     parser.add_argument("--preset", choices=sorted(presets),
@@ -124,6 +148,12 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
     out = out or sys.stdout
     args = build_parser(name, description, presets).parse_args(argv)
     quiet_libraries()  # the driver reads model configs (and builds the built-in model once) before Ray starts
+    if not (args.dry_run and args.preset):  # the address decides the preset, or the sweep will attach to it
+        try:
+            check_address_answers(args.address)
+        except PlanError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     gpus = _has_gpu_or_cluster(args.address)
     preset = args.preset or ("paper" if gpus and "paper" in presets else "smoke")
     if args.preset is None:

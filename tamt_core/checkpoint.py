@@ -261,7 +261,7 @@ def link_or_copy(sources: Iterable[Path], directory: Path) -> None:
 
 
 class OutputDirectoryError(ValueError):
-    """The output directory belongs to a different run."""
+    """The output directory belongs to a different run, or cannot be one (a file, not writable)."""
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -280,6 +280,8 @@ def claim_directory(out_dir: Path, identity_file: str, identity: dict[str, Any],
     Raises:
         OutputDirectoryError: the directory holds another run, or files that are not a run of this kind.
     """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirectoryError(f"{out_dir} is a file, not a directory; pass a new or empty directory as --out")
     recorded_path = out_dir / identity_file
     if recorded_path.exists():
         recorded = json.loads(recorded_path.read_text())
@@ -291,7 +293,11 @@ def claim_directory(out_dir: Path, identity_file: str, identity: dict[str, Any],
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputDirectoryError(f"{out_dir} is not empty and holds no {kind} run (no {identity_file}); pass an "
                                    "empty or new directory as --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent is a file, or not writable
+        raise OutputDirectoryError(f"cannot create {out_dir} ({error.strerror}); pass a directory you can write as "
+                                   "--out") from error
     write_json(recorded_path, identity)
 
 

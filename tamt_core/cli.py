@@ -44,7 +44,7 @@ def _sparsity(text: str) -> float:
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 1), got {text!r}") from error
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) (0.7 = 70 %% zeros), got {value}")
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) (0.7 = 70 % zeros), got {value}")
     return value
 
 

@@ -62,7 +62,8 @@ def test_sparsity_outside_unit_interval_is_refused(capsys, tmp_path, sparsity):
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "omp", "--sparsity", sparsity, "--out", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert "sparsity" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sparsity" in err and "%%" not in err  # argparse formats help strings, not a type's error message
 
 
 def test_unknown_method_is_refused(capsys, tmp_path):
@@ -145,3 +146,8 @@ def test_finetune_bad_input_names_the_fix(capsys, tiny_bert_dir, tmp_path):
     _fails(capsys, base + ["--task", "rte", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")],
            "rte")
     assert not (tmp_path / "c" / "checkpoint.safetensors").exists()
+    # An --out that is a file, or lies under one, is refused before the model (here: none) is loaded.
+    (tmp_path / "a-file").write_text("not a directory")
+    nothing = ["finetune", "--full", "--model", str(tmp_path / "no-model"), "--seed", "1", "--task", "rte"]
+    _fails(capsys, nothing + ["--out", str(tmp_path / "a-file")], "is a file, not a directory", "--out")
+    _fails(capsys, nothing + ["--out", str(tmp_path / "a-file" / "run")], "cannot create", "--out")

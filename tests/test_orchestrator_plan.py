@@ -521,6 +521,30 @@ def test_cli_bad_storage_exits_2_without_starting_ray(tmp_path, capsys, presets)
     assert not _ray_started()
 
 
+@pytest.mark.parametrize("via_env", [False, True])
+def test_an_address_where_no_ray_answers_is_refused_before_a_preset_is_chosen(tmp_path, capsys, presets,
+                                                                               monkeypatch, via_env):
+    import socket
+
+    from orchestrator.cli import sweep_main
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    argv = ["--storage", str(tmp_path / "runs")]
+    if via_env:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        argv += ["--address", address]
+    code = sweep_main("main_results", presets, argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"no Ray cluster answers at {address} ({'RAY_ADDRESS' if via_env else '--address'}" in captured.err
+    assert "preset:" not in captured.out and not (tmp_path / "runs").exists()
+    assert not _ray_started()
+
+
 # --- 6. storage ---------------------------------------------------------------------------------------------------
 
 def test_prepare_creates_the_marker_and_accepts_its_own_store(tmp_path):
