@@ -43,7 +43,7 @@ def load_cluster() -> dict:
 
 
 def ray_validate(config: dict) -> dict:
-    """What ``ray up`` checks before it touches the cloud (env-notes section 5); returns the prepared config."""
+    """What ``ray up`` checks before it touches the cloud; returns the prepared config."""
     full = prepare_config(copy.deepcopy(config))
     validate_config(full)
     return full

@@ -2,7 +2,7 @@
 
 The head (127.0.0.2) has no CPUs, so no trial may run there; two one-CPU worker nodes (127.0.0.3 and 127.0.0.4,
 or both on 127.0.0.3 where 127.0.0.4 is not available) run them. A driver subprocess attaches with the head's
-address, as a user's sweep does on a real cluster (env-notes §4b).
+address, as a user's sweep does on a real cluster.
 
 The cluster is ours alone: its own port, its own short temp dirs, its own token (``RAY_AUTH_TOKEN``, so
 ``~/.ray/auth_token`` is neither read nor written). It is never stopped with ``ray stop`` (that would stop every Ray
@@ -84,7 +84,7 @@ def _env(token: str) -> dict[str, str]:
     """The test's environment (offline Hugging Face, caches) for the nodes and drivers, fit for a multi-node Ray."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    # conftest sets it for single-node Ray in this process; it makes `ray start --address` joins abort (env-notes §4b)
+    # conftest sets it for single-node Ray in this process; it makes `ray start --address` joins abort
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
@@ -212,7 +212,7 @@ def loopback_cluster():
     for ip in (HEAD_IP, WORKER_IPS[0]):
         if (why := _bindable(ip)) is not None:
             pytest.skip(f"loopback alias {ip} unavailable ({why}); a multi-node Ray on one machine needs "
-                        "127.0.0.2 and 127.0.0.3 (127.0.0.1 is rewritten to the host's address, env-notes §4b)")
+                        "127.0.0.2 and 127.0.0.3 (127.0.0.1 is rewritten to the host's address)")
     if not RAY.exists():
         pytest.skip(f"no `ray` executable next to {sys.executable}")
     second_ip = WORKER_IPS[1] if _bindable(WORKER_IPS[1]) is None else WORKER_IPS[0]

@@ -197,7 +197,7 @@ def test_driver_killed_mid_sweep_then_rerun_runs_nothing_twice(tmp_path, tiny_be
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
-        _kill_leftovers(temp_dir)  # a SIGKILLed driver leaves Ray's agents behind (env-notes §3)
+        _kill_leftovers(temp_dir)  # a SIGKILLed driver leaves Ray's agents behind
     executions_before = attempts(storage)
 
     command, _, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte"])
