@@ -17,16 +17,11 @@ from typing import Any
 
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.ids import content_id
+from tamt_core.ids import run_id
 from tamt_core.methods.base import SearchConfig
 
 SPARSITY_DIGITS = 4
 """Sparsities are compared and hashed rounded to this many digits (IMP yields 3/10, a grid may say 0.3)."""
-
-
-LATER_SEARCH_FIELDS: dict[str, Any] = {"alpha": hparams.ALPHA, "phi": hparams.PHI}
-"""``SearchConfig`` fields added after stores existed, with their defaults: a field at its default is left out of
-the run id, so a search planned before the field existed keeps its id and a rerun still finds its row."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +50,12 @@ class SearchSpec:
 
     @property
     def run_id(self) -> str:
-        config = {k: v for k, v in self.config.to_dict().items() if LATER_SEARCH_FIELDS.get(k, object()) != v}
-        return content_id({"stage": self.stage, "model": self.model, "data": self.data, "config": config})
+        return self.config.run_id(self.model, self.data)
+
+    @property
+    def algorithm(self) -> str:
+        """The key of :data:`tamt_core.ids.ALGORITHM_VERSIONS` whose version this trial's result depends on."""
+        return self.config.method
 
     def yields(self) -> tuple[tuple[float, int], ...]:
         """(sparsity, step) of every mask the search writes, in order (§4.1.3, Tab. 2)."""
@@ -124,8 +123,10 @@ class FinetuneSpec:
 
     @property
     def run_id(self) -> str:
-        return content_id({"stage": self.stage, "mask": None if self.mask is None else self.mask.to_dict(),
-                             "config": self.config.to_dict()})
+        return run_id({"stage": self.stage, "mask": None if self.mask is None else self.mask.to_dict(),
+                       "config": self.config.to_dict()}, self.algorithm)
+
+    algorithm = "finetune"
 
     def with_mask_hash(self, mask_hash: str | None) -> FinetuneConfig:
         return replace(self.config, mask_hash=mask_hash)
@@ -155,7 +156,9 @@ class DenseLossSpec:
 
     @property
     def run_id(self) -> str:
-        return content_id(self.to_dict())
+        return run_id(self.to_dict(), self.algorithm)
+
+    algorithm = "dense-loss"
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "model": self.model, "data": self.data, "dev_loss_batches": self.dev_loss_batches}
@@ -194,7 +197,9 @@ class SimilaritySpec:
 
     @property
     def run_id(self) -> str:
-        return content_id(self.to_dict())
+        return run_id(self.to_dict(), self.algorithm)
+
+    algorithm = "similarity"
 
     def pairs(self) -> list[tuple[MaskRef, MaskRef]]:
         """The compared pairs, in a fixed order: (reference, mask) for each mask, or every unordered pair."""

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from orchestrator.provenance import provenance, source_revision
 from orchestrator.specs import Spec, spec_from_dict
 
 EXPERIMENT = "tamt"
@@ -96,6 +97,7 @@ class MlflowTracker(Callback):
     def __init__(self, tracking_uri: str, sweep: str, settings: dict[str, Any],
                  spec_of: Callable[[dict[str, Any]], Spec] = lambda config: spec_from_dict(config["spec"])) -> None:
         self.spec_of = spec_of  # a trial's config → its spec (a study's trials carry sampled values, not a spec)
+        self.source = source_revision()  # once: the driver's checkout does not change during a sweep
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         self.experiment_id = (experiment.experiment_id if experiment is not None
@@ -128,7 +130,9 @@ class MlflowTracker(Callback):
             self.client.update_run(existing, status=RunStatus.to_string(RunStatus.RUNNING))
             return existing
         child = self.client.create_run(self.experiment_id, run_name=run_name(spec), tags={
-            PARENT_TAG: self.parent_id, RUN_ID_TAG: spec.run_id, STAGE_TAG: spec.stage}).info.run_id
+            PARENT_TAG: self.parent_id, RUN_ID_TAG: spec.run_id, STAGE_TAG: spec.stage,
+            **{f"tamt.{key}": value for key, value in provenance(spec.algorithm, source=self.source).items()}}
+        ).info.run_id
         self.client.log_batch(child, params=_flat_params(spec))
         self.children[spec.run_id] = child
         return child

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,12 @@ from tamt_core.search_run import CheckpointStore
 
 from orchestrator import results
 from orchestrator.plan import PlanError
+from orchestrator.provenance import provenance
 from orchestrator.specs import (DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec, Spec,
                                 spec_from_dict)
 from orchestrator.storage import RunDirectory, Storage
 
 Report = Callable[[dict[str, Any]], None]
-PACKAGES = ("tamt", "torch", "transformers", "datasets", "ray", "mlflow", "pyarrow")
 
 
 @dataclass(frozen=True)
@@ -62,16 +61,6 @@ class TrialSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def package_versions() -> dict[str, str]:
-    found = {}
-    for package in PACKAGES:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
 
 
 def check_models(specs: Iterable[Spec]) -> None:
@@ -109,7 +98,7 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
         run = {"finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
         row = run(spec, settings, run_dir, report)
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
-               attempts=attempts, node=node, versions=package_versions(),
+               attempts=attempts, node=node, versions=provenance(spec.algorithm),
                finished_at=datetime.fromtimestamp(int(time.time()), tz=timezone.utc))
     run_dir.push()
     results.write_row(storage, row)

@@ -40,6 +40,8 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
     """``{label: {"mlm_loss": ..., "kd_loss": ...}}`` for each mask (``None`` = the dense model).
 
     All masks must belong to the same model; data is tokenised and corrupted once and shared by all of them.
+    ``kd_distance="mse"`` is the released eval scripts' KD dev loss, computed as they did: sequences padded to
+    ``block_size`` and every position averaged, padding included (reference-impl §9).
     """
     unknown = set(objectives) - set(OBJECTIVES)
     if unknown:
@@ -57,10 +59,14 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
         blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=block_size)
         mlm_batches = pretrain.fixed_mlm_eval_batches(blocks, tokenizer, batch_size=batch_size, seed=seed,
                                                       max_blocks=None if max_batches is None else max_batches * batch_size)
+    released_mse = kd_distance == "mse"
     if "kd" in objectives:
         sequences = pretrain.kd_sequences(lines, tokenizer, max_seq_len=block_size, seed=seed)
-        kd_batches = pretrain.fixed_kd_eval_batches(sequences, tokenizer, batch_size=batch_size,
-                                                    max_sequences=None if max_batches is None else max_batches * batch_size)
+        # The released eval script's MSE KD loss averaged over every position of sequences padded to the block
+        # length (reference-impl §9); padding to the longest row instead would make it depend on the batching.
+        kd_batches = pretrain.fixed_kd_eval_batches(
+            sequences, tokenizer, batch_size=batch_size, pad_to=block_size if released_mse else None,
+            max_sequences=None if max_batches is None else max_batches * batch_size)
     model_ = pretrained.model.to(torch_device)
     teacher = copy.deepcopy(model_).eval() if kd_batches is not None else None
     results = {}
@@ -71,7 +77,8 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
         if mlm_batches is not None:
             row["mlm_loss"] = evaluate_mlm(model_, mlm_batches, torch_device)
         if kd_batches is not None:
-            row["kd_loss"] = evaluate_kd(model_, teacher, kd_batches, torch_device, distance=kd_distance)
+            row["kd_loss"] = evaluate_kd(model_, teacher, kd_batches, torch_device, distance=kd_distance,
+                                         include_padding=released_mse)
         if mask is not None:
             row["sparsity"] = mask.sparsity
             remove_masks(model_)

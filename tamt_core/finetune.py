@@ -39,7 +39,7 @@ from tamt_core.checkpoint import (CorruptCheckpointError, OutputDirectoryError, 
 from tamt_core.data import downstream, squad
 from tamt_core.device import autocast, pick_device
 from tamt_core.evaluate import load_for_mask
-from tamt_core.ids import content_id
+from tamt_core.ids import run_id
 from tamt_core.masking import apply_fixed_mask
 from tamt_core.masks import Mask
 from tamt_core.metrics import GLUE_METRIC_KEYS, glue_metrics, squad_metrics
@@ -119,8 +119,10 @@ class FinetuneConfig:
 
     @property
     def run_id(self) -> str:
-        """16 hex digits of sha256 over the canonical JSON of the config: same config, same id, same directory."""
-        return content_id(self.to_dict())
+        """The id of this fine-tune of the mask ``mask_hash`` names (:func:`tamt_core.ids.run_id`): same config,
+        same id, same directory. A sweep's fine-tune names its mask by the search that makes it instead
+        (``orchestrator.specs.FinetuneSpec``), since the mask's content is not known when the sweep is planned."""
+        return run_id(self.to_dict(), "finetune")
 
 
 @dataclass
@@ -223,14 +225,37 @@ def _train_batches(train: datasets.Dataset, collate: Callable, batch_size: int, 
 
 
 def _task_model(task: Task, source: str, seed: int) -> nn.Module:
-    """θ0 with a fresh task head drawn from ``seed`` (the reference seeds before ``from_pretrained``)."""
+    """θ0 with a fresh task head drawn from ``seed`` (the reference seeds before ``from_pretrained``), the head
+    computing in fp32 (:func:`head_in_fp32`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if task.kind == "span":
-            return AutoModelForQuestionAnswering.from_pretrained(source, dtype=TRAINING_DTYPE)
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=TRAINING_DTYPE, num_labels=task.num_labels,
-            problem_type="regression" if task.kind == "regression" else "single_label_classification")
+            model = AutoModelForQuestionAnswering.from_pretrained(source, dtype=TRAINING_DTYPE)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, dtype=TRAINING_DTYPE, num_labels=task.num_labels,
+                problem_type="regression" if task.kind == "regression" else "single_label_classification")
+    head_in_fp32(model.qa_outputs if task.kind == "span" else model.classifier)
+    return model
+
+
+def head_in_fp32(head: nn.Module) -> None:
+    """Run ``head`` outside autocast on fp32 inputs, so its logits are fp32 on a GPU too.
+
+    Under bf16 autocast the logits would carry 8 bits of mantissa: SQuAD ranks start and end logits against each
+    other, and STS-B's Pearson and Spearman read the regression output itself, so rounding both changes the
+    metric. The head is one or two small matrices; the encoder keeps its bf16 speed.
+    """
+    inner = head.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
+        device_type = tensors[0].device.type if tensors else "cpu"
+        as_fp32 = (lambda a: a.float() if torch.is_tensor(a) and a.is_floating_point() else a)
+        with torch.autocast(device_type, enabled=False):
+            return inner(*map(as_fp32, args), **{k: as_fp32(v) for k, v in kwargs.items()})
+
+    head.forward = forward
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import torch
 from tamt_core.checkpoint import claim_directory, write_json
 from tamt_core.data import pretrain
 from tamt_core.device import pick_device
-from tamt_core.ids import content_id
 from tamt_core.masks import save_mask
 from tamt_core.methods import METHODS
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
@@ -89,8 +88,7 @@ def mask_filename(config: SearchConfig, found: FoundMask) -> str:
 def search_identity(config: SearchConfig, model: str | None, data: str | None) -> dict[str, Any]:
     """What makes a search directory this search's: the config, the model (as resolved) and the data source."""
     name, _, _ = load_config(model)
-    payload = {"config": config.to_dict(), "model": name, "data": data}
-    return {"run_id": content_id(payload), **payload}
+    return {"run_id": config.run_id(name, data), "config": config.to_dict(), "model": name, "data": data}
 
 
 def read_log(directory: Path) -> list[dict[str, Any]]:
@@ -113,7 +111,10 @@ def pretraining_data(pretrained: Pretrained, source: str | None, config: SearchC
             blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=config.block_size)
             return PretrainData(blocks, pretrain.mlm_collator(tokenizer, seed=config.seed))
         sequences = pretrain.kd_sequences(lines, tokenizer, max_seq_len=config.block_size, seed=config.seed)
-        return PretrainData(sequences, pretrain.kd_collator(tokenizer))
+        # The released trainer padded every KD sequence to the block length and averaged over all positions
+        # (reference-impl §6.1-6.2): with padding counted, the padded length is part of the loss.
+        pad_to = config.block_size if config.kd_include_padding else None
+        return PretrainData(sequences, pretrain.kd_collator(tokenizer, pad_to=pad_to))
 
     return load
 
@@ -178,7 +179,7 @@ def _write_mask(config: SearchConfig, found: FoundMask, pretrained: Pretrained, 
                 run: SearchRun) -> None:
     meta = {"model": pretrained.name, "model_fingerprint": pretrained.fingerprint, "method": config.method,
             "objective": config.objective, "sparsity": found.sparsity, "seed": config.seed, "step": found.step,
-            "config": config.to_dict(), "config_id": config.config_id}
+            "config": config.to_dict(), "search_id": run.identity["run_id"]}
     path = out_dir / mask_filename(config, found)
     digest = save_mask(path, found.tensors, meta)
     run.mask_written(path, step=found.step, sparsity=found.sparsity, content_hash=digest)

@@ -114,13 +114,14 @@ def test_options_a_method_does_not_use_are_refused():
         SearchConfig(method="omp", sparsity=0.5, steps=100)
 
 
-def test_config_id_is_a_content_hash():
+def test_search_id_is_a_content_hash():
     from tamt_core.methods import SearchConfig
 
-    a = SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100)
-    assert a.config_id == SearchConfig(steps=100, seed=1, sparsity=0.7, method="tamt-mlm").config_id
-    assert a.config_id != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=2, steps=100).config_id
-    assert a.config_id != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000).config_id
+    a = SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("m", None)
+    assert a == SearchConfig(steps=100, seed=1, sparsity=0.7, method="tamt-mlm").run_id("m", None)
+    assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=2, steps=100).run_id("m", None)
+    assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000).run_id("m", None)
+    assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("other-model", None)
 
 
 def test_finetune_end_to_end_and_rerun_resumes(tiny_bert_dir, tmp_path, capsys):

@@ -54,3 +54,24 @@ def test_unknown_objective_is_refused_before_loading(monkeypatch):
     monkeypatch.setattr(evaluate, "load_pretrained", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="unknown objective"):
         pretrain_losses({"dense": None}, objectives=("mlm", "nsp"))
+
+
+def test_mse_kd_dev_loss_pads_every_sequence_to_the_block_as_the_released_eval_did(omp_mask_file, tiny_bert_dir):
+    """reference-impl §9: the released KD dev loss is an MSE over every position of sequences padded to the block
+    length. So it cannot depend on how the sequences are batched: 4 batches of 1 give the 2 batches of 2's value.
+    (Padding to each batch's longest row instead, the batches of 2 average over extra padding positions.)"""
+    from tamt_core.models import load_pretrained
+    from tamt_core.search import pretraining_data
+
+    omp = {"omp": load_mask(omp_mask_file)}
+    ones = pretrain_losses(omp, objectives=("kd",), kd_distance="mse", block_size=64, batch_size=1, max_batches=4)
+    twos = pretrain_losses(omp, objectives=("kd",), kd_distance="mse", block_size=64, batch_size=2, max_batches=2)
+    assert ones["omp"]["kd_loss"] == pytest.approx(twos["omp"]["kd_loss"], rel=1e-5)
+    # The training data of --kd-include-padding is padded the same way: to the block, not the longest row.
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    for padded in (True, False):
+        config = SearchConfig(method="tamt-kd", sparsity=0.5, block_size=64, kd_include_padding=padded)
+        data = pretraining_data(pretrained, None, config)("kd")
+        batch = data.collate([data.dataset[i] for i in range(2)])
+        longest = max(len(data.dataset[i]["input_ids"]) for i in range(2))
+        assert batch["input_ids"].shape[1] == (64 if padded else longest)

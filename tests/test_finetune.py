@@ -214,3 +214,22 @@ def test_an_output_directory_of_another_run_is_rejected(tiny_bert_dir, tmp_path)
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(OutputDirectoryError, match="holds no fine-tuning run"):
         finetune(quick_config(tiny_bert_dir), tmp_path / "other")
+
+
+@pytest.mark.parametrize("task", ["stsb", "squad", "rte"])
+def test_task_heads_give_fp32_logits_under_bf16_autocast(tiny_bert_dir, task):
+    """On a GPU the loop runs under bf16 autocast; SQuAD's span ranking and STS-B's correlations need the head's
+    output in fp32. CPU autocast stands in for CUDA's here: the same dispatch casts Linear to bf16."""
+    from tamt_core.finetune import _task_model
+    from tamt_core.tasks import get_task
+
+    model = _task_model(get_task(task), str(tiny_bert_dir), 1).eval()
+    ids = torch.randint(5, 100, (2, 8))
+    encoder_dtypes = []
+    query = model.base_model.encoder.layer[0].attention.self.query
+    query.register_forward_hook(lambda module, args, output: encoder_dtypes.append(output.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    logits = [out.start_logits, out.end_logits] if task == "squad" else [out.logits]
+    assert all(tensor.dtype == torch.float32 for tensor in logits)
+    assert encoder_dtypes == [torch.bfloat16]  # the encoder keeps its bf16 speed

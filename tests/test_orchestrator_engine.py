@@ -121,6 +121,8 @@ def test_tracker_finds_its_parent_and_children_again(tmp_path, plan):
     runs = first.client.search_runs([first.experiment_id])
     assert len(runs) == 4  # 2 parents, 1 child each
     assert first.client.get_run(child).data.params["config.task"] == spec.config.task
+    tags = first.client.get_run(child).data.tags
+    assert (tags["tamt.algorithm"], tags["tamt.algorithm_version"]) == ("finetune", "1") and tags["tamt.tamt"]
 
 
 def test_a_sweep_ends_with_its_results_and_the_runs_view_of_mlflow(tmp_path, plan):
@@ -185,6 +187,13 @@ def test_trials_run_directly_against_object_store_storage(tmp_path, tiny_bert_di
     assert (tmp_path / "store" / "runs" / finetune_row["run_id"] / "finetune" / "result.json").is_file()
     assert finetune_row["mask_hash"] == search_row["mask_hash"] and search_row["mlm_dev_loss"] > 0
     assert [r["step"] for r in reported] == [1, 2] and results.finished_run_ids(storage) == set(plan.searches) | set(plan.finetunes)
+    # Provenance: the code that computed each row (a checkout here: its commit; tamt's version; the algorithm's).
+    table = results.read_frame(storage.uri).set_index("run_id")
+    search_versions, finetune_versions = (table.loc[row["run_id"], "versions"] for row in (search_row, finetune_row))
+    assert (search_versions["algorithm"], search_versions["algorithm_version"]) == ("omp", "1")
+    assert (finetune_versions["algorithm"], finetune_versions["algorithm_version"]) == ("finetune", "1")
+    assert search_versions["tamt"] and len(search_versions["git_commit"]) == 40
+    assert search_versions["git_dirty"] in ("true", "false")
 
 
 def test_a_similarity_waits_for_every_search_it_compares_and_is_blocked_by_any_failure():
@@ -248,3 +257,20 @@ def test_a_sweep_starts_ray_with_the_worker_logging_hook_and_keeps_the_callers_r
     hook = {"worker_process_setup_hook": ray_logging.SETUP_HOOK}
     assert calls == [{"address": "local", "num_cpus": 2, "runtime_env": {**hook, "env_vars": {"A": "1"}}},
                      {"address": "10.0.0.1:6379", "runtime_env": hook}]
+
+
+def test_source_revision_names_the_commit_and_whether_the_tree_was_dirty(tmp_path):
+    import subprocess
+
+    from orchestrator.provenance import source_revision
+
+    assert source_revision(tmp_path) == {}  # an installed package: no checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert source_revision(tmp_path) == {"git_commit": head, "git_dirty": "false"}
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert source_revision(tmp_path) == {"git_commit": head, "git_dirty": "true"}

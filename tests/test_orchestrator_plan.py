@@ -693,11 +693,12 @@ def test_mask_similarity_needs_exactly_one_reference_mask_per_sparsity():
 
 
 def test_search_ids_ignore_fields_added_later_at_their_defaults():
-    """Stores written before alpha/phi existed keep their run ids; a changed alpha is another search."""
+    """Stores written before alpha/phi (and adam_epsilon) existed keep their run ids; a changed alpha is another
+    search."""
     import hashlib
 
     spec = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1))
-    config = {k: v for k, v in spec.config.to_dict().items() if k not in ("alpha", "phi")}
+    config = {k: v for k, v in spec.config.to_dict().items() if k not in ("alpha", "phi", "adam_epsilon")}
     before = json.dumps({"stage": "search", "model": BERT, "data": None, "config": config}, sort_keys=True,
                         separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(before.encode()).hexdigest()[:16]

@@ -56,6 +56,11 @@ def test_imp_rewinds_kept_weights_to_theta0_unless_asked_not_to(tiny_bert_dir, r
     query = "encoder.layer.0.attention.self.query.weight"
     assert torch.equal(dense_weights(model)[query], theta0[query]) is rewind
     assert torch.equal(dense_weights(model)[POOLER], theta0[POOLER])  # no gradient reaches the pooler
+    # The MLM decoder is the word embedding (tied): trained through the output layer, and rewound with it.
+    embedding = "embeddings.word_embeddings.weight"
+    decoder = mlm_head(model).predictions.decoder.weight
+    assert decoder.data_ptr() == dense_weights(model)[embedding].data_ptr()
+    assert torch.equal(decoder, theta0[embedding]) is rewind
 
 
 def test_imp_pooler_mask_is_magnitude_mask_of_theta0(tiny_bert_dir):
@@ -209,3 +214,16 @@ def test_missing_pooler_weights_are_initialised_reproducibly(tiny_roberta_dir):
     first, second = load_pretrained(str(tiny_roberta_dir)), load_pretrained(str(tiny_roberta_dir))
     assert torch.equal(dense_weights(first.model)[POOLER], dense_weights(second.model)[POOLER])
     assert first.fingerprint == second.fingerprint
+
+
+@pytest.mark.parametrize("objective, period, resets", [
+    ("kd", 100, [1, 99, 199, 299]),     # released TAMT-KD: step 1, then (step + 1) % 100 == 0
+    ("mlm", 1000, [1000, 2000, 3000]),  # released TAMT-MLM: every logging step; τ = φ before
+    ("kd", 1, list(range(1, 301))),     # the default: every step
+    ("mlm", 1, list(range(1, 301))),
+])
+def test_threshold_resets_where_the_released_trainers_did(objective, period, resets):
+    from tamt_core.threshold import reset_due
+
+    last = resets[-1] if period > 1 else 300
+    assert [step for step in range(1, last + 1) if reset_due(step, period, objective)] == resets

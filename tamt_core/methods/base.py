@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import torch
 
 from tamt_core import hparams
-from tamt_core.ids import content_id
+from tamt_core import ids
 from tamt_core.pruning import ROUNDINGS
 
 METHOD_NAMES = ("omp", "rand", "imp", "tamt-mlm", "tamt-kd")
+ID_DEFAULTS: dict[str, object] = {"alpha": hparams.ALPHA, "phi": hparams.PHI, "adam_epsilon": None}
+"""Fields added after search ids were first computed, with their defaults: at the default a field is left out of
+the id (:meth:`SearchConfig.run_id`), so a search planned before the field existed keeps its id and a rerun still
+finds its row and its directory."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class SearchConfig:
         max_grad_norm: global gradient-norm clipping.
         alpha, phi: TAMT's mask initialisation α·φ and starting threshold φ (Eq. 5, §4.1.3: 2 and 1e-2); α must
             exceed 1 so that the OMP-kept scores α·φ pass the strict binariser ``M̄ > τ`` at τ = φ.
+        adam_epsilon: AdamW's ε; ``None`` takes Tab. 1's column (1e-8, HF's default, as the released MLM
+            trainers). The released TAMT-KD trainer's BertAdam used :data:`hparams.RELEASED_KD_ADAM_EPSILON`
+            (reference-impl §5.6).
     """
 
     method: str
@@ -69,6 +76,7 @@ class SearchConfig:
     max_grad_norm: float = 1.0
     alpha: float = hparams.ALPHA
     phi: float = hparams.PHI
+    adam_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -105,6 +113,12 @@ class SearchConfig:
             raise ValueError(f"alpha and phi set TAMT's mask initialisation; {self.method} has none, drop them")
         if any(s < 0 for s in self.save_steps):
             raise ValueError(f"save_steps must be ≥ 0, got {self.save_steps}")
+        late = sorted(s for s in self.save_steps if self.method.startswith("tamt") and s > self.resolved_steps())
+        if late:
+            raise ValueError(f"save_steps {late} lie beyond the run's {self.resolved_steps()} steps; drop them or "
+                             "run longer (--steps)")
+        if self.adam_epsilon is not None and not self.adam_epsilon > 0:
+            raise ValueError(f"adam_epsilon must be positive, got {self.adam_epsilon}")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready fields (tuples as lists), e.g. for mask metadata and result tables."""
@@ -112,10 +126,11 @@ class SearchConfig:
         out["save_steps"] = list(self.save_steps)
         return out
 
-    @property
-    def config_id(self) -> str:
-        """Content hash of the configuration: equal configs share it, so a run can be recognised and resumed."""
-        return content_id(self.to_dict())
+    def run_id(self, model: str, data: str | None) -> str:
+        """The id of this search on ``model`` with pre-training data ``data`` (``None``: the built-in corpus): the
+        sweep's run id and the ``tamt search`` directory's are this one id (:func:`tamt_core.ids.run_id`)."""
+        config = {k: v for k, v in self.to_dict().items() if k not in ID_DEFAULTS or ID_DEFAULTS[k] != v}
+        return ids.run_id({"stage": "search", "model": model, "data": data, "config": config}, self.method)
 
     @property
     def objective(self) -> str | None:
@@ -127,8 +142,9 @@ class SearchConfig:
         return self.method in ("imp", "tamt-mlm", "tamt-kd")
 
     def pretrain_hparams(self) -> hparams.PretrainHParams:
-        """Tab. 1's column for this method."""
-        return {"imp": hparams.IMP_MLM, "tamt-mlm": hparams.TAMT_MLM, "tamt-kd": hparams.TAMT_KD}[self.method]
+        """Tab. 1's column for this method, with the optimizer settings this config overrides."""
+        column = {"imp": hparams.IMP_MLM, "tamt-mlm": hparams.TAMT_MLM, "tamt-kd": hparams.TAMT_KD}[self.method]
+        return column if self.adam_epsilon is None else replace(column, adam_epsilon=self.adam_epsilon)
 
     def resolved_steps(self) -> int:
         """TAMT iterations: as given, or Tab. 2's value for the sparsity (nearest tabulated sparsity)."""

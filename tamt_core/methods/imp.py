@@ -6,7 +6,9 @@ still kept, the smallest |W| of the *trained* weights: the per-matrix cumulative
 ``c_{j+1} = c_j + round((n − c_j) / (10 − j))`` (torch's iterative pruning with amount 1/(10 − j), check vector 5),
 so masks are nested. After each prune the optimizer and LR schedule restart (reference-impl §4.5) and, by default,
 all encoder weights go back to θ0 (paper §4.1.3: "resetting the remaining weights to θ0"); ``rewind=False``
-reproduces the released code, whose rewind was a no-op (reference-impl §4.4). The MLM head is never rewound.
+reproduces the released code, whose rewind was a no-op (reference-impl §4.4). The MLM head's own parameters
+(its transform and output bias) are not rewound; its decoder is tied to the word-embedding matrix, an encoder
+weight, so the decoder does go back to θ0 with it.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class IMP:
 
 
 def _rewind(model: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> None:
-    """Copy θ0 back into every encoder parameter (masked matrices through their dense originals)."""
+    """Copy θ0 back into every encoder parameter (masked matrices through their dense originals); the word
+    embedding is the MLM decoder's tied weight, so the decoder is rewound too."""
     base = base_model(model)
     for name, param in base.named_parameters():
         plain = name.replace(".parametrizations.weight.original", ".weight")

@@ -2,9 +2,10 @@
 
 The weights θ0 stay frozen; each masked matrix gets a real-valued mask M̄ initialised from OMP (Eq. 5: α·φ where
 OMP keeps, 0 where it prunes), binarised as [M̄ > τ] (Eq. 3) and trained with the straight-through estimator
-(Eq. 4). τ starts at φ and is re-set to the k-th smallest score of each matrix every ``threshold_period`` steps
-(default every step, so the sparsity is exact at every step; §3.4.2 "dynamically adjust the threshold") and
-always before a mask is saved, as the released code does (reference-impl §5.3-5.4).
+(Eq. 4). τ starts at φ and is re-set to the k-th smallest score of each matrix after every step by default, so
+the sparsity is exact at every step (§3.4.2 "dynamically adjust the threshold"); ``threshold_period`` N re-sets
+where the released trainers did (:func:`~tamt_core.threshold.reset_due`); and always before a mask is saved, as
+the released code does (reference-impl §5.3-5.4).
 
 * TAMT-MLM trains M̄ and the MLM head except the tied decoder (§3.4.3), AdamW lr 5e-5, no weight decay (Tab. 1).
 * TAMT-KD trains M̄ only, lr 2e-5, weight decay 0.01 (Tab. 1; decay from the released scripts), on Eq. 6 against
@@ -30,7 +31,7 @@ from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.methods.omp import omp_mask
 from tamt_core.models import mlm_head
 from tamt_core.pruning import n_zeros
-from tamt_core.threshold import BandedThresholds
+from tamt_core.threshold import BandedThresholds, reset_due
 from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device
 
 
@@ -109,7 +110,7 @@ class TAMT:
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 schedule.step()
-                if step % config.threshold_period == 0 or step in save_steps:
+                if reset_due(step, config.threshold_period, self.objective) or step in save_steps:
                     thresholds.reset()
                 optimizer.zero_grad(set_to_none=True)
                 if step in save_steps:
