@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--zero-rounding", choices=("floor", "half_even"), default="floor",
                         help="TAMT: zeros per matrix int(s·n) (released code) or round(s·n) (OMP)")
     search.add_argument("--kd-include-padding", action="store_true", help="TAMT-KD: average over padding too")
+    search.add_argument("--kd-sequence-mean", action="store_true",
+                        help="TAMT-KD: average Eq. 6 per sequence, then over the batch (default: over all tokens)")
     search.add_argument("--adam-epsilon", type=float,
                         help=f"AdamW's epsilon (default 1e-8; the released TAMT-KD trainer used "
                              f"{hparams.RELEASED_KD_ADAM_EPSILON:g})")
@@ -171,7 +173,8 @@ def _search(args: argparse.Namespace) -> int:
                           threshold_period=args.threshold_period, save_steps=args.save_steps,
                           pruning_interval=args.pruning_interval, rewind=args.rewind,
                           zero_rounding=args.zero_rounding, kd_include_padding=args.kd_include_padding,
-                          alpha=args.alpha, phi=args.phi, adam_epsilon=args.adam_epsilon)
+                          kd_sequence_mean=args.kd_sequence_mean, alpha=args.alpha, phi=args.phi,
+                          adam_epsilon=args.adam_epsilon)
     with _process_group(args.device) as device:
         result = run_search(config, args.out, model=args.model, data=args.data, device=device,
                             checkpoint_every_s=args.checkpoint_every)

@@ -36,11 +36,14 @@ def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor], denominator: int 
     return F.cross_entropy(logits.float(), labels[selected], reduction="sum") / denominator
 
 
-def loss_denominator(batch: dict[str, torch.Tensor], objective: str, include_padding: bool = False) -> int:
+def loss_denominator(batch: dict[str, torch.Tensor], objective: str, include_padding: bool = False,
+                     per_sequence: bool = False) -> int:
     """What the loss of ``objective`` averages over in ``batch``: its corrupted positions (MLM), or its tokens
-    (KD; with ``include_padding`` every position)."""
+    (KD; with ``include_padding`` every position; with ``per_sequence`` its sequences)."""
     if objective == "mlm":
         return int((batch["labels"] != -100).sum())
+    if per_sequence:
+        return int(batch["input_ids"].shape[0])
     mask = batch.get("attention_mask")
     return int(batch["input_ids"].numel() if include_padding or mask is None else mask.sum())
 
@@ -53,13 +56,15 @@ def encoder_layer_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> 
 
 
 def kd_loss(student_states, teacher_states, attention_mask: torch.Tensor | None, *,
-            distance: str = "cosine", include_padding: bool = False, denominator: int | None = None) -> torch.Tensor:
+            distance: str = "cosine", include_padding: bool = False, per_sequence: bool = False,
+            denominator: int | None = None) -> torch.Tensor:
     """Eq. 6: (1/L) Σ_l mean over tokens of 1 − cos(H^T_l, H^S_l); ``mse`` averages squared errors instead.
 
-    Tokens are the non-padding positions of the batch (Eq. 6's |x|); ``include_padding`` averages over every
-    position, as the released trainer did (reference-impl §6.1). ``mse`` is the released eval scripts' default
-    (reference-impl §9): mean over tokens and hidden units. ``denominator``: the token count of the global batch
-    of which this is one rank's share (see :func:`mlm_loss`).
+    By default the mean is over the non-padding tokens of the whole batch. ``per_sequence`` takes Eq. 6 as
+    written, (1/|x|) Σ over each sequence x, then the mean over the batch's sequences; ``include_padding``
+    averages over every position, as the released trainer did (reference-impl §6.1). ``mse`` is the released eval
+    scripts' default (reference-impl §9): mean over tokens and hidden units. ``denominator``: the token (or, per
+    sequence, sequence) count of the global batch of which this is one rank's share (see :func:`mlm_loss`).
     """
     if distance not in KD_DISTANCES:
         raise ValueError(f"unknown KD distance {distance!r}; choose one of {KD_DISTANCES}")
@@ -71,6 +76,10 @@ def kd_loss(student_states, teacher_states, attention_mask: torch.Tensor | None,
             per_token = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # (B, T)
         if include_padding or attention_mask is None:
             per_layer.append(per_token.mean() if denominator is None else per_token.sum() / denominator)
+        elif per_sequence:
+            weights = attention_mask.to(per_token.dtype)
+            per_row = (per_token * weights).sum(dim=1) / weights.sum(dim=1)  # (B,): Eq. 6 for each sequence
+            per_layer.append(per_row.mean() if denominator is None else per_row.sum() / denominator)
         else:
             weights = attention_mask.to(per_token.dtype)
             per_layer.append((per_token * weights).sum() / (weights.sum() if denominator is None else denominator))

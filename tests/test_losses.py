@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tamt_core.losses import encoder_layer_states, evaluate_kd, kd_loss, mlm_loss
+from tamt_core.losses import encoder_layer_states, evaluate_kd, kd_loss, loss_denominator, mlm_loss
 from tamt_core.masking import apply_fixed_mask, base_model, dense_weights
 from tamt_core.models import load_pretrained
 
@@ -80,3 +80,22 @@ def test_kd_dev_loss_is_deterministic_and_zero_for_dense(tiny_bert_dir):
     teacher = copy.deepcopy(model)
     batches = [_batch(0), _batch(1)]
     assert evaluate_kd(model, teacher, batches, torch.device("cpu")) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_per_token_per_sequence_and_with_padding_by_hand():
+    """One layer, two sequences against a teacher state (1, 0) everywhere. Sequence A has 1 real token whose
+    student state (0, 1) is orthogonal (1 − cos = 1) and 2 padding positions; sequence B has 3 real tokens equal to
+    the teacher (1 − cos = 0). Per token (default): 1 / 4. Per sequence (Eq. 6 as written): (1 + 0) / 2. Every
+    position (the released trainer): padding rows of A are orthogonal too, so 3 / 6."""
+    teacher = torch.tensor([[[1.0, 0.0]] * 3, [[1.0, 0.0]] * 3])
+    student = torch.tensor([[[0.0, 1.0]] * 3, [[1.0, 0.0]] * 3])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    assert float(kd_loss((student,), (teacher,), mask)) == pytest.approx(0.25)
+    assert float(kd_loss((student,), (teacher,), mask, per_sequence=True)) == pytest.approx(0.5)
+    assert float(kd_loss((student,), (teacher,), mask, include_padding=True)) == pytest.approx(0.5)
+    # Data parallel: each rank's share over the global count adds up to the one-process value.
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": mask}
+    count = loss_denominator(batch, "kd", per_sequence=True)
+    shares = [kd_loss((student[i:i + 1],), (teacher[i:i + 1],), mask[i:i + 1], per_sequence=True, denominator=count)
+              for i in (0, 1)]
+    assert count == 2 and float(sum(shares)) == pytest.approx(0.5)

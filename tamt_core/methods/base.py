@@ -21,7 +21,8 @@ from tamt_core import ids
 from tamt_core.pruning import ROUNDINGS
 
 METHOD_NAMES = ("omp", "rand", "imp", "tamt-mlm", "tamt-kd")
-ID_DEFAULTS: dict[str, object] = {"alpha": hparams.ALPHA, "phi": hparams.PHI, "adam_epsilon": None}
+ID_DEFAULTS: dict[str, object] = {"alpha": hparams.ALPHA, "phi": hparams.PHI, "adam_epsilon": None,
+                                   "kd_sequence_mean": False}
 """Fields added after search ids were first computed, with their defaults: at the default a field is left out of
 the id (:meth:`SearchConfig.run_id`), so a search planned before the field existed keeps its id and a rerun still
 finds its row and its directory."""
@@ -50,6 +51,8 @@ class SearchConfig:
         zero_rounding: how TAMT counts zeros per matrix: ``floor`` = int(s·n) as the released code,
             ``half_even`` = round(s·n) as OMP.
         kd_include_padding: average the KD loss over padding positions too, as the released code did.
+        kd_sequence_mean: average Eq. 6 per sequence (1/|x| each), then over the batch, as the paper writes it;
+            by default over all non-padding tokens of the batch (docs/fidelity.md says why).
         max_grad_norm: global gradient-norm clipping.
         alpha, phi: TAMT's mask initialisation α·φ and starting threshold φ (Eq. 5, §4.1.3: 2 and 1e-2); α must
             exceed 1 so that the OMP-kept scores α·φ pass the strict binariser ``M̄ > τ`` at τ = φ.
@@ -73,6 +76,7 @@ class SearchConfig:
     rewind: bool = True
     zero_rounding: str = "floor"
     kd_include_padding: bool = False
+    kd_sequence_mean: bool = False
     max_grad_norm: float = 1.0
     alpha: float = hparams.ALPHA
     phi: float = hparams.PHI

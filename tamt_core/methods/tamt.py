@@ -100,8 +100,8 @@ class TAMT:
         with ranks.summed_gradients(trainable) as gradients_summed:
             for step in range(start + 1, steps + 1):
                 global_batch = next(batches)
-                denominator = (loss_denominator(global_batch, self.objective, config.kd_include_padding)
-                               if ranks.parallel else None)
+                denominator = (loss_denominator(global_batch, self.objective, config.kd_include_padding,
+                                                config.kd_sequence_mean) if ranks.parallel else None)
                 batch = to_device(ranks.shard(global_batch), context.device)
                 with autocast(context.device):
                     loss = self._loss(model, teacher, batch, config, denominator)
@@ -124,4 +124,5 @@ class TAMT:
         with torch.no_grad():
             targets = encoder_layer_states(teacher, batch)
         return kd_loss(encoder_layer_states(base_model(model), batch), targets, batch.get("attention_mask"),
-                       include_padding=config.kd_include_padding, denominator=denominator)
+                       include_padding=config.kd_include_padding, per_sequence=config.kd_sequence_mean,
+                       denominator=denominator)
