@@ -23,8 +23,9 @@ AVERAGE = "average"
 WITHIN_NOISE, AT_CHANCE = "≈", "°"
 CHANCE_MARGIN = 1.0
 """Points above the chance level a cell with no measured spread (one run) still counts as at chance."""
-LEGEND = (f"{WITHIN_NOISE} differs from OMP at this sparsity by no more than the larger seed std of the two; {AT_CHANCE} at chance level (within one "
-          f"std, or {CHANCE_MARGIN:g} point, of a predictor that ignores its input).")
+LEGEND = (f"{WITHIN_NOISE} differs from OMP at this sparsity by no more than the larger seed std of the two; "
+          f"{AT_CHANCE} at chance level (within one std, or {CHANCE_MARGIN:g} point, of a predictor that ignores its "
+          "input).")
 
 
 @dataclass(frozen=True)

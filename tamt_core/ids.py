@@ -4,9 +4,10 @@ Every id of the project, whatever the run (a search, a fine-tune, a dense-model 
 sweep or from the ``tamt`` command line), is :func:`run_id` of the run's canonical payload and of the algorithm that
 computes it. :data:`ALGORITHM_VERSIONS` is the one table of those algorithms' versions. Raise an entry when a
 change alters what that method or stage computes (a fix to its loss, its threshold search, its loop): every run
-id it reaches becomes new, so a sweep runs those trials again instead of reusing rows of the old code, and the
-rows of the old code become stale (``orchestrator.results``). A search's id enters the ids of the fine-tunes of its
-masks, so raising a method's version renews its searches and their fine-tunes, and nothing else.
+id it reaches becomes new, so a sweep runs those trials again instead of reusing rows of the old code (which stay
+in the table under their old ids, their ``versions`` column naming the version). A search's id enters the ids of
+the fine-tunes of its masks, so raising a method's version renews its searches and their fine-tunes, and nothing
+else.
 
 Version 1 is the code from before versions existed: it leaves the payload as it was, so the ids, and the rows of
 existing stores, are unchanged.

@@ -42,10 +42,10 @@ def loss_denominator(batch: dict[str, torch.Tensor], objective: str, include_pad
     (KD; with ``include_padding`` every position; with ``per_sequence`` its sequences)."""
     if objective == "mlm":
         return int((batch["labels"] != -100).sum())
-    if per_sequence:
-        return int(batch["input_ids"].shape[0])
     mask = batch.get("attention_mask")
-    return int(batch["input_ids"].numel() if include_padding or mask is None else mask.sum())
+    if include_padding or mask is None:  # as kd_loss: padding counted first, then per sequence, then per token
+        return int(batch["input_ids"].numel())
+    return int(batch["input_ids"].shape[0] if per_sequence else mask.sum())
 
 
 def encoder_layer_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

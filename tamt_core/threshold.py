@@ -4,13 +4,13 @@ After a re-set, τ is the k-th smallest *signed* score of the matrix (k = number
 prunes exactly k entries when no score ties τ (reference-impl §5.3, check vector 14). A large negative score is
 therefore pruned, not kept; the paper's "absolute values" ranking is not what the code does (docs/fidelity.md).
 
-A full ``kthvalue`` over every matrix costs about as much as a training step on a CPU (0.45 s for the built-in model), and the
-re-set runs every step by default. Scores move by about one learning rate per step, so the k-th value lies in a
-narrow band around the previous τ: counting the entries below the band and selecting inside it gives the same
-value as a full ``kthvalue`` (exact, not approximate) for two comparisons over each matrix plus a selection over a
-few entries. The counts of all matrices are read in one host transfer, so a re-set costs one GPU synchronisation,
-not a few per matrix (the released code's periodic re-set, ``threshold_period`` 100 or 1000, costs none between
-re-sets). A band that misses widens 8×; after a few misses the full selection is used.
+A full ``kthvalue`` over every matrix costs about as much as a training step on a CPU (0.45 s for the built-in
+model), and the re-set runs every step by default. Scores move by about one learning rate per step, so the k-th
+value lies in a narrow band around the previous τ: counting the entries below the band and selecting inside it gives
+the same value as a full ``kthvalue`` (exact, not approximate) for two comparisons over each matrix plus a selection
+over a few entries. The counts of all matrices are read in one host transfer, so a re-set costs one GPU
+synchronisation, not a few per matrix (the released code's periodic re-set, ``threshold_period`` 100 or 1000, costs
+none between re-sets). A band that misses widens 8×; after a few misses the full selection is used.
 """
 
 from __future__ import annotations

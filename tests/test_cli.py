@@ -120,7 +120,8 @@ def test_search_id_is_a_content_hash():
     a = SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("m", None)
     assert a == SearchConfig(steps=100, seed=1, sparsity=0.7, method="tamt-mlm").run_id("m", None)
     assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=2, steps=100).run_id("m", None)
-    assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000).run_id("m", None)
+    period = SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000)
+    assert a != period.run_id("m", None)
     assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("other-model", None)
 
 

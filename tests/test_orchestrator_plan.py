@@ -258,7 +258,8 @@ def test_smoke_preset_counts(presets):
         assert spec.config.train_size == 320 and spec.config.epochs == 2 and spec.config.eval_every == 20
         assert spec.config.lr == 1e-4 and spec.config.batch_size == 16
         if spec.mask is not None:
-            assert spec.mask.step == {"omp": 0, "rand": 0, "imp": 16, "tamt-mlm": 90, "tamt-kd": 90}[plan.method_of(spec)]
+            steps = {"omp": 0, "rand": 0, "imp": 16, "tamt-mlm": 90, "tamt-kd": 90}
+            assert spec.mask.step == steps[plan.method_of(spec)]
     for search in plan.searches.values():
         assert search.dev_loss_batches == 2  # the whole MLM dev split, 32 KD sequences
         if search.config.method in ("tamt-mlm", "tamt-kd"):
@@ -698,7 +699,8 @@ def test_search_ids_ignore_fields_added_later_at_their_defaults():
     import hashlib
 
     spec = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1))
-    config = {k: v for k, v in spec.config.to_dict().items() if k not in ("alpha", "phi", "adam_epsilon", "kd_sequence_mean")}
+    added_later = ("alpha", "phi", "adam_epsilon", "kd_sequence_mean")
+    config = {k: v for k, v in spec.config.to_dict().items() if k not in added_later}
     before = json.dumps({"stage": "search", "model": BERT, "data": None, "config": config}, sort_keys=True,
                         separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(before.encode()).hexdigest()[:16]
