@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", default="./tamt-runs", help="a sweep's --storage (default ./tamt-runs)")
     parser.add_argument("--out", default="figures", help="where figures, table and report go (default figures/)")
     parser.add_argument("--model", help="model of the per-model analyses (default: the one with most fine-tunes)")
+    parser.add_argument("--include-stale", action="store_true",
+                        help="keep rows of older algorithm versions beside the newer rows of the same trials "
+                             "(default: only the newest version of each, docs/results.md)")
     return parser
 
 
@@ -93,6 +96,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rows = table.load(args.runs, cache=Path(args.out) / CACHE, log=lambda line: print(f"[tamt] {line}", file=out))
+        current, stale = table.newest(rows)
+        if not args.include_stale:
+            rows = current
         model = analysis_model(rows, args.model)
     except table.TableError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -100,13 +106,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     target = Path(args.out)
     stages = ", ".join(f"{name} {count:,}" for name, count in rows["stage"].value_counts().items())
     print(f"[tamt] {len(rows):,} rows from {args.runs} ({stages}); per-model analyses for {model}", file=out)
+    if len(stale):
+        kept = "kept (--include-stale)" if args.include_stale else "left out (--include-stale keeps them)"
+        print(f"[tamt] {len(stale):,} stale rows, of trials that newer code ran again, {kept}:", file=out)
+        for line in table.describe_stale(stale):
+            print(f"         {line}", file=out)
     outcomes = []
     for figure in FIGURES:
         outcomes.append(draw(figure, rows, target, model))
         print_outcome(outcomes[-1], out)
     results = results_table.build(rows) if (rows["stage"] == "finetune").any() else None
     written = results_table.write(results, target) if results is not None else []
-    page = report.write(rows, outcomes, results, written, target, runs=args.runs, model=model)
+    page = report.write(rows, outcomes, results, written, target, runs=args.runs, model=model,
+                        stale=(stale, args.include_stale))
     drawn = sum(1 for outcome in outcomes if not outcome.skipped)
     print(f"[tamt] {drawn} of {len(outcomes)} figures drawn (PNG and PDF) in {target.resolve()}/", file=out)
     for path in written:

@@ -94,8 +94,9 @@ def versions(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def write(rows: pd.DataFrame, outcomes, results: results_table.ResultsTable | None, tables: list[Path], out: Path,
-          *, runs: str, model: str | None) -> Path:
-    """Write ``report.html`` under ``out``; returns its path."""
+          *, runs: str, model: str | None, stale: tuple[pd.DataFrame, bool] | None = None) -> Path:
+    """Write ``report.html`` under ``out``; returns its path. ``stale``: the stale rows of the table
+    (``analysis.table.newest``) and whether they were kept in ``rows``."""
     drawn = [o for o in outcomes if not o.skipped]
     skipped = [o for o in outcomes if o.skipped]
     findings = [f for o in drawn for f in o.findings]
@@ -106,6 +107,14 @@ def write(rows: pd.DataFrame, outcomes, results: results_table.ResultsTable | No
              "seeds × fine-tuning seeds.</p>"]
     if findings:
         parts += ["<h2>Findings</h2>", "<ul>" + "".join(f"<li>{_h(f)}</li>" for f in findings) + "</ul>"]
+    if stale is not None and len(stale[0]):
+        rows_of_older_code, kept = stale
+        parts += ["<h2>Stale rows</h2>",
+                  f"<p>{len(rows_of_older_code)} rows are results of trials that newer code (a raised algorithm "
+                  f"version) ran again; they are {'kept in' if kept else 'left out of'} every figure and table "
+                  f"here{'' if kept else ' (<code>--include-stale</code> keeps them)'}:</p>",
+                  "<ul>" + "".join(f"<li>{_h(line)}</li>" for line in table.describe_stale(rows_of_older_code))
+                  + "</ul>"]
     if skipped:
         parts += ["<h2>Skipped figures</h2>", "<ul>" + "".join(
             f'<li class="skipped"><b>{_h(o.figure.title)}</b>: {_h(o.skipped)}</li>' for o in skipped) + "</ul>"]

@@ -96,6 +96,42 @@ def _read_cache(cache: Path | None, run_ids: set[str]) -> pa.Table | None:
     return cached.filter(keep)
 
 
+def newest(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of the newest code for each experiment, and the stale rows left out (``docs/results.md``).
+
+    Rows of one *cell* (``cell_id``: the run's id with every algorithm at its first version; a row without one is
+    its own cell) are the same experiment computed by different code. A row is stale when another row of its cell
+    has every algorithm it depends on (``algorithm_versions``; a row without them is at version 1 throughout) at
+    the same or a higher version, and one higher: a fix was released and the trial was run again.
+    """
+    cells = rows["cell_id"].fillna(rows["run_id"]) if "cell_id" in rows else rows["run_id"]
+    shared = cells.duplicated(keep=False)
+    stale = pd.Series(False, index=rows.index)
+    if "algorithm_versions" in rows and shared.any():
+        versions = rows["algorithm_versions"].map(lambda v: v if isinstance(v, dict) else {})
+        for _, index in cells[shared].groupby(cells[shared]).groups.items():
+            for row in index:
+                stale[row] = any(_dominates(versions[other], versions[row]) for other in index if other != row)
+    return rows[~stale], rows[stale]
+
+
+def _dominates(newer: dict[str, int], older: dict[str, int]) -> bool:
+    names = set(newer) | set(older)
+    pairs = [(newer.get(name, 1), older.get(name, 1)) for name in names]
+    return all(a >= b for a, b in pairs) and any(a > b for a, b in pairs)
+
+
+def describe_stale(stale: pd.DataFrame) -> list[str]:
+    """One line per stage, method and code versions of the stale rows, with their count."""
+    if stale.empty:
+        return []
+    versions = stale["algorithm_versions"].map(
+        lambda v: ", ".join(f"{k} v{n}" for k, n in sorted(v.items())) if isinstance(v, dict) else "first versions")
+    groups = pd.DataFrame({"stage": stale["stage"], "method": stale["method"].fillna("—"), "versions": versions})
+    return [f"{count} {stage} rows of {method} ({code})"
+            for (stage, method, code), count in groups.value_counts(sort=False).sort_index().items()]
+
+
 def stage(rows: pd.DataFrame, name: str) -> pd.DataFrame:
     return rows[rows["stage"] == name]
 

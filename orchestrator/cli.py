@@ -310,7 +310,7 @@ def print_results(storage: Storage, out: TextIO) -> None:
     from analysis import results_table, table
 
     try:
-        built = results_table.build(table.load(storage.uri))
+        built = results_table.build(table.newest(table.load(storage.uri))[0])
     except (table.TableError, KeyError, ValueError):
         return
     print(results_table.text(built), file=out)

@@ -25,10 +25,15 @@ import yaml
 from ray import tune
 from ray.tune.search import Searcher
 
-from orchestrator import ray_logging, results
+from tamt_core.ids import ALGORITHM_VERSIONS, FIRST_VERSION
+
+from orchestrator import ledger, ray_logging, results
+from orchestrator.estimate import THROUGHPUT, trial_seconds
 from orchestrator.plan import Plan, PlanError
+from orchestrator.provenance import package_versions, source_revision
+from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, spec_from_dict
 from orchestrator.storage import Storage
-from orchestrator.tracking import MlflowTracker, TrackingError, check_tracking_uri
+from orchestrator.tracking import MlflowTracker, TrackingError, check_tracking_uri, run_name
 from orchestrator.train import trains
 from orchestrator.trial import TrialSettings, check_models, tune_trial
 
@@ -246,6 +251,64 @@ class Progress(tune.Callback):
         print(line, file=self.out or sys.stdout, flush=True)  # resolved late: Tune pickles its callbacks
 
 
+class SweepLedger(tune.Callback):
+    """Keeps what ``python -m sweeps status`` reads in the storage (:mod:`orchestrator.ledger`): the driver's
+    heartbeat with the trials running now, and the error of each trial that fails for good."""
+
+    def __init__(self, storage: Storage, sweep: str, started_at: float) -> None:
+        self.storage, self.sweep, self.started_at = storage, sweep, started_at
+        self.last_beat = time.monotonic()
+        self.running: list[str] = []
+
+    def beat(self, ended: str | None = None) -> None:
+        self.last_beat = time.monotonic()
+        ledger.write_heartbeat(self.storage, self.sweep, self.started_at, [] if ended else self.running, ended)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self.last_beat >= ledger.HEARTBEAT_EVERY_S:
+            self.running = [trial.config["run_id"] for trial in trials
+                            if trial.status == "RUNNING" and "run_id" in trial.config]
+            self.beat()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """Called once Tune gives a trial up (its retries spent)."""
+        spec = spec_from_dict(trial.config["spec"])
+        written = Path(trial.error_file) if trial.error_file else None  # Tune's text of the error, on this node
+        error = (written.read_text() if written is not None and written.is_file()
+                 else f"trial {trial.trial_id} failed; see {trial.local_path}")
+        ledger.record_failure(self.storage, trial.config["run_id"], sweep=self.sweep, stage=spec.stage,
+                              label=run_name(spec), error=str(error))
+
+
+def plan_record(plan: Plan) -> list[dict[str, Any]]:
+    """Every trial of ``plan`` as ``status`` needs it: stage, method, label, the searches it waits for, its GPU
+    seconds (:data:`orchestrator.estimate.THROUGHPUT`'s V100) and, once a version has been raised, the ids of its
+    rows under older algorithm versions (stale rows)."""
+    table = THROUGHPUT["v100"]
+    trials = []
+    for run_id, spec in ((spec.run_id, spec) for spec in plan.specs()):
+        trial = {"run_id": run_id, "stage": spec.stage, "method": method_of(plan, spec), "label": run_name(spec),
+                 "needs": list(plan.dependencies(spec)), "gpu_s": round(trial_seconds(spec, table), 1)}
+        earlier = plan.earlier_ids(run_id)
+        if earlier:
+            trial["earlier"] = sorted(earlier)
+        trials.append(trial)
+    return trials
+
+
+def method_of(plan: Plan, spec: Spec) -> str:
+    """The method of a search, or of the mask a fine-tune trains (``full``: none); an evaluation's kind."""
+    if isinstance(spec, SearchSpec):
+        return spec.config.method
+    return plan.method_of(spec) if isinstance(spec, FinetuneSpec) else spec.stage
+
+
+def stale_rows(plan: Plan, finished: set[str]) -> dict[str, str]:
+    """Rows of the plan's trials by older code: stale row id → the trial's run id today."""
+    return {earlier: run_id for run_id in plan.run_ids() for earlier in plan.earlier_ids(run_id)
+            if earlier in finished}
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -308,8 +371,18 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     report = SweepReport(storage, uri, len(plan), len(plan) - len(todo))
     print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run",
           file=out or sys.stdout, flush=True)
+    stale = stale_rows(plan, finished)
+    if stale:
+        raised = ", ".join(f"{algorithm} v{version}" for algorithm, version in ALGORITHM_VERSIONS.items()
+                           if version > FIRST_VERSION)
+        print(f"[tamt] {len(stale)} rows in the table are results of these trials by older code (this code has "
+              f"{raised}): they stay in the table but are not reused, their trials run under the new versions, "
+              "and the analysis uses the newest version of each", file=out or sys.stdout, flush=True)
+    ledger.write_plan(storage, name, plan_record(plan), {**package_versions(), **source_revision()},
+                      dict(ALGORITHM_VERSIONS))
     if not todo:
         return report
+    ledger.clear_failures(storage, set(todo))
     started_here = connect(ray_address, ray_init)
     try:
         resources = resources.on_cluster(any(trains(plan.get(run_id).to_dict()) for run_id in todo),
@@ -320,6 +393,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         raise
     settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
     searcher = PlanSearcher(plan, todo, settings)
+    sweep_ledger = SweepLedger(storage, name, time.time())
+    sweep_ledger.beat()
     tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
     report.experiment_id = tracker.experiment_id
     trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
@@ -333,8 +408,9 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
             run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=storage.ray_storage_path(), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures),
-                                      callbacks=[tracker, Progress(searcher, len(todo), report.skipped,
-                                                                   progress_every_s, out)]))
+                                      callbacks=[tracker, sweep_ledger,
+                                                 Progress(searcher, len(todo), report.skipped, progress_every_s,
+                                                          out)]))
         grid = tuner.fit()
         report.interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
         for result in grid:
@@ -348,6 +424,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     finally:
         report.succeeded = set(searcher.succeeded)
         report.blocked = set(searcher.blocked)
+        sweep_ledger.beat(ended="interrupted" if report.interrupted
+                          else "complete" if report.complete else "incomplete")
         if started_here:
             ray.shutdown()
     return report

@@ -90,15 +90,24 @@ def evaluation_seconds(spec: Spec, table: Throughput) -> float:
     return 0.0
 
 
+def trial_seconds(spec: Spec, table: Throughput) -> float:
+    """GPU seconds of one trial of any stage."""
+    if isinstance(spec, SearchSpec):
+        return search_seconds(spec, table)
+    if isinstance(spec, FinetuneSpec):
+        return finetune_seconds(spec, table)
+    return evaluation_seconds(spec, table)
+
+
 def gpu_hours(plan: Plan, device: str = "v100") -> dict[str, dict[str, float]]:
     """GPU-hours per stage and method (one GPU per trial; evaluations by kind)."""
     table = THROUGHPUT[device]
     out: dict[str, dict[str, float]] = {"search": defaultdict(float), "finetune": defaultdict(float),
                                         "evaluate": defaultdict(float)}
     for spec in plan.searches.values():
-        out["search"][spec.config.method] += search_seconds(spec, table) / 3600
+        out["search"][spec.config.method] += trial_seconds(spec, table) / 3600
     for spec in plan.finetunes.values():
-        out["finetune"][plan.method_of(spec)] += finetune_seconds(spec, table) / 3600
+        out["finetune"][plan.method_of(spec)] += trial_seconds(spec, table) / 3600
     for spec in plan.evaluations.values():
-        out["evaluate"][spec.stage] += evaluation_seconds(spec, table) / 3600
+        out["evaluate"][spec.stage] += trial_seconds(spec, table) / 3600
     return {stage: dict(values) for stage, values in out.items()}

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tamt_core.ids import earlier_versions
+
 from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, mask_refs
 
 
@@ -74,6 +76,17 @@ class Plan:
     def dependencies(self, spec: Spec) -> tuple[str, ...]:
         """Run ids of the searches a trial waits for (empty: it can start at once)."""
         return tuple(dict.fromkeys(ref.search_id for ref in mask_refs(spec)))
+
+    def earlier_ids(self, run_id: str) -> set[str]:
+        """The ids this trial had under older versions of the algorithms it depends on (its own, and its masks'
+        searches' when they are in the plan): where rows of older code for the same experiment are (stale rows).
+        Empty while every version is the first, so it costs nothing until a version is raised."""
+        spec = self.get(run_id)
+        searches = [self.searches[dep] for dep in self.dependencies(spec) if dep in self.searches]
+        earlier = set()
+        for versions in earlier_versions({spec.algorithm, *(search.algorithm for search in searches)}):
+            earlier.add(spec.id_under(versions, {search.run_id: search.id_under(versions) for search in searches}))
+        return earlier - {run_id}
 
     def validate(self, finished: Iterable[str] = ()) -> None:
         """Every mask a trial reads comes from a search in the plan (or already finished) that yields it.

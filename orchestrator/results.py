@@ -16,8 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tamt_core.finetune import metric_names
-from tamt_core.tasks import TASKS
+from tamt_core.tasks import TASKS, metric_names
 
 from orchestrator.storage import FORMAT_VERSION, Storage, write_atomically
 
@@ -50,6 +49,8 @@ SCHEMA = pa.schema([
     ("steps", pa.int64()), ("train_examples", pa.int64()), ("wall_s", pa.float64()), ("attempts", pa.int64()),
     ("device", pa.string()), ("node", pa.string()), ("finished_at", pa.timestamp("s", tz="UTC")),
     ("versions", pa.map_(pa.string(), pa.string())), ("spec", pa.string()), ("info", pa.string()),
+    # the code's versions: which rows of one experiment are the newest (docs/results.md, "Stale rows")
+    ("cell_id", pa.string()), ("algorithm_versions", pa.map_(pa.string(), pa.int64())),
 ])
 
 
@@ -59,8 +60,9 @@ def _row_table(row: dict[str, Any]) -> pa.Table:
         raise KeyError(f"results row has columns outside the schema: {sorted(unknown)}")
     full = {name: row.get(name) for name in SCHEMA.names}
     full["format_version"] = FORMAT_VERSION
-    if isinstance(full["versions"], dict):
-        full["versions"] = list(full["versions"].items())
+    for name in ("versions", "algorithm_versions"):
+        if isinstance(full[name], dict):
+            full[name] = list(full[name].items())
     for evaluation in full["curve"] or []:
         if isinstance(evaluation["metrics"], dict):
             evaluation["metrics"] = list(evaluation["metrics"].items())
@@ -82,10 +84,7 @@ def write_row(storage: Storage, row: dict[str, Any]) -> str:
 
 def finished_run_ids(storage: Storage) -> set[str]:
     """Run ids with a row: cheap (a directory listing, no file is opened)."""
-    fs, _ = storage.filesystem()
-    selector = pafs.FileSelector(storage.table_path(), allow_not_found=True)
-    return {info.base_name[:-len(".parquet")] for info in fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")}
+    return set(storage.stems("table", ".parquet"))
 
 
 def has_row(storage: Storage, run_id: str) -> bool:
@@ -97,9 +96,7 @@ def read(storage: Storage | str) -> pa.Table:
     """The whole results table of a storage (:func:`read_frame` gives it as a DataFrame)."""
     storage = storage if isinstance(storage, Storage) else Storage.at(storage)
     fs, _ = storage.filesystem()
-    selector = pafs.FileSelector(storage.table_path(), allow_not_found=True)
-    files = sorted(info.path for info in fs.get_file_info(selector)
-                   if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"))
+    files = sorted(storage.stems("table", ".parquet").values())
     if not files:
         return SCHEMA.empty_table()
     return pads.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs).to_table()
@@ -111,7 +108,13 @@ def read_frame(storage: Storage | str):
 
 
 def read_row(storage: Storage, run_id: str) -> dict[str, Any]:
-    """One finished trial's row as a dict (e.g. a search's mask list, for the fine-tunes that need it)."""
+    """One finished trial's row as a dict (e.g. a search's mask list, for the fine-tunes that need it); map columns
+    as dicts, and columns added after the row was written as ``None``."""
     fs, _ = storage.filesystem()
     with fs.open_input_file(f"{storage.table_path()}/{run_id}.parquet") as handle:
-        return pq.read_table(handle, schema=SCHEMA).to_pylist()[0]
+        row = pq.read_table(handle).to_pylist()[0]
+    full = {name: row.get(name) for name in SCHEMA.names}
+    for name in ("versions", "algorithm_versions"):
+        if full[name] is not None:
+            full[name] = dict(full[name])
+    return full

@@ -8,16 +8,22 @@ whose edges are plain data too.
 The specs wrap ``tamt_core``'s own configurations (:class:`SearchConfig`, :class:`FinetuneConfig`), which validate
 every field on construction; this module adds only what a sweep needs on top: the model, the data source and the
 edge from a fine-tune to its mask.
+
+Every spec also has its id under other algorithm versions (``id_under``): the id it had under older code, which is
+how a sweep recognises the rows of its trials that older code wrote (stale rows, :meth:`Plan.earlier_ids`), and its
+*cell* (:func:`cell_id`), the id under the first versions, which every row records so that the analysis can tell
+old and new results of one experiment apart without importing this code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.ids import run_id
+from tamt_core.ids import ALGORITHM_VERSIONS, FIRST_VERSION, Versions, first_versions, run_id
 from tamt_core.methods.base import SearchConfig
 
 SPARSITY_DIGITS = 4
@@ -51,6 +57,10 @@ class SearchSpec:
     @property
     def run_id(self) -> str:
         return self.config.run_id(self.model, self.data)
+
+    def id_under(self, versions: Versions | None = None, search_ids: Mapping[str, str] | None = None) -> str:
+        """The run id under algorithm ``versions`` (``search_ids`` is for the specs that read masks)."""
+        return self.config.run_id(self.model, self.data, versions)
 
     @property
     def algorithm(self) -> str:
@@ -99,6 +109,10 @@ class MaskRef:
     def to_dict(self) -> dict[str, Any]:
         return {"search_id": self.search_id, "sparsity": self.sparsity, "step": self.step}
 
+    def renamed(self, search_ids: Mapping[str, str] | None) -> MaskRef:
+        """This mask with its search named by ``search_ids`` (today's id → the id under other versions)."""
+        return replace(self, search_id=(search_ids or {}).get(self.search_id, self.search_id))
+
 
 @dataclass(frozen=True)
 class FinetuneSpec:
@@ -123,8 +137,12 @@ class FinetuneSpec:
 
     @property
     def run_id(self) -> str:
-        return run_id({"stage": self.stage, "mask": None if self.mask is None else self.mask.to_dict(),
-                       "config": self.config.to_dict()}, self.algorithm)
+        return self.id_under()
+
+    def id_under(self, versions: Versions | None = None, search_ids: Mapping[str, str] | None = None) -> str:
+        """The run id under algorithm ``versions``, its mask's search named as ``search_ids`` maps it."""
+        mask = None if self.mask is None else self.mask.renamed(search_ids).to_dict()
+        return run_id({"stage": self.stage, "mask": mask, "config": self.config.to_dict()}, self.algorithm, versions)
 
     algorithm = "finetune"
 
@@ -156,7 +174,10 @@ class DenseLossSpec:
 
     @property
     def run_id(self) -> str:
-        return run_id(self.to_dict(), self.algorithm)
+        return self.id_under()
+
+    def id_under(self, versions: Versions | None = None, search_ids: Mapping[str, str] | None = None) -> str:
+        return run_id(self.to_dict(), self.algorithm, versions)
 
     algorithm = "dense-loss"
 
@@ -197,7 +218,13 @@ class SimilaritySpec:
 
     @property
     def run_id(self) -> str:
-        return run_id(self.to_dict(), self.algorithm)
+        return self.id_under()
+
+    def id_under(self, versions: Versions | None = None, search_ids: Mapping[str, str] | None = None) -> str:
+        """The run id under algorithm ``versions``, each mask's search named as ``search_ids`` maps it."""
+        renamed = SimilaritySpec(self.model, self.sparsity, tuple(m.renamed(search_ids) for m in self.masks),
+                                 None if self.reference is None else self.reference.renamed(search_ids))
+        return run_id(renamed.to_dict(), self.algorithm, versions)
 
     algorithm = "similarity"
 
@@ -235,3 +262,22 @@ def mask_refs(spec: Spec) -> tuple[MaskRef, ...]:
     if isinstance(spec, SimilaritySpec):
         return (*spec.masks, *([spec.reference] if spec.reference is not None else []))
     return ()
+
+
+def cell_id(spec: Spec, search_cells: Mapping[str, str]) -> str:
+    """The id of ``spec`` with every algorithm at its first version, its masks' searches named by their own cells
+    (``search_cells``: search run id → that search's cell): equal for the runs of one experiment under any code."""
+    return spec.id_under(first_versions(), search_cells)
+
+
+def lineage(spec: Spec, search_rows: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, int], str]:
+    """What a row records of the code behind it: the version of every algorithm its result depends on (its own and,
+    for a trial that reads masks, their searches'), and its :func:`cell_id`. ``search_rows`` are the rows of the
+    searches of its masks (``cell_id`` and ``algorithm_versions`` absent from rows written before both existed:
+    their cell is their run id, their versions the first)."""
+    versions = {spec.algorithm: ALGORITHM_VERSIONS[spec.algorithm]}
+    cells = {}
+    for search_id, row in search_rows.items():
+        versions.update(dict(row.get("algorithm_versions") or {row["method"]: FIRST_VERSION}))
+        cells[search_id] = row.get("cell_id") or search_id
+    return versions, cell_id(spec, cells)

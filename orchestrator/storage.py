@@ -75,6 +75,14 @@ class Storage:
     def table_path(self) -> str:
         return self.path("table")
 
+    def stems(self, folder: str, suffix: str) -> dict[str, str]:
+        """File stem → path of the files named ``*<suffix>`` directly in ``folder``: one listing call (on an object
+        store, one request per 1,000 files), no file opened."""
+        fs, _ = self.filesystem()
+        selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
+        return {info.base_name[:-len(suffix)]: info.path for info in fs.get_file_info(selector)
+                if info.type == pafs.FileType.File and info.base_name.endswith(suffix)}
+
     def ray_storage_path(self) -> str:
         return self.uri.rstrip("/") + "/ray" if not self.is_local else str(self.local_root / "ray")
 

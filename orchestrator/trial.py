@@ -35,8 +35,8 @@ from tamt_core.search_run import CheckpointStore
 from orchestrator import results
 from orchestrator.plan import PlanError
 from orchestrator.provenance import provenance
-from orchestrator.specs import (DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec, Spec,
-                                spec_from_dict)
+from orchestrator.specs import (DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec, Spec, lineage,
+                                mask_refs, spec_from_dict)
 from orchestrator.storage import RunDirectory, Storage
 
 Report = Callable[[dict[str, Any]], None]
@@ -97,8 +97,11 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
     else:
         run = {"finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
         row = run(spec, settings, run_dir, report)
+    algorithm_versions, cell = lineage(spec, {ref.search_id: results.read_row(storage, ref.search_id)
+                                              for ref in mask_refs(spec)})
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
-               attempts=attempts, node=node, versions=provenance(spec.algorithm),
+               attempts=attempts, node=node, versions=provenance(spec.algorithm), cell_id=cell,
+               algorithm_versions=algorithm_versions,
                finished_at=datetime.fromtimestamp(int(time.time()), tz=timezone.utc))
     run_dir.push()
     results.write_row(storage, row)

@@ -2,6 +2,7 @@
 
     python -m sweeps --all --preset paper --dry-run        # each sweep's trials and GPU-hours, and their union
     python -m sweeps main_results low_data --preset smoke  # two experiments as one Ray Tune run
+    python -m sweeps status --storage ./tamt-runs           # where every sweep of a storage stands
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from orchestrator.cli import sweep_main, union  # noqa: E402
 from sweeps import SWEEPS, presets_of  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:  # reads the storage only: no training code is imported
+        from orchestrator import status
+
+        return status.main(argv[1:])
+    from orchestrator.cli import sweep_main, union
+
     everything = "--all" in argv
     rest = [arg for arg in argv if arg != "--all"]
     names = []
@@ -24,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         names.append(rest.pop(0))
     unknown = [name for name in names if name not in SWEEPS]
     if unknown or not (everything or names) and not {"-h", "--help"} & set(rest):
-        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all"
+        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all (or: status)"
               + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
         return 2
     names = list(SWEEPS if everything or not names else dict.fromkeys(names))

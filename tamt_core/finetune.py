@@ -42,9 +42,9 @@ from tamt_core.evaluate import load_for_mask
 from tamt_core.ids import run_id
 from tamt_core.masking import apply_fixed_mask
 from tamt_core.masks import Mask
-from tamt_core.metrics import GLUE_METRIC_KEYS, glue_metrics, squad_metrics
+from tamt_core.metrics import glue_metrics, squad_metrics
 from tamt_core.models import BUILTIN_MODEL_NAME, TRAINING_DTYPE
-from tamt_core.tasks import Task, get_task
+from tamt_core.tasks import GLUE_METRIC_KEYS, Task, get_task, metric_names
 from tamt_core.training import adamw_with_schedule, to_device
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,6 @@ EVAL_BATCH_SIZE = 64
 CHECKPOINT_EVERY_S = 300.0
 """Seconds between checkpoints: one is taken at the first evaluation point after this much time has passed, so
 short GLUE runs evaluated every 50 steps do not spend their time writing 1.3 GB BERT-base states."""
-
-
-def metric_names(task: Task) -> tuple[str, ...]:
-    """Every metric an evaluation of ``task`` reports (MNLI's carry ``_matched``/``_mismatched``)."""
-    if task.kind == "span":
-        return ("exact_match", "f1")
-    return tuple(f"{key}_{split}" if split else key for split, _ in task.dev_splits
-                 for key in GLUE_METRIC_KEYS[task.name])
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,19 @@ else.
 
 Version 1 is the code from before versions existed: it leaves the payload as it was, so the ids, and the rows of
 existing stores, are unchanged.
+
+A run's *cell* is what it computes whatever the code's versions: its id with every algorithm at
+:data:`FIRST_VERSION` (:func:`first_versions`). Rows of one cell under different versions are the same experiment
+run by older and newer code; the older ones are *stale* (:func:`earlier_versions` enumerates the versions a cell
+may have been run under before).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 FIRST_VERSION = 1
@@ -39,7 +46,28 @@ def content_id(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def run_id(payload: dict[str, Any], algorithm: str) -> str:
-    """The id of a run of ``algorithm`` (a key of :data:`ALGORITHM_VERSIONS`) described by ``payload``."""
-    version = ALGORITHM_VERSIONS[algorithm]
+Versions = Mapping[str, int]
+"""Algorithm → version, as :data:`ALGORITHM_VERSIONS`; an algorithm it does not name is at :data:`FIRST_VERSION`."""
+
+
+def run_id(payload: dict[str, Any], algorithm: str, versions: Versions | None = None) -> str:
+    """The id of a run of ``algorithm`` (a key of :data:`ALGORITHM_VERSIONS`) described by ``payload``, under the
+    code's versions or under ``versions`` (the id the same run had, or has, under other code)."""
+    version = (ALGORITHM_VERSIONS if versions is None else versions).get(algorithm, FIRST_VERSION)
     return content_id(payload if version == FIRST_VERSION else {**payload, "algorithm_version": version})
+
+
+def first_versions() -> dict[str, int]:
+    """Every algorithm at :data:`FIRST_VERSION`: the versions under which a run's id is its cell."""
+    return dict.fromkeys(ALGORITHM_VERSIONS, FIRST_VERSION)
+
+
+def earlier_versions(algorithms: Iterable[str]) -> list[dict[str, int]]:
+    """Every versions table under which a run that depends on ``algorithms`` had another id than today: each of
+    them at any version from the first to today's, not all at today's (none while every version is the first)."""
+    algorithms = sorted(set(algorithms))
+    ranges = [range(FIRST_VERSION, ALGORITHM_VERSIONS[name] + 1) for name in algorithms]
+    today = tuple(ALGORITHM_VERSIONS[name] for name in algorithms)
+    return [{**ALGORITHM_VERSIONS, **dict(zip(algorithms, combination))}
+            for combination in itertools.product(*ranges) if combination != today]
+

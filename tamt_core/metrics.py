@@ -25,18 +25,9 @@ import numpy as np
 from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-log = logging.getLogger(__name__)
+from tamt_core.tasks import GLUE_METRIC_KEYS
 
-GLUE_METRIC_KEYS: dict[str, tuple[str, ...]] = {
-    "cola": ("mcc",),
-    "sst2": ("accuracy",),
-    "rte": ("accuracy",),
-    "mnli": ("accuracy",),
-    "mrpc": ("accuracy", "f1", "accuracy_and_f1"),
-    "stsb": ("pearson", "spearman", "pearson_and_spearman"),
-}
-"""The keys :func:`glue_metrics` returns per task. MNLI's ``_matched``/``_mismatched`` suffix is added by the caller,
-which evaluates the two dev sets separately (reference-impl §7.3)."""
+log = logging.getLogger(__name__)
 
 
 # --- GLUE (paper Tab. 1: "Matched Acc", "Acc", "Matthew's Corr", "Pearson Corr", "F1") ---------------------------

@@ -16,6 +16,18 @@ GLUE_HUB = "nyu-mll/glue"
 SQUAD_HUB = "rajpurkar/squad"
 
 
+GLUE_METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    "cola": ("mcc",),
+    "sst2": ("accuracy",),
+    "rte": ("accuracy",),
+    "mnli": ("accuracy",),
+    "mrpc": ("accuracy", "f1", "accuracy_and_f1"),
+    "stsb": ("pearson", "spearman", "pearson_and_spearman"),
+}
+"""The keys ``tamt_core.metrics.glue_metrics`` returns per task. MNLI's ``_matched``/``_mismatched`` suffix is added by the caller,
+which evaluates the two dev sets separately (reference-impl §7.3)."""
+
+
 class UnknownTaskError(ValueError):
     """The task name is not one of :data:`TASKS`."""
 
@@ -69,3 +81,11 @@ def get_task(name: str) -> Task:
         return TASKS[name.lower()]
     except KeyError:
         raise UnknownTaskError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def metric_names(task: Task) -> tuple[str, ...]:
+    """Every metric an evaluation of ``task`` reports (MNLI's carry ``_matched``/``_mismatched``)."""
+    if task.kind == "span":
+        return ("exact_match", "f1")
+    return tuple(f"{key}_{split}" if split else key for split, _ in task.dev_splits
+                 for key in GLUE_METRIC_KEYS[task.name])

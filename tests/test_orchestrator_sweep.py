@@ -115,6 +115,67 @@ def test_sweep_runs_every_trial_once_then_resumes_and_extends(ray_session, tmp_p
     assert len({c.data.tags[RUN_ID_TAG] for c in children}) == len(children)
 
 
+def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, tmp_path, tiny_bert_dir,
+                                                                   monkeypatch):
+    """What ``python -m sweeps status`` reads is written by a real sweep: its plan, the driver's end, the error of
+    a trial that failed for good (its fine-tune blocked); a rerun under a raised version names the stale rows,
+    clears the failure and reruns exactly the renewed trials."""
+    import io
+
+    from orchestrator import status
+    from orchestrator.engine import run_sweep
+    from orchestrator.grid import Grid
+    from tamt_core import ids
+
+    def plan():
+        return Grid(models=(str(tiny_bert_dir),), methods=("omp", "rand"), sparsities=(0.5,), mask_seeds=(1,),
+                    finetune_seeds=(1,), tasks=("rte",), full_model=False).plan()
+
+    failing = next(run_id for run_id, spec in plan().searches.items() if spec.config.method == "rand")
+
+    def trial(fails: str | None):
+        def trainable(config):  # no model: the bookkeeping around trials is what is tested
+            import ray.tune
+
+            from orchestrator import results as table
+            from orchestrator.storage import Storage as Store
+
+            if config["run_id"] == fails:
+                raise RuntimeError("the random search cannot run here")
+            table.write_row(Store.at(config["settings"]["storage"]),
+                            {"run_id": config["run_id"], "stage": config["spec"]["stage"]})
+            ray.tune.report({"tamt_done": 1})
+        return trainable
+
+    storage = Storage.at(tmp_path / "runs")
+    report = run_sweep(plan(), name="main", storage=storage, max_failures=0, trainable=trial(failing))
+    blocked = {run_id for run_id, spec in plan().finetunes.items() if spec.mask.search_id == failing}
+    assert set(report.failed) == {failing} and report.blocked == blocked
+
+    def status_of(stage: str) -> tuple[str, list[str]]:
+        printed = io.StringIO()
+        assert status.main(["--storage", storage.uri], printed) == 0
+        return printed.getvalue(), next(line for line in printed.getvalue().splitlines()
+                                        if line.strip().startswith(stage + " ")).split()[1:9]
+
+    text, search = status_of("search")
+    assert search == ["2", "1", "0", "0", "1", "0", "0", "0"]  # planned, done, running, interrupted, failed, …
+    assert status_of("finetune")[1] == ["2", "1", "0", "0", "0", "1", "0", "0"]
+    assert "RuntimeError: the random search cannot run here" in text and "driver: ended incomplete" in text
+
+    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "omp", 2)
+    printed = io.StringIO()
+    renewed = plan()
+    report = run_sweep(renewed, name="main", storage=storage, max_failures=0, out=printed, trainable=trial(None))
+    omp_trials = {run_id for run_id, spec in renewed.searches.items() if spec.config.method == "omp"}
+    omp_trials |= {run_id for run_id, spec in renewed.finetunes.items() if spec.mask.search_id in omp_trials}
+    assert report.complete and report.succeeded == omp_trials | {failing} | blocked
+    assert "2 rows in the table are results of these trials by older code (this code has omp v2)" in printed.getvalue()
+    text, search = status_of("search")
+    assert search == ["2", "2", "0", "0", "0", "0", "0", "1"] and "driver: ended complete" in text
+    assert not list((storage.local_root / "failures").glob("*.json"))
+
+
 def _driver(tmp_path: Path, tiny_bert_dir: Path, **settings) -> tuple[list[str], Path, str]:
     """The command of a driver subprocess; the settings also rebuild its plan (``planned``)."""
     temp_dir = f"/tmp/tamt-ray-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths have a length limit

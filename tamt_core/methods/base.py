@@ -130,11 +130,12 @@ class SearchConfig:
         out["save_steps"] = list(self.save_steps)
         return out
 
-    def run_id(self, model: str, data: str | None) -> str:
+    def run_id(self, model: str, data: str | None, versions: ids.Versions | None = None) -> str:
         """The id of this search on ``model`` with pre-training data ``data`` (``None``: the built-in corpus): the
-        sweep's run id and the ``tamt search`` directory's are this one id (:func:`tamt_core.ids.run_id`)."""
+        sweep's run id and the ``tamt search`` directory's are this one id (:func:`tamt_core.ids.run_id`, under
+        the code's algorithm versions or ``versions``)."""
         config = {k: v for k, v in self.to_dict().items() if k not in ID_DEFAULTS or ID_DEFAULTS[k] != v}
-        return ids.run_id({"stage": "search", "model": model, "data": data, "config": config}, self.method)
+        return ids.run_id({"stage": "search", "model": model, "data": data, "config": config}, self.method, versions)
 
     @property
     def objective(self) -> str | None:
