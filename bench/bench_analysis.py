@@ -4,15 +4,18 @@ The table is synthetic: every trial the paper's sweeps plan (main results for BE
 10-90 %, TAMT masks along training and IMP at six pruning intervals at 50-80 %, similarity trials, low-data
 subsets), with scores from a smooth made-up model plus seeded noise, written row by row with the orchestrator's
 ``write_row`` exactly as trials write them. It measures how long reading and drawing take at the paper's scale,
-and gives a full-size set of figures to look at; the numbers in them mean nothing.
+and gives a full-size set of figures to look at; the numbers in them mean nothing. It also records the rows as a
+sweep's plan (with a few failed and running trials) and times ``python -m sweeps status`` on it, as a user runs it
+(a fresh process: start-up and imports included).
 
-    python bench/bench_analysis.py --out /tmp/paper-figures      # prints write, read and draw times
+    python bench/bench_analysis.py --out /tmp/paper-figures      # prints write, read, draw and status times
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from analysis import figures, table  # noqa: E402
+from orchestrator import ledger  # noqa: E402
 from orchestrator.results import write_row  # noqa: E402
 from orchestrator.storage import Storage  # noqa: E402
 from tamt_core import hparams  # noqa: E402
@@ -184,6 +188,7 @@ def main() -> None:
         synthetic = Synthetic()
         synthetic.paper()
         storage = Storage.at(str(runs))
+        storage.prepare()
         started = time.perf_counter()
         for row in synthetic.rows:
             write_row(storage, row)
@@ -194,10 +199,34 @@ def main() -> None:
         started = time.perf_counter()
         code = figures.main(["--runs", str(runs), "--out", str(out)])
         drawn = time.perf_counter() - started
+        record_as_sweep(storage, synthetic.rows)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sweeps", "status", "--storage", str(runs)], check=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+        status = time.perf_counter() - started
         stages = rows["stage"].value_counts().to_dict()
-        print(f"\n| rows | stages | write_row (all) | analysis.table.load | python -m analysis.figures (all) |")
-        print(f"|---|---|---|---|---|")
-        print(f"| {len(rows):,} | {stages} | {written:.1f} s | {read:.1f} s | {drawn:.1f} s (exit {code}) |")
+        print(f"\n| rows | stages | write_row (all) | analysis.table.load | python -m analysis.figures (all) | "
+              "python -m sweeps status |")
+        print(f"|---|---|---|---|---|---|")
+        print(f"| {len(rows):,} | {stages} | {written:.1f} s | {read:.1f} s | {drawn:.1f} s (exit {code}) | "
+              f"{status:.2f} s |")
+
+
+def record_as_sweep(storage: Storage, rows: list[dict]) -> None:
+    """The rows as the plan of one sweep ``paper``, as a driver records it, with 1 % of the trials failed (their
+    rows removed) and 32 running: what ``status`` reads at the paper's scale."""
+    trials = [{"run_id": row["run_id"], "stage": row["stage"], "method": row.get("method") or row["stage"],
+               "label": f"{row['stage']} {row.get('method')}", "needs": [row["mask_run_id"]] if row.get("mask_run_id")
+               else [], "gpu_s": 3600.0 if row["stage"] == "search" else 900.0} for row in rows]
+    for trial in trials[::100]:
+        storage.local_root.joinpath("table", f"{trial['run_id']}.parquet").unlink()
+        ledger.record_failure(storage, trial["run_id"], sweep="paper", stage=trial["stage"], label=trial["label"],
+                              error="Traceback (most recent call last):\n…\ntorch.OutOfMemoryError: CUDA out of memory")
+    ledger.write_plan(storage, "paper", trials, {"tamt": "bench"}, {})
+    running = [trial["run_id"] for trial in trials[1:33]]
+    for run_id in running:
+        storage.local_root.joinpath("table", f"{run_id}.parquet").unlink()
+    ledger.write_heartbeat(storage, "paper", time.time() - 3600, running)
 
 
 if __name__ == "__main__":

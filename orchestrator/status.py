@@ -29,6 +29,9 @@ from orchestrator.storage import DEFAULT_STORAGE, MARKER, Storage
 
 STATES = ("done", "running", "interrupted", "failed", "blocked", "not started")
 """What a planned trial can be, in the order the table prints them."""
+STAGE_ORDER = ("search", "finetune", "dense-loss", "similarity")
+SHOWN_FAILURES = 20
+"""Failed trials listed with their error per sweep (the others are counted; each error is one small file)."""
 
 
 @dataclass
@@ -110,6 +113,7 @@ def sweep_status(plan: dict[str, Any], finished: set[str], failures: dict[str, s
             stage.gpu_s_done += trial["gpu_s"]
         else:
             stage.gpu_s_left += trial["gpu_s"]
+    stages = {name: stages[name] for name in sorted(stages, key=lambda n: (STAGE_ORDER + (n,)).index(n))}
     planned_versions = plan.get("algorithm_versions", {})
     outdated = {name: (planned_versions.get(name, 1), version) for name, version in ALGORITHM_VERSIONS.items()
                 if planned_versions.get(name, 1) != version}
@@ -132,7 +136,7 @@ def collect(storage: Storage, names: Sequence[str] | None = None) -> tuple[list[
     statuses = [sweep_status(plan, finished, failures, ledger.read_heartbeat(storage, name), now)
                 for name, plan in plans.items()]
     for status in statuses:
-        for trial in status.failed:
+        for trial in status.failed[:SHOWN_FAILURES]:
             record = ledger.read_failure(storage, trial["path"]) or {}
             trial["error"] = record.get("error", "")
     return statuses, len(finished)
@@ -184,10 +188,10 @@ def render(status: SweepStatus, now: float, out: TextIO) -> None:
               "--include-stale keeps them)", file=out)
     if status.failed:
         print(f"  failed for good ({len(status.failed)}; the whole error is in failures/<run_id>.json):", file=out)
-        for trial in status.failed[:20]:
+        for trial in status.failed[:SHOWN_FAILURES]:
             print(f"    {trial['label']} [{trial['run_id']}]: {_summary(trial.get('error', ''))}", file=out)
-        if len(status.failed) > 20:
-            print(f"    … and {len(status.failed) - 20} more", file=out)
+        if len(status.failed) > SHOWN_FAILURES:
+            print(f"    … and {len(status.failed) - SHOWN_FAILURES} more", file=out)
     for name, (planned, now_version) in status.outdated.items():
         print(f"  note: planned with {name} v{planned}, this code has v{now_version}; rerun the sweep to plan and "
               "run it under this code", file=out)

@@ -37,7 +37,9 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "dense-loss": 1,  # tamt_core/evaluate.pretrain_losses on the unpruned model
     "similarity": 1,  # tamt_core/masks.similarity
 }
-"""Algorithm → version; the keys are the search methods and the stages that are not searches."""
+"""Algorithm → version; the keys are the search methods and the stages that are not searches. A search's row also
+holds its masks' pre-training dev losses (``tamt_core.evaluate.pretrain_losses``), so a change to how they are
+measured raises every method's version and ``dense-loss``'s."""
 
 
 def content_id(payload: dict[str, Any]) -> str:
