@@ -1,7 +1,7 @@
 """Read a sweep's results table and pick out what the paper's figures average.
 
-The analysis reads the Parquet rows the orchestrator writes (``<runs>/table/<run_id>.parquet``, documented in
-``docs/results.md``) with pyarrow alone: no training code, no Ray, no MLflow. Everything a figure needs is a pure
+The analysis reads the Parquet rows the orchestrator writes (``<runs>/table/``, documented in ``docs/results.md``)
+with pyarrow and ``tamt_table`` alone: no training code, no Ray, no MLflow. Everything a figure needs is a pure
 function of the DataFrame :func:`load` returns, so the figures can be recomputed from a copied table anywhere.
 
 Two choices decide which rows stand for "the" result of a method at a sparsity; ``docs/analysis.md`` explains them:
@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+import tamt_table
+
 FORMAT_VERSION = 1
 """The storage format this analysis reads (``orchestrator.storage.FORMAT_VERSION``, a column of every row)."""
 
@@ -42,44 +44,67 @@ class TableError(ValueError):
 
 
 def load(runs: str | Path, cache: Path | None = None, log: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Every row of the results table under ``runs`` (a directory or a pyarrow URI such as ``s3://bucket/runs``).
+    """Every row of the results table under ``runs`` (a directory or a pyarrow URI such as ``s3://bucket/runs``),
+    one per run id.
 
-    A trial's row never changes once written (its file name is its run id), so ``cache``, one Parquet file of all
-    rows read so far, stays valid: only rows written since are read (a paper-sized sweep has ~9K row files, at a
-    few ms each), and rows whose file is gone are dropped. ``log`` hears what is being read.
+    The table is parts (``tamt_table``: many rows each, read whole) and row files of trials finished since the last
+    compaction. A row never changes once written (its file name is its run id), so ``cache``, one Parquet file of
+    the row files read so far, stays valid: only row files written since are read (a few ms each), and cached rows
+    whose file is gone (merged into a part, or deleted) are dropped. ``log`` hears what is being read.
 
     Raises:
         TableError: no table there, or rows of a storage format this analysis does not read.
     """
     runs = str(runs)
-    fs, root = (pafs.FileSystem.from_uri(runs) if "://" in runs
-                else (pafs.LocalFileSystem(), str(Path(runs).expanduser().resolve())))
+    fs, root = tamt_table.filesystem(runs)
     table_dir = f"{root.rstrip('/')}/table"
-    infos = fs.get_file_info(pafs.FileSelector(table_dir, allow_not_found=True))
-    files = {Path(info.path).stem: info.path for info in infos
-             if info.type == pafs.FileType.File and info.path.endswith(".parquet")}
-    if not files:
-        raise TableError(f"no results table under {runs}: expected Parquet rows in {table_dir}/. Point --runs at "
-                         "the --storage of a sweep (default ./tamt-runs) that has finished at least one trial.")
-    known = _read_cache(cache, set(files))
-    cached_ids = set(known.column("run_id").to_pylist()) if known is not None else set()
-    new = sorted(path for run_id, path in files.items() if run_id not in cached_ids)
-    if new and log:
-        log(f"reading {len(new):,} rows from {table_dir}/" + (f" ({known.num_rows:,} cached)" if known else ""))
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        tables = list(pool.map(lambda path: pq.ParquetFile(path, filesystem=fs).read(use_threads=False), new))
-    # Rows written before a column was added lack it; "permissive" fills it with nulls (docs/results.md).
-    table = pa.concat_tables(([known] if known is not None else []) + tables, promote_options="permissive")
+    for attempt in range(tamt_table.READ_ATTEMPTS):
+        found = tamt_table.listing(fs, table_dir)
+        if not found.rows and not found.parts:
+            raise TableError(f"no results table under {runs}: expected Parquet rows in {table_dir}/. Point --runs "
+                             "at the --storage of a sweep (default ./tamt-runs) that has finished at least one "
+                             "trial.")
+        try:
+            table, singles = _read(fs, table_dir, found, cache, log)
+            break
+        except FileNotFoundError:  # a compaction merged files it listed: list again
+            if attempt == tamt_table.READ_ATTEMPTS - 1:
+                raise
     versions = set(table.column("format_version").to_pylist())
     if versions != {FORMAT_VERSION}:
         raise TableError(f"the table under {runs} has rows of storage format {sorted(versions)}; this analysis "
                          f"reads format {FORMAT_VERSION}. Use the tamt version that wrote the sweep.")
-    if cache is not None and new:
+    if cache is not None and singles is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial")
-        pq.write_table(table, partial)
+        pq.write_table(singles, partial)
         partial.replace(cache)  # atomic: a reader sees the old cache or the new one
     return table.to_pandas(maps_as_pydicts="strict")
+
+
+def _read(fs: pafs.FileSystem, table_dir: str, found: tamt_table.Listing, cache: Path | None,
+          log: Callable[[str], None] | None) -> tuple[pa.Table, pa.Table | None]:
+    """The parts and the row files of ``found``, the row files through ``cache``, one row per run id; and the rows
+    of the row files when some were read anew (what the cache should hold next)."""
+    parts = tamt_table.read_files(fs, sorted(found.parts)) if found.parts else None
+    if parts is not None and log:
+        log(f"read {len(found.parts)} parts of {table_dir}/ ({parts.num_rows:,} rows)")
+    known = _read_cache(cache, set(found.rows))
+    cached_ids = set(known.column("run_id").to_pylist()) if known is not None else set()
+    new = sorted(path for run_id, path in found.rows.items() if run_id not in cached_ids)
+    if new and log:
+        log(f"reading {len(new):,} rows from {table_dir}/" + (f" ({known.num_rows:,} cached)" if known else ""))
+        if len(found.rows) >= tamt_table.COMPACT_MIN_ROWS:
+            log(f"{len(found.rows):,} rows are still one file each; `python -m sweeps compact --storage "
+                f"{table_dir.rsplit('/', 1)[0]}` merges them into parts, which read in a second")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tables = list(pool.map(lambda path: pq.ParquetFile(path, filesystem=fs).read(use_threads=False), new))
+    # Rows written before a column was added lack it; "permissive" fills it with nulls (docs/results.md).
+    singles = [known] if known is not None else []
+    singles += tables
+    table = tamt_table.unique_runs(pa.concat_tables(([parts] if parts is not None else []) + singles,
+                                                    promote_options="permissive"))
+    return table, pa.concat_tables(singles, promote_options="permissive") if new else None
 
 
 def _read_cache(cache: Path | None, run_ids: set[str]) -> pa.Table | None:

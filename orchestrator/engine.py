@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 from tamt_core.ids import ALGORITHM_VERSIONS, FIRST_VERSION
 
 from orchestrator import ledger, ray_logging, results
+from orchestrator.compaction import Compactor
 from orchestrator.estimate import THROUGHPUT, trial_seconds
 from orchestrator.plan import Plan, PlanError
 from orchestrator.provenance import package_versions, source_revision
@@ -380,6 +381,11 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
               "and the analysis uses the newest version of each", file=out or sys.stdout, flush=True)
     ledger.write_plan(storage, name, plan_record(plan), {**package_versions(), **source_revision()},
                       dict(ALGORITHM_VERSIONS))
+    compactor = Compactor(storage)
+    merged = compactor.compact_once()
+    if merged is not None and merged.part is not None:
+        print(f"[tamt] merged {merged.row_files:,} row files of the results table into a part",
+              file=out or sys.stdout, flush=True)
     if not todo:
         return report
     ledger.clear_failures(storage, set(todo))
@@ -399,6 +405,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     report.experiment_id = tracker.experiment_id
     trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
     max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
+    compactor.start()
     try:
         tuner = tune.Tuner(
             trainable,
@@ -426,6 +433,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         report.blocked = set(searcher.blocked)
         sweep_ledger.beat(ended="interrupted" if report.interrupted
                           else "complete" if report.complete else "incomplete")
+        compactor.stop()
+        compactor.compact_once()
         if started_here:
             ray.shutdown()
     return report

@@ -9,7 +9,7 @@ it stands from the storage alone (any machine, read-only, while the sweep runs o
     failures/<run_id>.json       the last error of a trial that failed for good, after its retries
                                  (:func:`record_failure`); cleared when a sweep runs that trial again
 
-Every file is written whole and atomically (``storage.write_atomically``); none is needed to run a sweep, only to
+Every file is written whole and atomically (``tamt_table.write_atomically``); none is needed to run a sweep, only to
 report on it. This module reads and writes JSON and nothing else, so ``status`` starts in a fraction of a second.
 """
 
@@ -23,7 +23,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchestrator.storage import Storage, write_atomically
+from tamt_table import write_atomically
+
+from orchestrator.storage import Storage
 
 HEARTBEAT_EVERY_S = 30.0
 """How often a running driver rewrites its heartbeat; one older than three periods means the driver is gone."""

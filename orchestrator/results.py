@@ -1,24 +1,23 @@
-"""The results table: one Parquet file per finished trial, read back as one Arrow table.
+"""The results table: one Parquet file per finished trial, compacted into parts, read back as one Arrow table.
 
 A trial writes its row last, atomically, to ``table/<run_id>.parquet``: the file's presence is what "finished"
-means, so a crash can never leave half a row, and a run id can never appear twice. :func:`read` returns the whole
-sweep (every stage, every sweep that shared the storage) under :data:`SCHEMA`, documented in ``docs/results.md``.
+means, so a crash can never leave half a row. :func:`compact` merges row files into parts (``tamt_table``, whose
+commit protocol never loses a row, and whose readers never show one twice). :func:`read` returns the whole sweep
+(every stage, every sweep that shared the storage) under :data:`SCHEMA`, documented in ``docs/results.md``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+import tamt_table
 from tamt_core.tasks import TASKS, metric_names
 
-from orchestrator.storage import FORMAT_VERSION, Storage, write_atomically
+from orchestrator.storage import FORMAT_VERSION, Storage
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(sorted({m for task in TASKS.values() for m in metric_names(task)}))
 """Every dev metric any task reports; a fine-tune row fills its task's and leaves the others null."""
@@ -75,31 +74,29 @@ def _row_table(row: dict[str, Any]) -> pa.Table:
 def write_row(storage: Storage, row: dict[str, Any]) -> str:
     """Publish one finished trial's row; returns its path. Overwrites are identical by construction (same run)."""
     fs, _ = storage.filesystem()
-    buffer = io.BytesIO()
-    pq.write_table(_row_table(row), buffer)
-    path = f"{storage.table_path()}/{row['run_id']}.parquet"
-    write_atomically(fs, path, buffer.getvalue())
+    path = f"{storage.table_path()}/{row['run_id']}{tamt_table.SUFFIX}"
+    tamt_table.write_atomically(fs, path, tamt_table.parquet_bytes(_row_table(row)))
     return path
 
 
 def finished_run_ids(storage: Storage) -> set[str]:
-    """Run ids with a row: cheap (a directory listing, no file is opened)."""
-    return set(storage.stems("table", ".parquet"))
+    """Run ids with a row: two listings and the ``run_id`` column of each part, no row file opened."""
+    fs, _ = storage.filesystem()
+    return tamt_table.run_ids(fs, storage.table_path())
 
 
 def has_row(storage: Storage, run_id: str) -> bool:
     fs, _ = storage.filesystem()
-    return fs.get_file_info(f"{storage.table_path()}/{run_id}.parquet").type == pafs.FileType.File
+    if fs.get_file_info(f"{storage.table_path()}/{run_id}{tamt_table.SUFFIX}").type == pafs.FileType.File:
+        return True
+    return run_id in finished_run_ids(storage)
 
 
 def read(storage: Storage | str) -> pa.Table:
-    """The whole results table of a storage (:func:`read_frame` gives it as a DataFrame)."""
+    """The whole results table of a storage, one row per run id (:func:`read_frame` gives it as a DataFrame)."""
     storage = storage if isinstance(storage, Storage) else Storage.at(storage)
     fs, _ = storage.filesystem()
-    files = sorted(storage.stems("table", ".parquet").values())
-    if not files:
-        return SCHEMA.empty_table()
-    return pads.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs).to_table()
+    return tamt_table.read(fs, storage.table_path(), SCHEMA)
 
 
 def read_frame(storage: Storage | str):
@@ -109,12 +106,23 @@ def read_frame(storage: Storage | str):
 
 def read_row(storage: Storage, run_id: str) -> dict[str, Any]:
     """One finished trial's row as a dict (e.g. a search's mask list, for the fine-tunes that need it); map columns
-    as dicts, and columns added after the row was written as ``None``."""
+    as dicts, and columns added after the row was written as ``None``.
+
+    Raises:
+        KeyError: the run has no row.
+    """
     fs, _ = storage.filesystem()
-    with fs.open_input_file(f"{storage.table_path()}/{run_id}.parquet") as handle:
-        row = pq.read_table(handle).to_pylist()[0]
-    full = {name: row.get(name) for name in SCHEMA.names}
+    found = tamt_table.read_run(fs, storage.table_path(), run_id, SCHEMA)
+    if found is None:
+        raise KeyError(f"run {run_id} has no row in {storage.table_path()}")
+    row = found.to_pylist()[0]
     for name in ("versions", "algorithm_versions"):
-        if full[name] is not None:
-            full[name] = dict(full[name])
-    return full
+        if row[name] is not None:
+            row[name] = dict(row[name])
+    return row
+
+
+def compact(storage: Storage, min_rows: int = tamt_table.COMPACT_MIN_ROWS) -> tamt_table.Compaction:
+    """Merge the table's row files (at least ``min_rows``) and small parts into a part (``tamt_table.compact``)."""
+    fs, _ = storage.filesystem()
+    return tamt_table.compact(fs, storage.table_path(), SCHEMA, min_rows=min_rows)

@@ -5,8 +5,8 @@ running, interrupted (running when the driver stopped), failed, blocked (waiting
 and stale rows (results of the same trials by older algorithm versions, kept but not reused); GPU-hours done and
 left from the plan's estimates; the last error of each failed trial; and whether the driver is alive.
 
-It reads a handful of small files and one listing of the results table, writes nothing, and imports no training
-code, so it answers in well under a second on a paper-sized store, on a shared filesystem or an object store, while
+It reads a handful of small files, the listings of the results table and the run ids of its parts, writes
+nothing, and imports no training code, so it answers in well under a second on a paper-sized store, on a shared filesystem or an object store, while
 a sweep runs or after.
 """
 
@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import pyarrow.fs as pafs
 
+import tamt_table
 from tamt_core.ids import ALGORITHM_VERSIONS
 
 from orchestrator import ledger
@@ -130,7 +131,8 @@ def collect(storage: Storage, names: Sequence[str] | None = None) -> tuple[list[
             raise StatusError(f"no sweep named {', '.join(unknown)} has recorded a plan in {storage.uri}; it has: "
                               f"{', '.join(plans) or 'none'}")
         plans = {name: plans[name] for name in names}
-    finished = set(storage.stems("table", ".parquet"))
+    fs, _ = storage.filesystem()
+    finished = tamt_table.run_ids(fs, storage.table_path())
     failures = ledger.failed_run_ids(storage)
     now = time.time()
     statuses = [sweep_status(plan, finished, failures, ledger.read_heartbeat(storage, name), now)

@@ -4,7 +4,7 @@ Layout under the storage root::
 
     tamt-store.json              format version, written once; a store of another version is refused
     runs/<run_id>/               one trial's files: spec.json, attempts.jsonl, masks/ or fine-tuning files
-    table/<run_id>.parquet       one results row per finished trial, written atomically (orchestrator.results)
+    table/                       the results: one file per finished trial, merged into parts (tamt_table)
     mlflow.db                    the default MLflow store (local storage only)
     ray/                         Ray Tune's own experiment state
 
@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+import tamt_table
+from tamt_table import write_atomically
 
 FORMAT_VERSION = 1
 """Bump when the layout or the results schema changes incompatibly; a store of another version is refused."""
@@ -53,9 +56,7 @@ class Storage:
         return Path(self.uri)
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
-        if self.is_local:
-            return pafs.LocalFileSystem(), str(Path(self.uri).resolve())
-        return pafs.FileSystem.from_uri(self.uri)
+        return tamt_table.filesystem(self.uri)
 
     @classmethod
     def at(cls, location: str | os.PathLike) -> Storage:
@@ -127,23 +128,6 @@ class Storage:
         except (OSError, pa.ArrowException) as error:
             raise StorageError(f"cannot write to storage {self.uri} ({error}); pass a writable --storage "
                                "directory or bucket you have write access to") from error
-
-
-def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` so readers see the old file or the whole new one, never a part (rename on local disks;
-    object stores publish a PUT atomically)."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        return
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
 
 
 class RunDirectory:

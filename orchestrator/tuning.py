@@ -27,10 +27,12 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from tamt_table import write_atomically
+
 from orchestrator import results
 from orchestrator.engine import Progress, Resources, attached, connect, default_concurrency, prepare
 from orchestrator.plan import Plan
-from orchestrator.storage import Storage, StorageError, write_atomically
+from orchestrator.storage import Storage, StorageError
 from orchestrator.study import TamtStudy
 from orchestrator.tracking import MlflowTracker
 from orchestrator.trial import TrialSettings, run_trial, worker_setup

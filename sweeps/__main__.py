@@ -3,6 +3,7 @@
     python -m sweeps --all --preset paper --dry-run        # each sweep's trials and GPU-hours, and their union
     python -m sweeps main_results low_data --preset smoke  # two experiments as one Ray Tune run
     python -m sweeps status --storage ./tamt-runs           # where every sweep of a storage stands
+    python -m sweeps compact --storage ./tamt-runs          # merge the table's row files into parts now
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator import status
 
         return status.main(argv[1:])
+    if argv[:1] == ["compact"]:
+        from orchestrator import compaction
+
+        return compaction.main(argv[1:])
     from orchestrator.cli import sweep_main, union
 
     everything = "--all" in argv
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         names.append(rest.pop(0))
     unknown = [name for name in names if name not in SWEEPS]
     if unknown or not (everything or names) and not {"-h", "--help"} & set(rest):
-        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all (or: status)"
+        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all (or: status, compact)"
               + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
         return 2
     names = list(SWEEPS if everything or not names else dict.fromkeys(names))

@@ -118,9 +118,10 @@ def test_sweep_runs_every_trial_once_then_resumes_and_extends(ray_session, tmp_p
 def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, tmp_path, tiny_bert_dir,
                                                                    monkeypatch):
     """What ``python -m sweeps status`` reads is written by a real sweep: its plan, the driver's end, the error of
-    a trial that failed for good (its fine-tune blocked); a rerun under a raised version names the stale rows,
-    clears the failure and reruns exactly the renewed trials."""
+    a trial that failed for good (its fine-tunes blocked); a rerun under a raised version names the stale rows,
+    clears the failure and reruns exactly the renewed trials, while compactions merge the table under it."""
     import io
+    import threading
 
     from orchestrator import status
     from orchestrator.engine import run_sweep
@@ -129,7 +130,7 @@ def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, 
 
     def plan():
         return Grid(models=(str(tiny_bert_dir),), methods=("omp", "rand"), sparsities=(0.5,), mask_seeds=(1,),
-                    finetune_seeds=(1,), tasks=("rte",), full_model=False).plan()
+                    finetune_seeds=(1, 2, 3), tasks=("rte",), full_model=False).plan()
 
     failing = next(run_id for run_id, spec in plan().searches.items() if spec.config.method == "rand")
 
@@ -160,20 +161,37 @@ def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, 
 
     text, search = status_of("search")
     assert search == ["2", "1", "0", "0", "1", "0", "0", "0"]  # planned, done, running, interrupted, failed, …
-    assert status_of("finetune")[1] == ["2", "1", "0", "0", "0", "1", "0", "0"]
+    assert status_of("finetune")[1] == ["6", "3", "0", "0", "0", "3", "0", "0"]
     assert "RuntimeError: the random search cannot run here" in text and "driver: ended incomplete" in text
 
+    first_ids = plan().run_ids()
     monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "omp", 2)
     printed = io.StringIO()
     renewed = plan()
-    report = run_sweep(renewed, name="main", storage=storage, max_failures=0, out=printed, trainable=trial(None))
+    running = threading.Event()
+    running.set()
+
+    def compact_all_the_time():
+        while running.is_set():
+            results.compact(storage, min_rows=1)
+
+    compactor = threading.Thread(target=compact_all_the_time)
+    compactor.start()
+    try:
+        report = run_sweep(renewed, name="main", storage=storage, max_failures=0, out=printed,
+                           trainable=trial(None))
+    finally:
+        running.clear()
+        compactor.join()
     omp_trials = {run_id for run_id, spec in renewed.searches.items() if spec.config.method == "omp"}
     omp_trials |= {run_id for run_id, spec in renewed.finetunes.items() if spec.mask.search_id in omp_trials}
     assert report.complete and report.succeeded == omp_trials | {failing} | blocked
-    assert "2 rows in the table are results of these trials by older code (this code has omp v2)" in printed.getvalue()
+    assert "4 rows in the table are results of these trials by older code (this code has omp v2)" in printed.getvalue()
     text, search = status_of("search")
     assert search == ["2", "2", "0", "0", "0", "0", "0", "1"] and "driver: ended complete" in text
     assert not list((storage.local_root / "failures").glob("*.json"))
+    table = Counter(results.read(storage).column("run_id").to_pylist())
+    assert set(table.values()) == {1} and set(table) == first_ids | renewed.run_ids()  # the stale rows kept too
 
 
 def _driver(tmp_path: Path, tiny_bert_dir: Path, **settings) -> tuple[list[str], Path, str]:

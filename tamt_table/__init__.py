@@ -1,0 +1,225 @@
+"""The results table's files: one Parquet file per finished run, compacted into parts, read back as one table.
+
+Layout of a table directory (``<storage>/table``)::
+
+    <run_id>.parquet                          a finished trial's row: its presence is what "finished" means
+    parts/part-<rows>-<uuid>.parquet          rows merged by :func:`compact`, ``<rows>`` of them
+
+A trial publishes its row as its own file (one atomic write, never a read-modify-write of shared state), so any
+number of trials on any number of nodes commit without coordination. Reading one file per row does not scale (a
+paper-sized table is ~9K files, a large study 100K: minutes, and on an object store one request each), so
+:func:`compact` merges row files, and small parts, into parts. Its commit protocol:
+
+1. write the new part, whole, under a fresh name (atomically: a reader sees all of it or nothing);
+2. then delete the row files and parts it merged.
+
+Killed between the two steps, or racing another compaction, a row is in two files for a while; a reader keeps
+one row per run id (:func:`unique_runs`; the rows of one run id are the same run), and the next compaction merges
+the copies. A row is deleted only once a part holding it exists, so none is ever lost. The directory listing is
+the manifest: parts are immutable and named by their row count, so no index file has to be kept in step (object
+stores offer no compare-and-swap to update one safely), and reading a table takes two listings and one read per
+part, however many rows it holds.
+
+This package imports pyarrow and numpy only, so the analysis reads tables without importing the training code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SUFFIX = ".parquet"
+PARTS = "parts"
+PART_NAME = re.compile(r"^part-(\d+)-[0-9a-f]{32}\.parquet$")
+COMPACT_MIN_ROWS = 500
+"""Row files that make a compaction worth it (reading them costs ~2 ms each on a local disk, a request each on an
+object store)."""
+PART_ROWS = 50_000
+"""Parts below this many rows are merged again with newer rows, so a table of N rows has about N / PART_ROWS
+parts plus a few small ones."""
+READ_ATTEMPTS = 5
+"""Listings a reader retries when a compaction removes a file it listed (it then finds the rows in a new part)."""
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and root path of a storage location: a URI (``s3://``, ``gs://``, ``file://``) or a
+    local path (``~`` expanded, made absolute)."""
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` so readers see the old file or the whole new one, never a part (a synced temporary file
+    renamed on local disks; object stores publish a PUT atomically)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a table directory holds: row files by run id, and parts by path with their row counts."""
+
+    rows: dict[str, str]
+    parts: dict[str, int]
+
+    @property
+    def files(self) -> list[str]:
+        return [*sorted(self.parts), *sorted(self.rows.values())]
+
+
+def _files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(directory, allow_not_found=True)
+    return [info for info in fs.get_file_info(selector) if info.type == pafs.FileType.File]
+
+
+def listing(fs: pafs.FileSystem, table_dir: str) -> Listing:
+    """Row files first, parts second: a compaction that runs between the two listings has written its part before
+    deleting the row files, so the second listing finds every row the first one missed."""
+    rows = {info.base_name[:-len(SUFFIX)]: info.path for info in _files(fs, table_dir)
+            if info.base_name.endswith(SUFFIX) and not info.base_name.startswith(".")}
+    parts = {}
+    for info in _files(fs, f"{table_dir}/{PARTS}"):
+        match = PART_NAME.match(info.base_name)
+        if match:
+            parts[info.path] = int(match.group(1))
+    return Listing(rows, parts)
+
+
+def unique_runs(table: pa.Table) -> pa.Table:
+    """One row per run id: the first of each (copies left by a killed or concurrent compaction are the same run)."""
+    if table.num_rows == 0:
+        return table
+    ids = np.asarray(table.column("run_id").to_pylist(), dtype=object)
+    _, first = np.unique(ids, return_index=True)
+    return table if len(first) == table.num_rows else table.take(np.sort(first))
+
+
+def read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema | None = None) -> pa.Table:
+    """The rows of ``paths`` (parts and row files) as one table: under ``schema`` when given (columns a file lacks
+    read as nulls), else each file's own schema, unified."""
+    if not paths:
+        return schema.empty_table() if schema is not None else pa.table({"run_id": pa.array([], pa.string())})
+    if schema is not None:
+        return pads.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table()
+    tables = [pq.read_table(path, filesystem=fs) for path in paths]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read(fs: pafs.FileSystem, table_dir: str, schema: pa.Schema | None = None) -> pa.Table:
+    """Every row of the table, one per run id.
+
+    Raises:
+        OSError: files kept vanishing under :data:`READ_ATTEMPTS` listings (compactions without pause).
+    """
+    for attempt in range(READ_ATTEMPTS):
+        found = listing(fs, table_dir)
+        try:
+            return unique_runs(read_files(fs, found.files, schema))
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def part_run_ids(fs: pafs.FileSystem, paths: list[str]) -> set[str]:
+    """The run ids the parts hold: their ``run_id`` column only."""
+    ids: set[str] = set()
+    for path in paths:
+        ids.update(pq.read_table(path, filesystem=fs, columns=["run_id"]).column("run_id").to_pylist())
+    return ids
+
+
+def run_ids(fs: pafs.FileSystem, table_dir: str) -> set[str]:
+    """Run ids with a row: two listings and one column of each part, no row file opened."""
+    for attempt in range(READ_ATTEMPTS):
+        found = listing(fs, table_dir)
+        try:
+            return set(found.rows) | part_run_ids(fs, sorted(found.parts))
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def read_run(fs: pafs.FileSystem, table_dir: str, run_id: str, schema: pa.Schema | None = None) -> pa.Table | None:
+    """The row of one run id (from its row file, else from the part that holds it), or ``None``."""
+    for attempt in range(READ_ATTEMPTS):
+        found = listing(fs, table_dir)
+        try:
+            if run_id in found.rows:
+                return read_files(fs, [found.rows[run_id]], schema)
+            if not found.parts:
+                return None
+            hits = pads.dataset(sorted(found.parts), schema=schema, format="parquet", filesystem=fs).to_table(
+                filter=pads.field("run_id") == run_id)
+            return unique_runs(hits) if hits.num_rows else None
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a merged file; one already gone (removed by a concurrent compaction) is fine."""
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What one :func:`compact` did: the part it wrote (``None``: nothing to do) and what it merged."""
+
+    part: str | None
+    rows: int
+    row_files: int
+    parts_merged: int
+
+
+def compact(fs: pafs.FileSystem, table_dir: str, schema: pa.Schema | None = None,
+            min_rows: int = COMPACT_MIN_ROWS, part_rows: int = PART_ROWS) -> Compaction:
+    """Merge the row files (when there are at least ``min_rows``) and the parts below ``part_rows`` rows into one
+    new part, then delete what it merged (the module's commit protocol). Safe while trials write rows and other
+    readers or compactions run."""
+    found = listing(fs, table_dir)
+    small = sorted(path for path, rows in found.parts.items() if rows < part_rows)
+    if len(found.rows) < min_rows and len(small) < 2:
+        return Compaction(None, 0, 0, 0)
+    try:
+        merged = unique_runs(read_files(fs, [*small, *sorted(found.rows.values())], schema))
+    except FileNotFoundError:  # another compaction merged some of them first: leave it to the next round
+        return Compaction(None, 0, 0, 0)
+    part = f"{table_dir}/{PARTS}/part-{merged.num_rows}-{uuid.uuid4().hex}{SUFFIX}"
+    fs.create_dir(f"{table_dir}/{PARTS}", recursive=True)
+    write_atomically(fs, part, parquet_bytes(merged))
+    for path in [*sorted(found.rows.values()), *small]:
+        remove(fs, path)
+    return Compaction(part, merged.num_rows, len(found.rows), len(small))
