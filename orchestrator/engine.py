@@ -10,6 +10,7 @@ interrupted fine-tune continues from the checkpoint in its run directory.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -221,22 +222,23 @@ class PlanSearcher(Searcher):
 class Progress(tune.Callback):
     """One line every ``every_s`` seconds: done / running / pending / failed and an ETA from this run's pace."""
 
-    def __init__(self, searcher: PlanSearcher, total: int, skipped: int, every_s: float = 10.0,
-                 out: TextIO | None = None) -> None:
-        self.searcher, self.total, self.skipped, self.every_s, self.out = searcher, total, skipped, every_s, out
+    def __init__(self, counts, total: int, skipped: int, every_s: float = 10.0, out: TextIO | None = None) -> None:
+        """``counts`` has the sets ``succeeded``, ``failed``, ``blocked`` and the number ``unsuggested`` (a
+        :class:`SweepCounts`, or a :class:`PlanSearcher` of one experiment)."""
+        self.counts, self.total, self.skipped, self.every_s, self.out = counts, total, skipped, every_s, out
         self.started = time.monotonic()
         self.last_print = 0.0
 
     def line(self, trials) -> str:
         status = Counter(trial.status for trial in trials)
-        done = len(self.searcher.succeeded)
+        done = len(self.counts.succeeded)
         running = status.get("RUNNING", 0)
-        pending = status.get("PENDING", 0) + self.searcher.unsuggested
+        pending = status.get("PENDING", 0) + self.counts.unsuggested
         elapsed = time.monotonic() - self.started
-        left = self.total - done - len(self.searcher.failed) - len(self.searcher.blocked)
+        left = self.total - done - len(self.counts.failed) - len(self.counts.blocked)
         eta = "—" if done == 0 else _duration(elapsed / done * left)
         return (f"[tamt] {elapsed:6.0f}s  done {done}/{self.total} (+{self.skipped} already done)  running {running}  "
-                f"pending {pending}  failed {len(self.searcher.failed)}  blocked {len(self.searcher.blocked)}  "
+                f"pending {pending}  failed {len(self.counts.failed)}  blocked {len(self.counts.blocked)}  "
                 f"ETA {eta}")
 
     def on_step_end(self, iteration, trials, **info) -> None:
@@ -354,23 +356,90 @@ def prepare(plan: Plan, storage: Storage, mlflow_uri: str | None) -> tuple[set[s
     return finished, uri
 
 
+WINDOW_TRIALS = 2_000
+"""Trials per Tune experiment. Tune keeps every trial of an experiment until it ends (~100 KiB each), so a plan
+runs as consecutive experiments of this many trials: the driver's memory follows the window, not the plan."""
+
+
+class SweepCounts:
+    """What :class:`Progress` counts, over the windows run so far and the current window's searcher."""
+
+    def __init__(self, later: int) -> None:
+        self.searcher: PlanSearcher | None = None
+        self.later = later
+        """Trials of windows not yet started."""
+        self.done: set[str] = set()
+        self.lost: set[str] = set()
+        self.cut_off: set[str] = set()
+
+    def start(self, searcher: PlanSearcher) -> None:
+        self.searcher = searcher
+        self.later -= searcher.unsuggested
+
+    def close(self) -> None:
+        """The current window has ended: its counts join the earlier windows'."""
+        if self.searcher is not None:
+            self.done |= self.searcher.succeeded
+            self.lost |= self.searcher.failed
+            self.cut_off |= self.searcher.blocked
+            self.searcher = None
+
+    def _with_window(self, earlier: set[str], attribute: str) -> set[str]:
+        return earlier | getattr(self.searcher, attribute) if self.searcher is not None else earlier
+
+    @property
+    def succeeded(self) -> set[str]:
+        return self._with_window(self.done, "succeeded")
+
+    @property
+    def failed(self) -> set[str]:
+        return self._with_window(self.lost, "failed")
+
+    @property
+    def blocked(self) -> set[str]:
+        return self._with_window(self.cut_off, "blocked")
+
+    @property
+    def unsuggested(self) -> int:
+        return self.later + (self.searcher.unsuggested if self.searcher is not None else 0)
+
+
+def next_window(plan: Plan, remaining: deque[str], counts: SweepCounts, size: int) -> list[str]:
+    """Up to ``size`` trials from the front of ``remaining`` (dependency order: searches come before the trials
+    that read their masks, so a trial's searches are in its window or an earlier one). A trial whose search failed
+    in an earlier window is blocked, not handed out."""
+    window: list[str] = []
+    failed = counts.lost
+    while remaining and len(window) < size:
+        run_id = remaining.popleft()
+        if any(dep in failed for dep in plan.dependencies(plan.get(run_id))):
+            counts.cut_off.add(run_id)
+            counts.later -= 1
+        else:
+            window.append(run_id)
+    return window
+
+
 def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None = None,
               resources: Resources = Resources(), max_concurrent: int | None = None, max_failures: int = 3,
               checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
-              out: TextIO | None = None, trainable: Callable[[dict], None] = tune_trial) -> SweepReport:
+              out: TextIO | None = None, trainable: Callable[[dict], None] = tune_trial,
+              window_trials: int = WINDOW_TRIALS) -> SweepReport:
     """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
 
     ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
     ``RAY_ADDRESS`` names, else starts a local Ray with ``ray_init`` (e.g. ``{"num_cpus": 2}``).
     ``trainable`` runs one trial from its config (``{"spec", "settings", "run_id"}``); the default runs the spec
     through ``tamt_core`` (:func:`orchestrator.trial.tune_trial`), ``bench/bench_orchestration.py`` swaps in a
-    sleep to time the orchestration alone.
+    sleep to time the orchestration alone. The trials run as consecutive Tune experiments of ``window_trials``
+    (:data:`WINDOW_TRIALS`); within one, a trial starts as soon as the searches it reads have finished.
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
     todo = [run_id for run_id in [*plan.searches, *plan.evaluations, *plan.finetunes] if run_id not in finished]
     report = SweepReport(storage, uri, len(plan), len(plan) - len(todo))
-    print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run",
+    print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run"
+          + (f", in windows of {window_trials:,}" if len(todo) > window_trials else ""),
           file=out or sys.stdout, flush=True)
     stale = stale_rows(plan, finished)
     if stale:
@@ -398,39 +467,52 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
             ray.shutdown()
         raise
     settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
-    searcher = PlanSearcher(plan, todo, settings)
+    counts = SweepCounts(len(todo))
     sweep_ledger = SweepLedger(storage, name, time.time())
     sweep_ledger.beat()
     tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
     report.experiment_id = tracker.experiment_id
+    progress = Progress(counts, len(todo), report.skipped, progress_every_s, out)
     trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
     max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
+    remaining = deque(todo)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     compactor.start()
     try:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(todo), reuse_actors=True,
-                                        max_concurrent_trials=max_concurrent,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=storage.ray_storage_path(), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=max_failures),
-                                      callbacks=[tracker, sweep_ledger,
-                                                 Progress(searcher, len(todo), report.skipped, progress_every_s,
-                                                          out)]))
-        grid = tuner.fit()
-        report.interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
-        for result in grid:
-            if result.error is not None:
-                run_id = result.config.get("run_id") if result.config else None
-                report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
+        for number in itertools.count(1):
+            window = next_window(plan, remaining, counts, window_trials)
+            if not window:
+                break
+            searcher = PlanSearcher(plan, window, settings)
+            counts.start(searcher)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(window), reuse_actors=True,
+                                            max_concurrent_trials=max_concurrent,
+                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                run_config=tune.RunConfig(name=f"{name}-{stamp}" + (f"-w{number}" if len(todo) > window_trials
+                                                                     else ""),
+                                          storage_path=storage.ray_storage_path(), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          callbacks=[tracker, sweep_ledger, progress]))
+            grid = tuner.fit()
+            for result in grid:
+                if result.error is not None:
+                    run_id = result.config.get("run_id") if result.config else None
+                    report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
+            if searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid):
+                report.interrupted = True
+                break
+            counts.close()
+        tracker.finish("FINISHED")
     except KeyboardInterrupt:
         report.interrupted = True
         tracker.finish("KILLED")
         raise
     finally:
-        report.succeeded = set(searcher.succeeded)
-        report.blocked = set(searcher.blocked)
+        counts.close()
+        report.succeeded = set(counts.done)
+        report.blocked = set(counts.cut_off)
         sweep_ledger.beat(ended="interrupted" if report.interrupted
                           else "complete" if report.complete else "incomplete")
         compactor.stop()

@@ -172,10 +172,8 @@ class MlflowTracker(Callback):
         if child is not None:
             self.client.set_terminated(child, "FAILED")
 
-    def on_experiment_end(self, trials, **info) -> None:
-        self.finish()
-
     def finish(self, status: str = "FINISHED") -> None:
+        """End the sweep's parent run (and any child still open): once, after the sweep's last experiment."""
         for child in self._child_of_trial.values():
             self.client.set_terminated(child, "KILLED")
         self._child_of_trial.clear()

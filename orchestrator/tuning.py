@@ -167,6 +167,7 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
                                           callbacks=[counts, tracker, Progress(counts, todo, done, progress_every_s,
                                                                                out)]))
             tuner.fit()
+            tracker.finish()
             ran = len(counts.succeeded)
         finally:
             if started_here:

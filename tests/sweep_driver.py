@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.engine import Resources, run_sweep
+from orchestrator.engine import WINDOW_TRIALS, Resources, run_sweep
 from orchestrator.grid import Grid
 from orchestrator.storage import Storage
 
@@ -61,7 +61,8 @@ def main() -> None:
                          daemon=True).start()
     report = run_sweep(plan, name="reliability", storage=storage, max_concurrent=settings.get("max_concurrent"),
                        checkpoint_every_s=0.0, progress_every_s=1.0,
-                       resources=Resources(workers_per_search=settings.get("workers_per_search", 1)), **kwargs)
+                       resources=Resources(workers_per_search=settings.get("workers_per_search", 1)),
+                       window_trials=settings.get("window_trials", WINDOW_TRIALS), **kwargs)
     if cluster is not None:
         cluster.shutdown()
     print(json.dumps({"planned": report.planned, "skipped": report.skipped, "succeeded": sorted(report.succeeded),

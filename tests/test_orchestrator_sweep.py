@@ -4,6 +4,7 @@ and run on two workers."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -194,6 +195,49 @@ def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, 
     assert set(table.values()) == {1} and set(table) == first_ids | renewed.run_ids()  # the stale rows kept too
 
 
+def test_a_plan_larger_than_a_window_runs_every_trial_once_in_dependency_order(ray_session, tmp_path,
+                                                                                tiny_bert_dir):
+    """Windows of three trials: a fine-tune whose search ran in an earlier window runs in a later one, and one whose
+    search failed is blocked there, never handed out."""
+    from orchestrator.engine import run_sweep
+    from orchestrator.grid import Grid
+
+    plan = Grid(models=(str(tiny_bert_dir),), methods=("omp", "rand"), sparsities=(0.5,), mask_seeds=(1,),
+                finetune_seeds=(1, 2, 3), tasks=("rte",)).plan()
+    failing = next(run_id for run_id, spec in plan.searches.items() if spec.config.method == "rand")
+
+    def trainable(config):
+        import time as clock
+
+        import ray.tune
+
+        from orchestrator import results as table
+        from orchestrator.storage import Storage as Store
+
+        if config["run_id"] == failing:
+            raise RuntimeError("no random masks today")
+        table.write_row(Store.at(config["settings"]["storage"]), {
+            "run_id": config["run_id"], "stage": config["spec"]["stage"], "wall_s": clock.time(),
+            "mask_run_id": (config["spec"].get("mask") or {}).get("search_id")})
+        ray.tune.report({"tamt_done": 1})
+
+    storage = Storage.at(tmp_path / "runs")
+    printed = io.StringIO()
+    report = run_sweep(plan, name="windows", storage=storage, max_failures=0, trainable=trainable, window_trials=3,
+                       max_concurrent=2, out=printed)
+    blocked = {run_id for run_id, spec in plan.finetunes.items() if spec.mask and spec.mask.search_id == failing}
+    assert len(plan) == 11 and len(blocked) == 3
+    assert set(report.failed) == {failing} and report.blocked == blocked
+    assert report.succeeded == plan.run_ids() - blocked - {failing}
+    rows = results.read_frame(storage).set_index("run_id")
+    assert sorted(rows.index) == sorted(report.succeeded)  # once each, and nothing of the blocked ones ran
+    masked = rows[rows.mask_run_id.notna()]
+    assert (masked.wall_s.to_numpy() > rows.loc[masked.mask_run_id, "wall_s"].to_numpy()).all()
+    experiments = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "runs" / "ray").glob("windows-*"))
+    assert experiments == ["w1", "w2", "w3"], experiments  # 2 searches + 1, then 3, then the 2 left unblocked
+    assert "in windows of 3" in printed.getvalue() and "done 7/11" in printed.getvalue()
+
+
 def _driver(tmp_path: Path, tiny_bert_dir: Path, **settings) -> tuple[list[str], Path, str]:
     """The command of a driver subprocess; the settings also rebuild its plan (``planned``)."""
     temp_dir = f"/tmp/tamt-ray-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths have a length limit
@@ -258,9 +302,10 @@ def run_driver(command: list[str], temp_dir: str) -> dict:
 
 
 def _start_and_wait(tmp_path: Path, tiny_bert_dir: Path, rows: int):
-    """A one-at-a-time driver subprocess, once ``rows`` trials have finished: (process, storage, temp dir, rows)."""
+    """A one-at-a-time driver subprocess in windows of three trials, once ``rows`` trials have finished (the
+    second window runs): (process, storage, temp dir, rows)."""
     command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, seeds=[1, 2, 3], tasks=["rte"],
-                                         max_concurrent=1)
+                                         max_concurrent=1, window_trials=3)
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         return proc, storage, temp_dir, _wait_for_rows(storage, rows, proc)
