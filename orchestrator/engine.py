@@ -507,7 +507,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         tracker.finish("FINISHED")
     except KeyboardInterrupt:
         report.interrupted = True
-        tracker.finish("KILLED")
+        tracker.finish("KILLED", timeout_s=10.0)
         raise
     finally:
         counts.close()
