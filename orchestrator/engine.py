@@ -500,7 +500,9 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                 if result.error is not None:
                     run_id = result.config.get("run_id") if result.config else None
                     report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
-            if searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid):
+            interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
+            del tuner, grid  # this window's trials and results go now, not when the next window's replace them
+            if interrupted:
                 report.interrupted = True
                 break
             counts.close()
