@@ -80,7 +80,10 @@ def zero_trial(config: dict) -> None:
 
 
 def driver_part(trials: int, window: int, samples_csv: Path | None = None) -> dict:
+    import pyarrow.fs as pafs
     import ray
+
+    import tamt_table
 
     from orchestrator.engine import Resources, run_sweep
     from orchestrator.plan import Plan
@@ -98,7 +101,8 @@ def driver_part(trials: int, window: int, samples_csv: Path | None = None) -> di
             if samples_csv is not None:
                 samples_csv.write_text("seconds,done,rss_mib\n")
             while not stop.wait(5.0):
-                done = sum(1 for _ in os.scandir(table)) if table.exists() else 0
+                found = tamt_table.listing(pafs.LocalFileSystem(), str(table))  # row files and compacted parts
+                done = len(found.rows) + sum(found.parts.values())
                 samples.append((time.perf_counter(), done, rss_mib()))
                 if samples_csv is not None:  # as it goes: a run cut short still leaves its samples
                     with samples_csv.open("a") as handle:
