@@ -7,7 +7,7 @@ import base64
 import html
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
 
@@ -102,7 +102,7 @@ def write(rows: pd.DataFrame, outcomes, results: results_table.ResultsTable | No
     findings = [f for o in drawn for f in o.findings]
     parts = [f"<h1>tamt: results of {_h(runs)}</h1>",
              f"<p>{len(rows)} rows; per-model analyses for <b>{_h(model)}</b>; {len(drawn)} of {len(outcomes)} "
-             f"figures drawn. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by "
+             f"figures drawn. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
              "<code>python -m analysis.figures</code>. Scores are dev-set metrics (0-100), mean ± std over mask "
              "seeds × fine-tuning seeds.</p>"]
     if findings:

@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: the analysis runs on clusters and in CI, never with a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
 METHODS: dict[str, str] = {"omp": "OMP", "rand": "Rand", "imp": "IMP", "tamt-mlm": "TAMT-MLM",
                            "tamt-kd": "TAMT-KD", "full": "Full model"}

@@ -25,11 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from analysis import figures, table  # noqa: E402
-from orchestrator import ledger  # noqa: E402
-from orchestrator.results import write_row  # noqa: E402
-from orchestrator.storage import Storage  # noqa: E402
-from tamt_core import hparams  # noqa: E402
+from analysis import figures, table
+from orchestrator import ledger
+from orchestrator.results import write_row
+from orchestrator.storage import Storage
+from tamt_core import hparams
 
 BERT, ROBERTA = "bert-base-uncased", "roberta-base"
 FULL_SCORE = {"mnli": 84.0, "sst2": 92.0, "cola": 56.0, "stsb": 88.5, "mrpc": 85.0, "rte": 66.0, "squad": 88.0}
@@ -205,9 +205,9 @@ def main() -> None:
                        cwd=Path(__file__).resolve().parent.parent)
         status = time.perf_counter() - started
         stages = rows["stage"].value_counts().to_dict()
-        print(f"\n| rows | stages | write_row (all) | analysis.table.load | python -m analysis.figures (all) | "
+        print("\n| rows | stages | write_row (all) | analysis.table.load | python -m analysis.figures (all) | "
               "python -m sweeps status |")
-        print(f"|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         print(f"| {len(rows):,} | {stages} | {written:.1f} s | {read:.1f} s | {drawn:.1f} s (exit {code}) | "
               f"{status:.2f} s |")
 

@@ -26,16 +26,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import BertConfig, BertForMaskedLM  # noqa: E402
+import torch
+from transformers import BertConfig, BertForMaskedLM
 
-from tamt_core.checkpoint import STATE_FILE, TrainedTensors  # noqa: E402
-from tamt_core.masking import apply_fixed_mask, apply_score_masks, dense_weights  # noqa: E402
-from tamt_core.methods.imp import imp_prune  # noqa: E402
-from tamt_core.methods.tamt import ThresholdController, initial_scores  # noqa: E402
-from tamt_core.models import mlm_head  # noqa: E402
-from tamt_core.search_run import CHECKPOINT_EVERY_S, LocalCheckpoints, SearchRun  # noqa: E402
-from tamt_core.training import BatchStream, adamw_with_schedule  # noqa: E402
+from tamt_core.checkpoint import STATE_FILE, TrainedTensors
+from tamt_core.masking import apply_fixed_mask, apply_score_masks, dense_weights
+from tamt_core.methods.imp import imp_prune
+from tamt_core.methods.tamt import ThresholdController, initial_scores
+from tamt_core.models import mlm_head
+from tamt_core.search_run import CHECKPOINT_EVERY_S, LocalCheckpoints, SearchRun
+from tamt_core.training import BatchStream, adamw_with_schedule
 
 CONFIGS = {
     "base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -76,7 +76,7 @@ def prepared(method: str, config: dict) -> tuple[torch.nn.Module, dict]:
                    "batches": batches, **extra}
 
 
-def run_once(model, components, directory: Path) -> tuple[float, float, int]:
+def run_once(components, directory: Path) -> tuple[float, float, int]:
     """Write one checkpoint and resume from it; returns (write s, resume s, bytes of the state file)."""
     store = LocalCheckpoints(directory / "checkpoints")
     run = SearchRun({"run_id": "bench"}, store=store, mask_dir=directory, log=lambda m: None,
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             for repeat in range(args.repeats):
-                times.append(run_once(model, components, Path(tmp) / str(repeat)))
+                times.append(run_once(components, Path(tmp) / str(repeat)))
         write = statistics.median(t[0] for t in times)
         resume = statistics.median(t[1] for t in times)
         size = times[0][2]

@@ -32,19 +32,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+import torch
+from torch import nn
+from transformers import AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step_time import CONFIGS, random_batch, synchronize  # noqa: E402
+from bench_step_time import CONFIGS, random_batch, synchronize
 
-from tamt_core import hparams  # noqa: E402
-from tamt_core.finetune import FinetuneConfig, _task_model, _train_batches, load_task_data, train_step  # noqa: E402
-from tamt_core.masking import apply_fixed_mask, weight_shapes  # noqa: E402
-from tamt_core.models import BUILTIN_MODEL_NAME, resolve_source  # noqa: E402
-from tamt_core.tasks import TASKS, get_task  # noqa: E402
-from tamt_core.training import adamw_with_schedule, to_device  # noqa: E402
+from tamt_core import hparams
+from tamt_core.finetune import FinetuneConfig, _task_model, _train_batches, load_task_data, train_step
+from tamt_core.masking import apply_fixed_mask, weight_shapes
+from tamt_core.models import BUILTIN_MODEL_NAME, resolve_source
+from tamt_core.tasks import TASKS, get_task
+from tamt_core.training import adamw_with_schedule, to_device
 
 SCHEDULE_STEPS = 10_000
 """Linear-decay length while timing: the learning rate stays near Tab. 1's."""
@@ -126,7 +126,7 @@ def part_tasks(args, device: torch.device) -> dict:
             if i >= args.task_warmup + args.task_steps:
                 break
             batch = to_device(batch, device)
-            t = _timed(device, lambda b=batch: train_step(model, b, params, optimizer, schedule))
+            t = _timed(device, lambda b=batch, m=model, p=params, o=optimizer, s=schedule: train_step(m, b, p, o, s))
             if i >= args.task_warmup:
                 times.append(t)
                 examples += int(batch["input_ids"].shape[0])

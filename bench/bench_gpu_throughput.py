@@ -18,9 +18,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-import bench_step_time  # noqa: E402
+import bench_step_time
 
 PAPER_V100_TOKENS_PER_S = 12_800
 TARGET_TOKENS_PER_S = 128_000

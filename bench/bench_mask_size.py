@@ -29,10 +29,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from tamt_core.masking import weight_shapes  # noqa: E402
-from tamt_core.masks import load_mask, save_mask, similarity  # noqa: E402
+from tamt_core.masking import weight_shapes
+from tamt_core.masks import load_mask, save_mask, similarity
 
 TARGET_BITS_PER_ENTRY = 1.01
 

@@ -48,17 +48,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from tamt_core.device import autocast as tamt_autocast  # noqa: E402
-from tamt_core.hparams import MLM_PROBABILITY, TAMT_MLM  # noqa: E402
-from tamt_core.losses import mlm_loss  # noqa: E402
-from tamt_core.masking import EMBEDDING, apply_score_masks, dense_weights  # noqa: E402
-from tamt_core.methods.tamt import ThresholdController, initial_scores  # noqa: E402
-from tamt_core.models import mlm_head  # noqa: E402
-from tamt_core.threshold import kth_smallest  # noqa: E402
-from tamt_core.training import adamw_with_schedule  # noqa: E402
+from tamt_core.device import autocast as tamt_autocast
+from tamt_core.hparams import MLM_PROBABILITY, TAMT_MLM
+from tamt_core.losses import mlm_loss
+from tamt_core.masking import EMBEDDING, apply_score_masks, dense_weights
+from tamt_core.methods.tamt import ThresholdController, initial_scores
+from tamt_core.models import mlm_head
+from tamt_core.threshold import kth_smallest
+from tamt_core.training import adamw_with_schedule
 
 CONFIGS: dict[str, dict[str, int]] = {
     # The shape of tests/conftest.py's tiny BERT: a smoke shape, dominated by the 30522-row embedding.

@@ -147,7 +147,8 @@ class Grid:
             bad = [s for s in getattr(self, name) if isinstance(s, bool) or not isinstance(s, int) or s < 0]
             if bad:
                 raise PlanError(f"{name} must be non-negative integers, got {bad}")
-        bad = [n for n in self.train_sizes if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1)]
+        bad = [n for n in self.train_sizes
+               if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1)]
         if bad:
             raise PlanError(f"train_sizes must be positive integers or None (whole set), got {bad}")
         unknown = set(self.search) - _SEARCH_FIELDS - set(METHOD_NAMES)

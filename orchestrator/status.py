@@ -6,8 +6,8 @@ and stale rows (results of the same trials by older algorithm versions, kept but
 left from the plan's estimates; the last error of each failed trial; and whether the driver is alive.
 
 It reads a handful of small files, the listings of the results table and the run ids of its parts, writes
-nothing, and imports no training code, so it answers in well under a second on a paper-sized store, on a shared filesystem or an object store, while
-a sweep runs or after.
+nothing, and imports no training code, so it answers in well under a second on a paper-sized store, on a shared
+filesystem or an object store, while a sweep runs or after.
 """
 
 from __future__ import annotations

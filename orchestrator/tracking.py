@@ -50,9 +50,9 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
                 return
         except (urllib.error.URLError, OSError, ValueError) as error:
-            raise TrackingError(f"MLflow tracking server {uri} does not answer ({error}); start it (docs/orchestrator.md: "
-                                "`mlflow server --backend-store-uri sqlite:///… --port 5000`) or drop --mlflow-uri "
-                                "to use the store inside --storage") from error
+            raise TrackingError(f"MLflow tracking server {uri} does not answer ({error}); start it "
+                                "(docs/orchestrator.md: `mlflow server --backend-store-uri sqlite:///… --port 5000`) "
+                                "or drop --mlflow-uri to use the store inside --storage") from error
     elif not uri.startswith(("sqlite:///", "postgresql", "mysql", "databricks")):
         raise TrackingError(f"unsupported MLflow tracking URI {uri!r}; use http(s)://host:port, sqlite:///path or a "
                             "database URI")

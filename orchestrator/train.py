@@ -50,7 +50,7 @@ def train_run_name(run_id: str) -> str:
     return f"{TRAIN_RUN_PREFIX}{run_id}"
 
 
-def fit_search(spec: SearchSpec, settings: "TrialSettings", worker_loop) -> None:  # noqa: F821
+def fit_search(spec: SearchSpec, settings: TrialSettings, worker_loop) -> None:  # noqa: F821
     """Run ``worker_loop`` on the search's Train workers until the search is done (called in its Tune trial)."""
     storage = Storage.at(settings.storage)
     TorchTrainer(
@@ -66,7 +66,7 @@ def fit_search(spec: SearchSpec, settings: "TrialSettings", worker_loop) -> None
     ).fit()
 
 
-def worker_device(settings: "TrialSettings") -> str | None:  # noqa: F821
+def worker_device(settings: TrialSettings) -> str | None:  # noqa: F821
     """The device of this Train worker: its own GPU (Ray sets the visible devices), else the settings' choice."""
     if settings.search_gpu > 0:
         return str(ray.train.torch.get_device())

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from tamt_core.console import quiet_libraries
 from tamt_core.evaluate import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
-from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError, load_config
+from tamt_core.masking import NotBertFamilyError
+from tamt_core.models import ModelUnavailableError, load_config
 from tamt_core.search import IDENTITY_FILE, SearchResult, run_search
 from tamt_core.search_run import CheckpointStore
 
@@ -72,7 +73,7 @@ def check_models(specs: Iterable[Spec]) -> None:
     for model in sorted({spec.model for spec in specs}):
         try:
             load_config(model)
-        except (ModelUnavailableError, NotBertFamilyModelError) as error:
+        except (ModelUnavailableError, NotBertFamilyError) as error:
             raise PlanError(str(error)) from error
 
 
@@ -102,7 +103,7 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
                attempts=attempts, node=node, versions=provenance(spec.algorithm), cell_id=cell,
                algorithm_versions=algorithm_versions,
-               finished_at=datetime.fromtimestamp(int(time.time()), tz=timezone.utc))
+               finished_at=datetime.fromtimestamp(int(time.time()), tz=UTC))
     run_dir.push()
     results.write_row(storage, row)
     return row
@@ -192,7 +193,7 @@ def _mask_entry(search_row: dict[str, Any], ref: MaskRef) -> dict[str, Any]:
     return next(m for m in search_row["masks"] if round(m["sparsity"], 4) == ref.sparsity and m["step"] == ref.step)
 
 
-def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report
+def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report  # noqa: ARG001 (one signature for every stage)
                 ) -> dict[str, Any]:
     losses = pretrain_losses({"dense": None}, model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
                              device=settings.device)["dense"]
@@ -201,7 +202,7 @@ def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirect
             "kd_dev_loss": losses["kd_loss"], "device": settings.device}
 
 
-def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirectory, report: Report
+def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirectory, report: Report  # noqa: ARG001 (one signature for every stage)
                 ) -> dict[str, Any]:
     """Every pair of ``spec.pairs()``; masks are loaded once, and with a reference each other mask is dropped after
     its pair, so memory holds two masks however long the list (a BERT-base mask is 109M booleans)."""

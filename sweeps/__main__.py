@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from sweeps import SWEEPS, presets_of  # noqa: E402
+from sweeps import SWEEPS, presets_of
 
 
 def main(argv: list[str] | None = None) -> int:

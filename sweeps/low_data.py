@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main  # noqa: E402
-from sweeps.common import SMOKE_FINETUNE, SMOKE_TRAIN_SIZE, paper_grid, smoke_grid  # noqa: E402
-from tamt_core import hparams  # noqa: E402
+from orchestrator.cli import sweep_main
+from sweeps.common import SMOKE_FINETUNE, SMOKE_TRAIN_SIZE, paper_grid, smoke_grid
+from tamt_core import hparams
 
 METHODS = ("omp", "imp", "tamt-mlm", "tamt-kd")
 SPARSITY = (hparams.LOW_DATA_SPARSITY,)

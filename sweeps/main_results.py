@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main  # noqa: E402
-from sweeps.common import BERT, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid  # noqa: E402
-from tamt_core import hparams  # noqa: E402
-from tamt_core.methods.base import METHOD_NAMES  # noqa: E402
-from tamt_core.tasks import TASKS  # noqa: E402
+from orchestrator.cli import sweep_main
+from sweeps.common import BERT, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid
+from tamt_core import hparams
+from tamt_core.methods.base import METHOD_NAMES
+from tamt_core.tasks import TASKS
 
 PRESETS = {
     # §4.1: BERT-base and RoBERTa-base × 5 methods × 8 sparsities × 3 mask seeds × 3 fine-tune seeds × 7 tasks, and

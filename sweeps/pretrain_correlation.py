@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main  # noqa: E402
-from sweeps.common import SMOKE_COST_STEPS, SMOKE_SPARSITIES, paper_grid, smoke_grid  # noqa: E402
-from tamt_core import hparams  # noqa: E402
-from tamt_core.tasks import TASKS  # noqa: E402
+from orchestrator.cli import sweep_main
+from sweeps.common import SMOKE_COST_STEPS, SMOKE_SPARSITIES, paper_grid, smoke_grid
+from tamt_core import hparams
+from tamt_core.tasks import TASKS
 
 PRESETS = {
     "paper": lambda: [

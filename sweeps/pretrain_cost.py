@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main  # noqa: E402
-from sweeps.common import SMOKE_COST_STEPS, SMOKE_IMP_INTERVALS, paper_grid, smoke_grid, with_interval  # noqa: E402
-from tamt_core import hparams  # noqa: E402
+from orchestrator.cli import sweep_main
+from sweeps.common import SMOKE_COST_STEPS, SMOKE_IMP_INTERVALS, paper_grid, smoke_grid, with_interval
+from tamt_core import hparams
 
 PRESETS = {
     # TAMT: 2 objectives × 3 sparsities × 3 seeds × 7 steps; IMP: 6 intervals × 3 seeds × 3 sparsities; each mask

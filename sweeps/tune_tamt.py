@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main  # noqa: E402
-from orchestrator.study import TamtStudy  # noqa: E402
-from sweeps.common import BERT, SMOKE_SEARCH, WIKITEXT  # noqa: E402
-from tamt_core.models import BUILTIN_MODEL_NAME  # noqa: E402
+from orchestrator.cli import sweep_main
+from orchestrator.study import TamtStudy
+from sweeps.common import BERT, SMOKE_SEARCH, WIKITEXT
+from tamt_core.models import BUILTIN_MODEL_NAME
 
 TRIALS = 24
 """Per objective: TPE's 10 random start-up points, then 14 guided ones."""
@@ -29,7 +29,8 @@ PRESETS = {
                                 trials=TRIALS, search={"steps": PROXY_STEPS}) for method in ("tamt-mlm", "tamt-kd")],
     "smoke": lambda: [TamtStudy(name="tamt-mlm-smoke-0.7", model=BUILTIN_MODEL_NAME, method="tamt-mlm",
                                 sparsity=0.7, trials=6, dev_loss_batches=2,
-                                search={key: SMOKE_SEARCH[key] for key in ("batch_size", "block_size")} | {"steps": 16})],
+                                search={"batch_size": SMOKE_SEARCH["batch_size"],
+                                        "block_size": SMOKE_SEARCH["block_size"], "steps": 16})],
 }
 
 if __name__ == "__main__":

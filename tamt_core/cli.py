@@ -28,14 +28,14 @@ from tamt_core import hparams
 from tamt_core.methods.base import METHOD_NAMES, SearchConfig
 from tamt_core.search_run import CHECKPOINT_EVERY_S
 
-log = logging.getLogger("tamt")
 
 
 def _parse_steps(text: str) -> tuple[int, ...]:
     try:
         return tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated step numbers such as 1000,2000: {text!r}") from error
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated step numbers such as 1000,2000: {text!r}") from error
 
 
 def _sparsity(text: str) -> float:
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pre-training sequence length (Tab. 1: 512)")
     search.add_argument("--schedule-steps", type=int, help="length of the linear LR decay (default: 2 epochs)")
     search.add_argument("--threshold-period", type=int, default=1,
-                        help="TAMT: re-set the threshold every N steps (the released code: 1000 MLM, 100 KD)")
+                        help="TAMT: re-set the threshold every N steps (the released code: "
+                             f"{hparams.REFERENCE_THRESHOLD_PERIOD['mlm']} MLM, "
+                             f"{hparams.REFERENCE_THRESHOLD_PERIOD['kd']} KD)")
     search.add_argument("--save-steps", type=_parse_steps, default=(),
                         help="TAMT: also save the masks at these steps, e.g. 1000,2000,5000")
     search.add_argument("--pruning-interval", type=int, default=hparams.IMP_PRUNING_INTERVAL,
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--objective", choices=("mlm", "kd", "both"), default="both")
     loss.add_argument("--kd-distance", choices=("cosine", "mse"), default="cosine",
                       help="Eq. 6 cosine, or the MSE the released eval scripts used")
-    loss.add_argument("--seed", type=int, default=hparams.DEV_LOSS_SEED, help="seed of the MLM corruption and KD sequences")
+    loss.add_argument("--seed", type=int, default=hparams.DEV_LOSS_SEED,
+                      help="seed of the MLM corruption and KD sequences")
     loss.add_argument("--batch-size", type=int, default=hparams.DEV_LOSS_BATCH_SIZE)
     loss.add_argument("--block-size", type=int, default=hparams.TAMT_MLM.max_length)
     loss.add_argument("--max-batches", type=int, help="score only the first N batches")
@@ -155,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from tamt_core.data.pretrain import DatasetUnavailableError
     from tamt_core.masks import MaskFileError
-    from tamt_core.models import ModelUnavailableError, NotBertFamilyModelError
+    from tamt_core.models import ModelUnavailableError
 
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, ModelUnavailableError, NotBertFamilyModelError, DatasetUnavailableError, MaskFileError,
+    except (ValueError, ModelUnavailableError, DatasetUnavailableError, MaskFileError,
             FileNotFoundError) as error:
         print(f"tamt: error: {error}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ def load_for_mask(mask: Mask | None, model: str | None, *, with_mlm_head: bool =
 
 
 def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, data: str | None = None,
-                    objectives: tuple[str, ...] = OBJECTIVES, kd_distance: str = "cosine", seed: int = hparams.DEV_LOSS_SEED,
+                    objectives: tuple[str, ...] = OBJECTIVES, kd_distance: str = "cosine",
+                    seed: int = hparams.DEV_LOSS_SEED,
                     batch_size: int = hparams.DEV_LOSS_BATCH_SIZE, block_size: int = hparams.TAMT_MLM.max_length,
                     max_batches: int | None = None,
                     device: str | None = None) -> dict[str, dict[str, float]]:
@@ -57,8 +58,9 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
     mlm_batches = kd_batches = None
     if "mlm" in objectives:
         blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=block_size)
+        max_blocks = None if max_batches is None else max_batches * batch_size
         mlm_batches = pretrain.fixed_mlm_eval_batches(blocks, tokenizer, batch_size=batch_size, seed=seed,
-                                                      max_blocks=None if max_batches is None else max_batches * batch_size)
+                                                      max_blocks=max_blocks)
     released_mse = kd_distance == "mse"
     if "kd" in objectives:
         sequences = pretrain.kd_sequences(lines, tokenizer, max_seq_len=block_size, seed=seed)

@@ -34,7 +34,7 @@ from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceCla
                           PreTrainedTokenizerBase)
 
 from tamt_core import hparams
-from tamt_core.checkpoint import (CorruptCheckpointError, OutputDirectoryError, claim_directory, load_training_state,
+from tamt_core.checkpoint import (CorruptCheckpointError, claim_directory, load_training_state,
                                   save_training_state, write_json)
 from tamt_core.data import downstream, squad
 from tamt_core.device import autocast, pick_device
@@ -243,7 +243,9 @@ def head_in_fp32(head: nn.Module) -> None:
     def forward(*args: Any, **kwargs: Any) -> Any:
         tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
         device_type = tensors[0].device.type if tensors else "cpu"
-        as_fp32 = (lambda a: a.float() if torch.is_tensor(a) and a.is_floating_point() else a)
+        def as_fp32(a: Any) -> Any:
+            return a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+
         with torch.autocast(device_type, enabled=False):
             return inner(*map(as_fp32, args), **{k: as_fp32(v) for k, v in kwargs.items()})
 

@@ -32,7 +32,6 @@ class PretrainHParams:
     max_epochs: int | None = None
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    warmup_steps: int = 0
 
 
 # Tab. 1: "Batch Size 16, Max Length 512, Lr (linear decay) 5e-5 / 5e-5 / 2e-5, Max Epochs 2 (IMP)".
@@ -66,8 +65,9 @@ TAMT_STEPS: dict[float, int] = {0.2: 3000, 0.3: 6000, 0.4: 8000, 0.5: 11000, 0.6
 
 
 def imp_steps(sparsity: float, pruning_interval: int = IMP_PRUNING_INTERVAL) -> int:
-    """Training step at which IMP emits its mask of ``sparsity``: (10·s − 1)·P (Tab. 2, App. C)."""
-    return int(round(10 * sparsity) - 1) * pruning_interval
+    """Training step at which IMP emits its mask of ``sparsity``: (10·s − 1)·P (Tab. 2, App. C), with 10 % pruned
+    at each prune (:data:`IMP_PRUNE_FRACTION`)."""
+    return int(round(sparsity / IMP_PRUNE_FRACTION) - 1) * pruning_interval
 
 
 # --- Threshold re-set period of the released code (reference-impl §5.3) ---------------------------------------
@@ -75,7 +75,7 @@ REFERENCE_THRESHOLD_PERIOD: dict[str, int] = {"mlm": 1000, "kd": 100}
 """The released trainers re-set τ every 1000 (MLM) / 100 (KD) steps; ours defaults to every step."""
 
 
-# --- Fine-tuning (Tab. 1, right block; used by the fine-tuning issue) -----------------------------------------
+# --- Fine-tuning (Tab. 1, right block) ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FinetuneHParams:
     """One column of Tab. 1's fine-tuning block."""

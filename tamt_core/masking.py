@@ -19,7 +19,7 @@ any head class. With a tied MLM decoder, only the input embedding lookup is mask
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -42,7 +42,8 @@ POOLER = "pooler.dense.weight"
 
 
 class NotBertFamilyError(ValueError):
-    """The model lacks the BERT encoder layout that the masked set (§3.2) is defined on."""
+    """The model is not a BERT-family encoder: its config names another architecture, or it lacks the BERT encoder
+    layout that the masked set (§3.2) is defined on."""
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -130,13 +131,13 @@ class _MaskedByScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         keep = scores > threshold
         ctx.save_for_backward(weight, keep if weight.requires_grad else None)
         return weight * keep
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # noqa: D102
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         weight, keep = ctx.saved_tensors
         grad_weight = grad * keep if ctx.needs_input_grad[0] else None
         grad_scores = grad * weight if ctx.needs_input_grad[1] else None
@@ -163,7 +164,7 @@ class ScoreMask(nn.Module):
         return self.scores.detach() > self.threshold
 
 
-def _attach(model: nn.Module, make: "callable[[str, torch.Tensor], nn.Module]") -> None:
+def _attach(model: nn.Module, make: callable[[str, torch.Tensor], nn.Module]) -> None:
     if any(parametrize.is_parametrized(m, "weight") for m in masked_modules(model).values()):
         raise RuntimeError("this model already carries masks; call remove_masks(model) first")
     for name, module in masked_modules(model).items():

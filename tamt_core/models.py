@@ -7,7 +7,6 @@ to the MLM model's encoder, so one object carries all 74 matrices of BERT-base.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
 
-from tamt_core.masking import base_model, dense_weights
+from tamt_core.masking import NotBertFamilyError, base_model, dense_weights
 from tamt_core.masks import weights_fingerprint
 
-log = logging.getLogger(__name__)
 
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 """``config.model_type`` values whose encoders have the Q/K/V/AO/FI/FO layout the masked set is defined on."""
@@ -35,10 +33,6 @@ INIT_SEED = 0
 
 class ModelUnavailableError(RuntimeError):
     """The model is neither a local directory nor loadable from the hub."""
-
-
-class NotBertFamilyModelError(ValueError):
-    """The checkpoint is not a BERT-family encoder."""
 
 
 @dataclass
@@ -84,7 +78,7 @@ def load_config(model: str | None) -> tuple[str, str, PretrainedConfig]:
             f"(`hf download {model} --local-dir DIR`) and pass --model DIR, or omit --model for the built-in "
             "smoke model.") from error
     if config.model_type not in BERT_FAMILY:
-        raise NotBertFamilyModelError(
+        raise NotBertFamilyError(
             f"model {model!r} has model_type {config.model_type!r}, which is not BERT-family; tamt masks the "
             f"Q/K/V/attention-output/FFN matrices of BERT-style encoders ({', '.join(BERT_FAMILY)}).")
     return name, source, config

@@ -24,8 +24,8 @@ GLUE_METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "mrpc": ("accuracy", "f1", "accuracy_and_f1"),
     "stsb": ("pearson", "spearman", "pearson_and_spearman"),
 }
-"""The keys ``tamt_core.metrics.glue_metrics`` returns per task. MNLI's ``_matched``/``_mismatched`` suffix is added by the caller,
-which evaluates the two dev sets separately (reference-impl §7.3)."""
+"""The keys ``tamt_core.metrics.glue_metrics`` returns per task. MNLI's ``_matched``/``_mismatched`` suffix is added by
+the caller, which evaluates the two dev sets separately (reference-impl §7.3)."""
 
 
 class UnknownTaskError(ValueError):
@@ -50,10 +50,6 @@ class Task:
     train_split: str = "train"
     paper_train_size: int = 0
     """Training examples (questions for SQuAD) in the paper's data (App. B, Tab. 1), for cost estimates."""
-
-    @property
-    def is_glue(self) -> bool:
-        return self.kind != "span"
 
 
 TASKS: dict[str, Task] = {

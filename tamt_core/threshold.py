@@ -77,7 +77,7 @@ class BandedThresholds:
     def reset(self, scores: Mapping[str, torch.Tensor], thresholds: Mapping[str, torch.Tensor]) -> None:
         """Write into each ``thresholds[name]`` (a 0-dim tensor) the k-th smallest of ``scores[name]``."""
         todo = []
-        for name, score in scores.items():
+        for name in scores:
             if self.zeros[name] == 0:
                 thresholds[name].fill_(float("-inf"))
             else:

@@ -75,7 +75,8 @@ def _priority_as_string(config):
 
 
 @pytest.mark.parametrize("break_it, error, message", [
-    (_misspell_setup, jsonschema.ValidationError, "Additional properties are not allowed ('setup_comands' was unexpected)"),
+    (_misspell_setup, jsonschema.ValidationError,
+     "Additional properties are not allowed ('setup_comands' was unexpected)"),
     (_missing_head_type, ValueError, "`head_node_type` must be one of `available_node_types`."),
     (_gpu_as_string, jsonschema.ValidationError, "'one' is not of type 'integer'"),
     (_min_over_global_max, ValueError,

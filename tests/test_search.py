@@ -77,7 +77,7 @@ def test_tamt_keeps_exact_sparsity_at_every_step_and_pooler_fixed(tiny_bert_dir,
     """Check vectors 14-16 and 18: after every re-set each matrix has int(s·n) zeros (ties aside, only the
     embedding may have more); the pooler, which gets no gradient, keeps its init mask."""
     config = SearchConfig(method=method, sparsity=0.7, steps=6, save_steps=(0, 2, 4), lr=5e-3, **SMALL)
-    found, _, model = _run(tiny_bert_dir, config)
+    found, _, _model = _run(tiny_bert_dir, config)
     assert [f.step for f in found] == [0, 2, 4, 6]
     init = found[0].tensors
     for mask in found[1:]:
@@ -90,7 +90,7 @@ def test_tamt_keeps_exact_sparsity_at_every_step_and_pooler_fixed(tiny_bert_dir,
 
 
 def test_tamt_init_mask_is_eq5(tiny_bert_dir):
-    found, _, model = _run(tiny_bert_dir, SearchConfig(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,),
+    found, _, _model = _run(tiny_bert_dir, SearchConfig(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,),
                                                        **SMALL))
     scores = initial_scores(dense_weights(load_pretrained(str(tiny_bert_dir)).model), 0.6)
     assert all(torch.equal(found[0].tensors[n], s > PHI) for n, s in scores.items())

@@ -219,7 +219,8 @@ def test_two_processes_hold_identical_state_and_compute_one_process_steps(tiny_b
     bit-identical scores, thresholds and MLM head, and with dropout off (the one thing a rank draws on its own) the
     masks and loss curves are one process's: measured equal to the bit for TAMT-MLM and TAMT-KD."""
     config = dict(sparsity=0.5, steps=20, save_steps=[10], lr=1e-2, block_size=32, batch_size=8)
-    runs = [{"out": str(tmp_path / f"{method}-{{n}}"), "config": {"method": method}} for method in ("tamt-mlm", "tamt-kd")]
+    runs = [{"out": str(tmp_path / f"{method}-{{n}}"), "config": {"method": method}}
+            for method in ("tamt-mlm", "tamt-kd")]
     settings = {"model": str(tiny_bert_without_dropout_dir), "config": config, "log_every": 5}
     for n in (1, 2):
         done = drive(tmp_path, {**settings, "runs": [{**run, "out": run["out"].format(n=n)} for run in runs],

@@ -80,7 +80,7 @@ def _counts(printed: str, stage: str) -> dict[str, float]:
 
 
 def test_status_counts_every_state_and_keeps_the_error_of_a_failed_trial(store):
-    storage, plan, old_search, old_finetune = store
+    storage, plan, _old_search, _old_finetune = store
     printed = io.StringIO()
     assert status.main(["--storage", storage.uri], printed) == 0
     text = printed.getvalue()
@@ -160,7 +160,8 @@ def test_the_analysis_uses_the_newest_row_of_each_cell_and_says_what_it_left_out
     printed = io.StringIO()
     assert figures.main(["--runs", storage.uri, "--out", str(tmp_path / "figures")], printed) == 0
     assert "[tamt] 5 rows from" in printed.getvalue()
-    assert "2 stale rows, of trials that newer code ran again, left out (--include-stale keeps them)" in printed.getvalue()
+    assert ("2 stale rows, of trials that newer code ran again, left out (--include-stale keeps them)"
+            in printed.getvalue())
     page = (tmp_path / "figures" / "report.html").read_text()
     assert "<h2>Stale rows</h2>" in page and "left out of" in page
 

@@ -17,7 +17,7 @@ from orchestrator import results
 from orchestrator.storage import Storage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from fs_requests import counting_filesystem  # noqa: E402
+from fs_requests import counting_filesystem
 
 
 class Killed(BaseException):

@@ -14,7 +14,6 @@ Everything heavy goes through ``datasets`` so it is cached as Arrow and keyed by
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import re
@@ -37,7 +36,6 @@ from tamt_core.data.caching import arrow_cache_file
 from tamt_core.data.smoke_corpus import smoke_wikitext_dir
 from tamt_core.hparams import MLM_PROBABILITY
 
-log = logging.getLogger(__name__)
 
 HUB_ID = "Salesforce/wikitext"
 """Where real users' WikiText-103 comes from by default (hub id)."""

@@ -45,7 +45,7 @@ _TRADES = ("fish", "wool", "salt", "bread", "iron", "wine", "cloth", "timber", "
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 _FIRST_NAMES = ("John", "Mary", "Thomas", "Anne", "William", "Alice", "Robert", "Margaret", "Henry", "Elizabeth",
                 "Richard", "Catherine", "Edward", "Jane", "Walter", "Emma")
-# animal: (colour, food, home, size)
+# Each animal with its colour, food, home and size.
 _ANIMALS = {
     "fox": ("red", "mice", "forest", "small"), "otter": ("brown", "fish", "river", "small"),
     "heron": ("grey", "frogs", "marsh", "tall"), "badger": ("black", "worms", "wood", "strong"),

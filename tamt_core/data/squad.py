@@ -87,8 +87,7 @@ def _model_inputs(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
     return ("input_ids", "attention_mask", *types)
 
 
-def _check_params(tokenizer: PreTrainedTokenizerBase, max_length: int, doc_stride: int,
-                  max_query_length: int) -> None:
+def _check_params(tokenizer: PreTrainedTokenizerBase, doc_stride: int, max_query_length: int) -> None:
     if tokenizer.padding_side != "right":
         raise ValueError("only question-first tokenizers (padding side 'right', e.g. BERT, RoBERTa) are supported")
     if doc_stride < 1 or max_query_length < 1:
@@ -117,7 +116,7 @@ def _windows(questions: Sequence[str], contexts: Sequence[str], tokenizer: PreTr
              max_length: int, doc_stride: int, max_query_length: int) -> list[list[_Window]]:
     """Every example's windows, in order, by the legacy rule (module docstring): starts ``0, step, 2·step, …`` with
     ``step = min(doc_stride, span_len)`` (Google BERT's ``min(length, doc_stride)``), last window ends the context."""
-    _check_params(tokenizer, max_length, doc_stride, max_query_length)
+    _check_params(tokenizer, doc_stride, max_query_length)
     questions, q_lengths = _truncated_questions(questions, tokenizer, max_query_length)
     names = _model_inputs(tokenizer)
     groups: dict[int, list[int]] = defaultdict(list)
@@ -254,14 +253,14 @@ def squad_train_features(examples: datasets.Dataset, tokenizer: PreTrainedTokeni
         ValueError: a padding-left tokenizer, ``doc_stride``/``max_query_length`` < 1, or ``max_length`` leaving no
             room for the context after a question.
     """
-    _check_params(tokenizer, max_length, doc_stride, max_query_length)
+    _check_params(tokenizer, doc_stride, max_query_length)
     params = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
     labels = {"start_positions": datasets.Value("int32"), "end_positions": datasets.Value("int32")}
     return examples.map(_train_batch, batched=True, with_indices=True, fn_kwargs={"tokenizer": tokenizer, **params},
                         remove_columns=examples.column_names, features=_schema(tokenizer, labels),
                         desc="SQuAD training features",
-                        cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, "squad-train", examples._fingerprint,
-                                                         tokenizer, sorted(params.items())))
+                        cache_file_name=arrow_cache_file(cache_dir, _CACHE_VERSION, "squad-train",
+                                                         examples._fingerprint, tokenizer, sorted(params.items())))
 
 
 def squad_eval_features(examples: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, *,
@@ -278,7 +277,7 @@ def squad_eval_features(examples: datasets.Dataset, tokenizer: PreTrainedTokeniz
     Raises:
         ValueError: as :func:`squad_train_features`.
     """
-    _check_params(tokenizer, max_length, doc_stride, max_query_length)
+    _check_params(tokenizer, doc_stride, max_query_length)
     params = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
     extra = {"offset_mapping": datasets.List(datasets.List(datasets.Value("int32"))),
              "token_is_max_context": datasets.List(datasets.Value("bool"))}

@@ -43,7 +43,7 @@ class SearchConfig:
         schedule_steps: length of the linear LR decay; ``None`` = 2 epochs of the training data (Tab. 1), or the
             run's own length when that is longer.
         threshold_period: TAMT re-sets τ every this many steps (1 = every step, exact sparsity at every step;
-            the released code used 1000 for MLM and 100 for KD).
+            the released code's periods are :data:`~tamt_core.hparams.REFERENCE_THRESHOLD_PERIOD`).
         save_steps: TAMT steps whose masks are saved besides the last one (Fig. 5 needs masks along one run).
         pruning_interval: IMP's P, training iterations between two prunes (Tab. 2: 2792).
         rewind: IMP rewinds the kept weights to θ0 after each prune (paper §4.1.3); ``False`` reproduces the
@@ -177,10 +177,10 @@ class SearchContext:
     to, and learns its rank among data-parallel processes.
     """
 
-    pretrained: "tamt_core.models.Pretrained"  # noqa: F821
+    pretrained: tamt_core.models.Pretrained  # noqa: F821
     device: torch.device
     train_data: Callable[[str], object]
-    run: "tamt_core.search_run.SearchRun"  # noqa: F821
+    run: tamt_core.search_run.SearchRun  # noqa: F821
 
 
 class SearchMethod(Protocol):

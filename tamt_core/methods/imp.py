@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
+from tamt_core import hparams
 from tamt_core.checkpoint import TrainedTensors
 from tamt_core.device import autocast
 from tamt_core.losses import loss_denominator, mlm_loss
@@ -25,7 +26,8 @@ from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.pruning import prune_smallest
 from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device
 
-ROUNDS = 10
+ROUNDS = round(1 / hparams.IMP_PRUNE_FRACTION)
+"""Prunes of one run: each removes :data:`~tamt_core.hparams.IMP_PRUNE_FRACTION` of the original size (10)."""
 
 
 def imp_prune(weights: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], prunes_done: int
