@@ -485,23 +485,16 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                 break
             searcher = PlanSearcher(plan, window, settings)
             counts.start(searcher)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(window), reuse_actors=True,
-                                            max_concurrent_trials=max_concurrent,
-                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-                run_config=tune.RunConfig(name=f"{name}-{stamp}" + (f"-w{number}" if len(todo) > window_trials
-                                                                     else ""),
-                                          storage_path=storage.ray_storage_path(), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          callbacks=[tracker, sweep_ledger, progress]))
-            grid = tuner.fit()
+            grid = fit(trainable, searcher, num_samples=len(window),
+                       name=f"{name}-{stamp}" + (f"-w{number}" if len(todo) > window_trials else ""),
+                       storage=storage, max_concurrent=max_concurrent, max_failures=max_failures,
+                       callbacks=[tracker, sweep_ledger, progress], trial_names=_trial_name)
             for result in grid:
                 if result.error is not None:
                     run_id = result.config.get("run_id") if result.config else None
                     report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
             interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
-            del tuner, grid  # this window's trials and results go now, not when the next window's replace them
+            del grid  # this window's trials and results go now, not when the next window's replace them
             if interrupted:
                 report.interrupted = True
                 break
@@ -522,6 +515,37 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         if started_here:
             ray.shutdown()
     return report
+
+
+_NO_TUNE_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def fit(trainable: Callable[[dict], None], searcher: Searcher, *, num_samples: int, name: str, storage: Storage,
+        max_concurrent: int, max_failures: int, callbacks: list[tune.Callback],
+        param_space: dict[str, Any] | None = None, trial_names: Callable[[Any], str] | None = None
+        ) -> tune.ResultGrid:
+    """One Tune experiment of a sweep or a study: ``num_samples`` trials that ``searcher`` suggests, actors reused,
+    retried ``max_failures`` times, under ``<storage>/ray/<name>``.
+
+    Tune's own per-trial CSV, JSON and TensorBoard loggers are left out: a trial's results go to the table and to
+    MLflow, and each TensorBoard writer stayed in the driver's memory after its trial ended (about 50 KiB per
+    trial, ``bench/bench_scale.py --part driver``)."""
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples, reuse_actors=True,
+                                    max_concurrent_trials=max_concurrent,
+                                    trial_name_creator=trial_names, trial_dirname_creator=trial_names),
+        run_config=tune.RunConfig(name=name, storage_path=storage.ray_storage_path(), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=callbacks))
+    before = os.environ.get(_NO_TUNE_LOGGERS)
+    os.environ[_NO_TUNE_LOGGERS] = "1"  # read once, when fit() builds the experiment's callbacks
+    try:
+        return tuner.fit()
+    finally:
+        if before is None:
+            del os.environ[_NO_TUNE_LOGGERS]
+        else:
+            os.environ[_NO_TUNE_LOGGERS] = before
 
 
 def attached(ray_address: str | None) -> bool:

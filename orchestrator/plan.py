@@ -29,6 +29,7 @@ class Plan:
     searches: dict[str, SearchSpec] = field(default_factory=dict)
     finetunes: dict[str, FinetuneSpec] = field(default_factory=dict)
     evaluations: dict[str, Spec] = field(default_factory=dict)
+    _earlier: dict[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, specs: Iterable[Spec]) -> Plan:
@@ -80,13 +81,16 @@ class Plan:
     def earlier_ids(self, run_id: str) -> set[str]:
         """The ids this trial had under older versions of the algorithms it depends on (its own, and its masks'
         searches' when they are in the plan): where rows of older code for the same experiment are (stale rows).
-        Empty while every version is the first, so it costs nothing until a version is raised."""
-        spec = self.get(run_id)
-        searches = [self.searches[dep] for dep in self.dependencies(spec) if dep in self.searches]
-        earlier = set()
-        for versions in earlier_versions({spec.algorithm, *(search.algorithm for search in searches)}):
-            earlier.add(spec.id_under(versions, {search.run_id: search.id_under(versions) for search in searches}))
-        return earlier - {run_id}
+        Empty while every version is the first, so it costs nothing until a version is raised; computed once per
+        trial (a sweep's start-up asks for the stale rows and for the plan record)."""
+        if run_id not in self._earlier:
+            spec = self.get(run_id)
+            searches = [self.searches[dep] for dep in self.dependencies(spec) if dep in self.searches]
+            earlier = set()
+            for versions in earlier_versions({spec.algorithm, *(search.algorithm for search in searches)}):
+                earlier.add(spec.id_under(versions, {search.run_id: search.id_under(versions) for search in searches}))
+            self._earlier[run_id] = frozenset(earlier - {run_id})
+        return set(self._earlier[run_id])
 
     def validate(self, finished: Iterable[str] = ()) -> None:
         """Every mask a trial reads comes from a search in the plan (or already finished) that yields it.

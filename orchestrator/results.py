@@ -86,10 +86,11 @@ def finished_run_ids(storage: Storage) -> set[str]:
 
 
 def has_row(storage: Storage, run_id: str) -> bool:
+    """Whether the run has a row (its row file, or one row group of a part: not every part's run ids)."""
     fs, _ = storage.filesystem()
     if fs.get_file_info(f"{storage.table_path()}/{run_id}{tamt_table.SUFFIX}").type == pafs.FileType.File:
         return True
-    return run_id in finished_run_ids(storage)
+    return tamt_table.contains(fs, storage.table_path(), run_id)
 
 
 def read(storage: Storage | str) -> pa.Table:

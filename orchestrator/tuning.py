@@ -30,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tamt_table import write_atomically
 
 from orchestrator import results
-from orchestrator.engine import Progress, Resources, attached, connect, default_concurrency, prepare
+from orchestrator.engine import Progress, Resources, attached, connect, default_concurrency, fit, prepare
 from orchestrator.plan import Plan
 from orchestrator.storage import Storage, StorageError
 from orchestrator.study import TamtStudy
@@ -155,18 +155,11 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
         try:
             resources = resources.on_cluster(True, attached(ray_address))
             settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
-            tuner = tune.Tuner(
-                tune.with_resources(study_trial, resources.for_trial(study.spec(study.midpoint()).to_dict())),
-                param_space={"study": study.to_dict(), "settings": settings.to_dict()},
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, reuse_actors=True,
-                                            max_concurrent_trials=max_concurrent or default_concurrency(
-                                                resources, attached=attached(ray_address))),
-                run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                          storage_path=storage.ray_storage_path(), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          callbacks=[counts, tracker, Progress(counts, todo, done, progress_every_s,
-                                                                               out)]))
-            tuner.fit()
+            fit(tune.with_resources(study_trial, resources.for_trial(study.spec(study.midpoint()).to_dict())),
+                searcher, num_samples=todo, name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage=storage,
+                max_concurrent=max_concurrent or default_concurrency(resources, attached=attached(ray_address)),
+                max_failures=max_failures, param_space={"study": study.to_dict(), "settings": settings.to_dict()},
+                callbacks=[counts, tracker, Progress(counts, todo, done, progress_every_s, out)])
             tracker.finish()
             ran = len(counts.succeeded)
         finally:

@@ -47,6 +47,9 @@ object store)."""
 PART_ROWS = 50_000
 """Parts below this many rows are merged again with newer rows, so a table of N rows has about N / PART_ROWS
 parts plus a few small ones."""
+PART_ROW_GROUP = 1_000
+"""Rows per row group of a part, whose rows are sorted by run id: a lookup of one run id (:func:`contains`,
+:func:`read_run`) reads the row group whose run-id range holds it, found from the part's footer statistics."""
 READ_ATTEMPTS = 5
 """Listings a reader retries when a compaction removes a file it listed (it then finds the rows in a new part)."""
 
@@ -76,9 +79,9 @@ def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         stream.write(data)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, row_group_size=row_group_size)
     return buffer.getvalue()
 
 
@@ -179,22 +182,30 @@ def run_ids(fs: pafs.FileSystem, table_dir: str) -> set[str]:
     raise AssertionError("unreachable")
 
 
-def read_run(fs: pafs.FileSystem, table_dir: str, run_id: str, schema: pa.Schema | None = None) -> pa.Table | None:
-    """The row of one run id (from its row file, else from the part that holds it), or ``None``."""
+def read_run(fs: pafs.FileSystem, table_dir: str, run_id: str, schema: pa.Schema | None = None,
+             columns: list[str] | None = None) -> pa.Table | None:
+    """The row of one run id (from its row file, else from the part that holds it), or ``None``; ``columns``
+    limits what is read. In a part only the row group whose run-id range holds ``run_id`` is read."""
     for attempt in range(READ_ATTEMPTS):
         found = listing(fs, table_dir)
         try:
             if run_id in found.rows:
-                return read_files(fs, [found.rows[run_id]], schema)
+                table = read_files(fs, [found.rows[run_id]], schema)
+                return table.select(columns) if columns is not None else table
             if not found.parts:
                 return None
             hits = pads.dataset(sorted(found.parts), schema=schema, format="parquet", filesystem=fs).to_table(
-                filter=pads.field("run_id") == run_id)
+                columns=columns, filter=pads.field("run_id") == run_id)
             return unique_runs(hits) if hits.num_rows else None
         except FileNotFoundError:
             if attempt == READ_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def contains(fs: pafs.FileSystem, table_dir: str, run_id: str) -> bool:
+    """Whether ``run_id`` has a row: its row file, else one row group of each part that may hold it."""
+    return read_run(fs, table_dir, run_id, columns=["run_id"]) is not None
 
 
 def remove(fs: pafs.FileSystem, path: str) -> None:
@@ -225,12 +236,12 @@ def compact(fs: pafs.FileSystem, table_dir: str, schema: pa.Schema | None = None
     if len(found.rows) < min_rows and len(small) < 2:
         return Compaction(None, 0, 0, 0)
     try:
-        merged = unique_runs(read_files(fs, [*small, *sorted(found.rows.values())], schema))
+        merged = unique_runs(read_files(fs, [*small, *sorted(found.rows.values())], schema)).sort_by("run_id")
     except FileNotFoundError:  # another compaction merged some of them first: leave it to the next round
         return Compaction(None, 0, 0, 0)
     part = f"{table_dir}/{PARTS}/part-{merged.num_rows}-{uuid.uuid4().hex}{SUFFIX}"
     fs.create_dir(f"{table_dir}/{PARTS}", recursive=True)
-    write_atomically(fs, part, parquet_bytes(merged))
+    write_atomically(fs, part, parquet_bytes(merged, row_group_size=PART_ROW_GROUP))
     for path in [*sorted(found.rows.values()), *small]:
         remove(fs, path)
     return Compaction(part, merged.num_rows, len(found.rows), len(small))

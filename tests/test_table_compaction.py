@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import tamt_table
@@ -83,6 +84,26 @@ def test_a_compaction_merges_row_files_and_small_parts_into_one_part(tmp_path, m
     assert results.has_row(storage, "c5") and not results.has_row(storage, "z")
     with pytest.raises(KeyError, match="no row"):
         results.read_row(storage, "z")
+
+
+def test_a_part_is_sorted_by_run_id_in_row_groups_that_a_lookup_picks_by_their_statistics(tmp_path, monkeypatch):
+    """A lookup of one run id (``has_row`` at each trial's start, ``read_row``) reads the row group whose run-id
+    range holds it, not the run ids of every row."""
+    monkeypatch.setattr(tamt_table, "PART_ROW_GROUP", 10)
+    ids = [f"{(i * 37) % 100:03d}" for i in range(100)]  # written out of order
+    storage = _store(tmp_path / "runs", ids)
+    results.compact(storage, min_rows=1)
+    results.write_row(storage, _row("row-file"))
+    fs, _ = storage.filesystem()
+    (part,) = tamt_table.listing(fs, storage.table_path()).parts
+    metadata = pq.ParquetFile(part, filesystem=fs).metadata
+    column = metadata.schema.names.index("run_id")
+    ranges = [(metadata.row_group(g).column(column).statistics.min, metadata.row_group(g).column(column).statistics.max)
+              for g in range(metadata.num_row_groups)]
+    assert ranges == [(f"{g * 10:03d}", f"{g * 10 + 9:03d}") for g in range(10)]  # one narrow range each
+    assert all(results.has_row(storage, run_id) for run_id in [*ids, "row-file"])
+    assert not any(results.has_row(storage, run_id) for run_id in ("", "0055", "100", "zzz"))
+    assert results.read_row(storage, "042")["run_id"] == "042"
 
 
 @pytest.mark.parametrize("kill_at", range(8))
