@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tamt_core.data.caching import arrow_cache_file
 from tamt_core.data.pretrain import DatasetUnavailableError
+from tamt_core.data.sources import is_local
 from tamt_core.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,6 @@ _TSV_FORMATS: dict[str, _TsvFormat] = {
     "rte": _TsvFormat(header=True, text_columns=(1, 2), label_column=-1),  # index, sentence1, sentence2, label
 }
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _GLUE_TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -359,7 +358,7 @@ def load_task_dataset(task: Task, source: str | None = None, *,
 
         source = str(smoke_tasks_dir())
     path = Path(source).expanduser()
-    if source != HUB_SOURCE and (path.exists() or not _HUB_ID_RE.match(source)):
+    if source != HUB_SOURCE and is_local(source):
         layout = _find_local(path, task, source)
         log.info("loading %s from %s (%s layout)", task.name, layout.directory, layout.name)
         raw = _load_local(layout, task, cache_dir)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from transformers import DataCollatorForLanguageModeling, DataCollatorWithPaddin
 
 from tamt_core.data.caching import arrow_cache_file
 from tamt_core.data.smoke_corpus import smoke_wikitext_dir
+from tamt_core.data.sources import is_local
 from tamt_core.hparams import MLM_PROBABILITY
 
 
@@ -54,7 +54,6 @@ _KD_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int
                                   "attention_mask": datasets.List(datasets.Value("int8")),
                                   "masked_lm_position": datasets.Value("int32")})
 _KD_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -83,7 +82,7 @@ def load_wikitext(source: str | None = None, config: str = HUB_CONFIG, *,
     if source is None:
         source = str(smoke_wikitext_dir())
     path = Path(source).expanduser()
-    if path.exists() or not _HUB_ID_RE.match(source):
+    if is_local(source):
         files = {split: path / name for split, name in LOCAL_FILES.items()}
         missing = [str(f) for f in files.values() if not (f.is_file() and os.access(f, os.R_OK))]
         if missing:
