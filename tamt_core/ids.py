@@ -42,10 +42,15 @@ holds its masks' pre-training dev losses (``tamt_core.evaluate.pretrain_losses``
 measured raises every method's version and ``dense-loss``'s."""
 
 
+def canonical_json(obj: Any) -> str:
+    """One fixed JSON text per value (sorted keys, no spaces, ASCII, no NaN), so hashes of it (run ids, mask
+    content hashes) do not depend on formatting."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def content_id(payload: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over the canonical JSON of ``payload`` (sorted keys, no spaces)."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    """16 hex digits of sha256 over the canonical JSON of ``payload``."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 
 Versions = Mapping[str, int]

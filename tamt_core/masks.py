@@ -37,6 +37,8 @@ import safetensors
 import safetensors.numpy
 import torch
 
+from tamt_core.ids import canonical_json
+
 __all__ = [
     "FORMAT_VERSION",
     "REQUIRED_META_KEYS",
@@ -109,17 +111,12 @@ class Mask:
     def content_hash(self) -> str:
         """sha256 (hex) of this mask's content; equals the ``content_hash`` of the file ``save_mask`` writes."""
         names, shapes, packed = _pack_all(self.tensors)
-        return _content_hash(names, shapes, packed, _canonical_json(self.meta))
+        return _content_hash(names, shapes, packed, canonical_json(self.meta))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Encoding helpers
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _canonical_json(obj: Any) -> str:
-    """One fixed JSON text per value (sorted keys, no spaces, no NaN), so hashes don't depend on formatting."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def _packed_len(numel: int) -> int:
@@ -160,8 +157,8 @@ def _content_hash(names: list[str], shapes: list[list[int]], packed: list[np.nda
 
     h.update(_MAGIC)
     h.update(int(FORMAT_VERSION).to_bytes(8, "little"))
-    put(_canonical_json(names).encode("utf-8"))
-    put(_canonical_json(shapes).encode("utf-8"))
+    put(canonical_json(names).encode("utf-8"))
+    put(canonical_json(shapes).encode("utf-8"))
     for p in packed:
         h.update(int(p.nbytes).to_bytes(8, "little"))
         h.update(memoryview(np.ascontiguousarray(p, dtype=np.uint8)))
@@ -194,7 +191,7 @@ def save_mask(
     if missing:
         raise ValueError(f"mask meta is missing required keys {missing}; required: {list(REQUIRED_META_KEYS)}")
     try:
-        meta_json = _canonical_json(dict(meta))
+        meta_json = canonical_json(dict(meta))
     except (TypeError, ValueError) as e:
         raise ValueError(f"mask meta must be JSON-serialisable (no NaN/inf): {e}") from e
 
@@ -202,8 +199,8 @@ def save_mask(
     digest = _content_hash(names, shapes, packed, meta_json)
     header = {
         "format_version": str(FORMAT_VERSION),
-        "names": _canonical_json(names),
-        "shapes": _canonical_json(shapes),
+        "names": canonical_json(names),
+        "shapes": canonical_json(shapes),
         "meta": meta_json,
         "content_hash": digest,
     }
@@ -299,7 +296,7 @@ def load_mask(
             )
         packed.append(p)
 
-    digest = _content_hash(names, shapes, packed, _canonical_json(meta))
+    digest = _content_hash(names, shapes, packed, canonical_json(meta))
     if digest != header["content_hash"]:
         raise MaskFileError(
             f"{path}: content hash mismatch (stored {header['content_hash'][:16]}…, computed {digest[:16]}…): "
@@ -402,7 +399,7 @@ def weights_fingerprint(named_tensors: Mapping[str, torch.Tensor]) -> str:
     h.update(b"tamt-weights\x00")
     for name in sorted(named_tensors):
         t = named_tensors[name]
-        head = _canonical_json([name, [int(d) for d in t.shape], str(t.dtype)]).encode("utf-8")
+        head = canonical_json([name, [int(d) for d in t.shape], str(t.dtype)]).encode("utf-8")
         h.update(len(head).to_bytes(8, "little"))
         h.update(head)
         data = _le_bytes(t)
