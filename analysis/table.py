@@ -28,9 +28,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import tamt_table
-
-FORMAT_VERSION = 1
-"""The storage format this analysis reads (``orchestrator.storage.FORMAT_VERSION``, a column of every row)."""
+from tamt_table.atomic import replacing
+from tamt_table import FORMAT_VERSION
 
 REPLICATE = ["mask_seed", "finetune_seed"]
 """What the paper averages over: 3 masks × 3 fine-tuning runs = 9 runs per method (§4.1.3)."""
@@ -75,10 +74,8 @@ def load(runs: str | Path, cache: Path | None = None, log: Callable[[str], None]
         raise TableError(f"the table under {runs} has rows of storage format {sorted(versions)}; this analysis "
                          f"reads format {FORMAT_VERSION}. Use the tamt version that wrote the sweep.")
     if cache is not None and singles is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".partial")
-        pq.write_table(singles, partial)
-        partial.replace(cache)  # atomic: a reader sees the old cache or the new one
+        with replacing(cache) as partial:  # a reader sees the old cache or the new one
+            pq.write_table(singles, partial)
     return table.to_pandas(maps_as_pydicts="strict")
 
 

@@ -27,10 +27,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 import tamt_table
-from tamt_table import write_atomically
+from tamt_table import FORMAT_VERSION, write_atomically
 
-FORMAT_VERSION = 1
-"""Bump when the layout or the results schema changes incompatibly; a store of another version is refused."""
 MARKER = "tamt-store.json"
 DEFAULT_STORAGE = "./tamt-runs"
 

@@ -29,6 +29,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tamt_table.atomic import replacing, write_bytes
+
 FORMAT = "tamt-training-state-2"
 STATE_FILE = "state.safetensors"
 _TENSOR, _ITEMS = "__tensor__", "__items__"
@@ -94,11 +96,9 @@ def save_state(path: Path, states: Mapping[str, dict[str, Any]], progress: Mappi
     tensors: dict[str, torch.Tensor] = {}
     seen: dict[tuple, str] = {}
     skeleton = {name: _flatten(state, name, tensors, seen) for name, state in states.items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": json.dumps(skeleton),
-                                           "progress": json.dumps(dict(progress))})
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": json.dumps(skeleton),
+                                               "progress": json.dumps(dict(progress))})
 
 
 def read_progress(path: Path) -> dict[str, Any]:
@@ -266,9 +266,7 @@ class OutputDirectoryError(ValueError):
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON so readers see the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
 
 
 def claim_directory(out_dir: Path, identity_file: str, identity: dict[str, Any], *, kind: str,

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ import safetensors
 import safetensors.numpy
 import torch
 
+from tamt_table.atomic import write_bytes
 from tamt_core.ids import canonical_json
 
 __all__ = [
@@ -179,7 +179,7 @@ def save_mask(
     """Write ``tensors`` (bool, True = kept) with ``meta`` to ``path`` as a bit-packed safetensors file.
 
     ``meta`` must contain :data:`REQUIRED_META_KEYS` and be JSON-serialisable. The file is written to a temporary
-    file in the same directory and moved into place with ``os.replace``, so a crash never leaves a half-written
+    file in the same directory and moved into place (:mod:`tamt_table.atomic`), so a crash never leaves a half-written
     mask under ``path``. Returns the content hash (hex sha256).
     """
     path = os.fspath(path)
@@ -205,21 +205,7 @@ def save_mask(
         "content_hash": digest,
     }
     data = safetensors.numpy.save(dict(zip(names, packed)), metadata=header)
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_bytes(path, data)
     return digest
 
 

@@ -20,7 +20,9 @@ the manifest: parts are immutable and named by their row count, so no index file
 stores offer no compare-and-swap to update one safely), and reading a table takes two listings and one read per
 part, however many rows it holds.
 
-This package imports pyarrow and numpy only, so the analysis reads tables without importing the training code.
+This package imports pyarrow and numpy only, so the analysis reads tables without importing the training code. Its
+:mod:`tamt_table.atomic` (the standard library only) is the one atomic file write of the project: masks and
+checkpoints use it too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from tamt_table import atomic
 
 SUFFIX = ".parquet"
 PARTS = "parts"
@@ -47,6 +50,9 @@ object store)."""
 PART_ROWS = 50_000
 """Parts below this many rows are merged again with newer rows, so a table of N rows has about N / PART_ROWS
 parts plus a few small ones."""
+FORMAT_VERSION = 1
+"""The storage format: the layout of a store and the results schema. Bump it when either changes incompatibly; a
+store or a row of another version is refused (``orchestrator.storage``, ``analysis.table``)."""
 PART_ROW_GROUP = 1_000
 """Rows per row group of a part, whose rows are sorted by run id: a lookup of one run id (:func:`contains`,
 :func:`read_run`) reads the row group whose run-id range holds it, found from the part's footer statistics."""
@@ -66,14 +72,7 @@ def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` so readers see the old file or the whole new one, never a part (a synced temporary file
     renamed on local disks; object stores publish a PUT atomically)."""
     if isinstance(fs, pafs.LocalFileSystem):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic.write_bytes(path, data)
         return
     with fs.open_output_stream(path) as stream:
         stream.write(data)
