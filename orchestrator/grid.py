@@ -221,7 +221,7 @@ class Grid:
     def _steps_to_finetune(self, sparsity: float) -> tuple[int, ...] | None:
         steps = self.finetune_steps
         if isinstance(steps, Mapping):
-            steps = _per_sparsity(steps, sparsity)
+            steps = _per_sparsity(steps, sparsity, "finetune_steps")
         if steps is None:
             return None
         return (steps,) if isinstance(steps, int) else tuple(steps)
@@ -231,7 +231,7 @@ class Grid:
         settings.update(self.search.get(method, {}))
         for name in ("steps", "save_steps"):
             if isinstance(settings.get(name), Mapping):
-                settings[name] = _per_sparsity(settings[name], sparsity)
+                settings[name] = _per_sparsity(settings[name], sparsity, f"search[{name!r}]")
         if "save_steps" in settings:
             settings["save_steps"] = tuple(settings["save_steps"])
         try:
@@ -283,9 +283,14 @@ def _is_tenth(value: float) -> bool:
     return math.isclose(value * 10, round(value * 10), abs_tol=1e-9)
 
 
-def _per_sparsity(mapping: Mapping[float, Any], sparsity: float) -> Any:
-    """The value for ``sparsity`` in a sparsity-keyed setting (the nearest key, as Tab. 2 lists tenths)."""
-    return mapping[min(mapping, key=lambda s: abs(s - sparsity))]
+def _per_sparsity(mapping: Mapping[float, Any], sparsity: float, name: str) -> Any:
+    """The value for ``sparsity`` in a sparsity-keyed setting: its key must be there (up to float rounding), since
+    a setting taken from another sparsity's key would run a different experiment than the grid says."""
+    for key, value in mapping.items():
+        if math.isclose(key, sparsity, abs_tol=1e-9):
+            return value
+    raise PlanError(f"{name} maps sparsities {sorted(mapping)} but not {sparsity}, a sparsity of the grid; add "
+                    f"{sparsity} to it")
 
 
 @dataclass(frozen=True)

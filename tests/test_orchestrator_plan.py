@@ -351,9 +351,17 @@ _GOOD = dict(models=(BERT,), methods=("omp", "imp"), sparsities=(0.5,), mask_see
     ({"dev_loss_batches": -1}, ["dev_loss_batches", "0 skips"]),
     ({"methods": ("tamt-mlm",), "search": {"steps": 0}}, ["search settings for tamt-mlm", "positive"]),
     ({"finetune": {"epochs": 0}}, ["fine-tune settings for rte", "positive"]),
+    ({"methods": ("tamt-mlm",), "sparsities": (0.5, 0.7), "search": {"steps": {0.5: 90, 0.6: 90}}},
+     ["search['steps'] maps sparsities [0.5, 0.6] but not 0.7", "add 0.7"]),
+    ({"methods": ("tamt-mlm",), "sparsities": (0.7,), "search": {"steps": 100, "save_steps": {0.75: (50,)}}},
+     ["search['save_steps'] maps sparsities [0.75] but not 0.7"]),
+    ({"methods": ("tamt-kd",), "sparsities": (0.65,), "search": {"steps": 100, "save_steps": (50,)},
+      "finetune_steps": {0.6: 50, 0.7: 50}}, ["finetune_steps maps sparsities [0.6, 0.7] but not 0.65", "add 0.65"]),
+    ({"methods": ("tamt-mlm",), "sparsities": (0.65,)}, ["Tab. 2", "not 0.65", "set steps"]),
 ], ids=["method", "task", "blank-model", "none-model", "models-str", "sparsity-1", "sparsity-neg", "sparsity-nan",
         "dup-sparsity", "dup-task", "no-ft-seeds", "imp-075", "neg-mask-seed", "neg-ft-seed", "train-size-0",
-        "search-key", "method-search-key", "finetune-key", "dev-loss", "search-value", "finetune-value"])
+        "search-key", "method-search-key", "finetune-key", "dev-loss", "search-value", "finetune-value",
+        "steps-no-key", "save-steps-no-key", "finetune-steps-no-key", "tab2-no-sparsity"])
 def test_malformed_grid_raises_plan_error_naming_the_fix(change, words):
     with pytest.raises(PlanError) as raised:
         Grid(**{**_GOOD, **change}).plan()

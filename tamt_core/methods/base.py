@@ -115,6 +115,9 @@ class SearchConfig:
                              f"got alpha={self.alpha}, phi={self.phi}")
         if self.method not in ("tamt-mlm", "tamt-kd") and (self.alpha, self.phi) != (hparams.ALPHA, hparams.PHI):
             raise ValueError(f"alpha and phi set TAMT's mask initialisation; {self.method} has none, drop them")
+        if self.method in ("tamt-mlm", "tamt-kd") and self.steps is None and _tabulated_steps(self.sparsity) is None:
+            raise ValueError(f"Tab. 2 gives TAMT's iterations at sparsities {sorted(hparams.TAMT_STEPS)} only, not "
+                             f"{self.sparsity}; set steps (--steps) for it")
         if any(s < 0 for s in self.save_steps):
             raise ValueError(f"save_steps must be ≥ 0, got {self.save_steps}")
         late = sorted(s for s in self.save_steps if self.method.startswith("tamt") and s > self.resolved_steps())
@@ -152,11 +155,19 @@ class SearchConfig:
         return column if self.adam_epsilon is None else replace(column, adam_epsilon=self.adam_epsilon)
 
     def resolved_steps(self) -> int:
-        """TAMT iterations: as given, or Tab. 2's value for the sparsity (nearest tabulated sparsity)."""
+        """TAMT iterations: as given, or Tab. 2's value for the sparsity (a tabulated one: checked at creation)."""
         if self.steps is not None:
             return self.steps
-        nearest = min(hparams.TAMT_STEPS, key=lambda s: abs(s - self.sparsity))
-        return hparams.TAMT_STEPS[nearest]
+        steps = _tabulated_steps(self.sparsity)
+        if steps is None:
+            raise ValueError(f"Tab. 2 has no TAMT iterations for sparsity {self.sparsity}; set steps")
+        return steps
+
+
+def _tabulated_steps(sparsity: float) -> int | None:
+    """Tab. 2's TAMT iterations at exactly ``sparsity`` (up to float rounding), or ``None``."""
+    return next((steps for tabulated, steps in hparams.TAMT_STEPS.items() if math.isclose(tabulated, sparsity,
+                                                                                           abs_tol=1e-9)), None)
 
 
 @dataclass(frozen=True)
