@@ -217,7 +217,7 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
 
 def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO) -> None:
     """Each sweep's own plan beside their union: what running them one by one, or together, costs."""
-    print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  evaluations     GPU-h", file=out)
+    print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  measurements     GPU-h", file=out)
     separate = 0.0
     sweeps_of: dict[str, int] = {}
     for name, presets in parts.items():
@@ -230,7 +230,7 @@ def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO) -> None:
             sweeps_of[run_id] = sweeps_of.get(run_id, 0) + 1
         searches = len(plan.searches) + sum(study.trials for study in studies)
         print(f"  {name:24s} {len(plan) + searches - len(plan.searches):8d}  {searches:8d}  {len(plan.finetunes):10d}"
-              f"  {len(plan.evaluations):11d}  {hours:8.1f}"
+              f"  {len(plan.measurements):12d}  {hours:8.1f}"
               + ("  (Optuna trials: drawn at run time, never shared)" if studies else ""), file=out)
     shared = sum(1 for count in sweeps_of.values() if count > 1)
     print(f"  {shared} trials belong to more than one sweep and run once; {separate:.1f} GPU-h if every sweep ran "
@@ -262,7 +262,7 @@ def print_study_report(report, out: TextIO) -> None:
               f"{report.best_file}", file=out)
 
 
-STAGE_NAMES = {"search": "mask searches", "finetune": "fine-tunes", "evaluate": "evaluations"}
+STAGE_NAMES = {"search": "mask searches", "finetune": "fine-tunes", "measure": "measurements"}
 
 
 def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO) -> None:
@@ -270,7 +270,7 @@ def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO
 
     done = finished_run_ids(storage) if storage.is_local and storage.local_root.exists() else set()
     counts, hours = plan.counts(), gpu_hours(plan)
-    tables = {"search": plan.searches, "finetune": plan.finetunes, "evaluate": plan.evaluations}
+    tables = {"search": plan.searches, "finetune": plan.finetunes, "measure": plan.measurements}
     print(f"sweep {name}, preset {preset}: {len(plan)} unique trials ("
           + ", ".join(f"{len(tables[stage])} {STAGE_NAMES[stage]}" for stage in tables) + ")", file=out)
     for stage, ids in tables.items():

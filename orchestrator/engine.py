@@ -300,7 +300,7 @@ def plan_record(plan: Plan) -> list[dict[str, Any]]:
 
 
 def method_of(plan: Plan, spec: Spec) -> str:
-    """The method of a search, or of the mask a fine-tune trains (``full``: none); an evaluation's kind."""
+    """The method of a search, or of the mask a fine-tune trains (``full``: none); a measurement's kind."""
     if isinstance(spec, SearchSpec):
         return spec.config.method
     return plan.method_of(spec) if isinstance(spec, FinetuneSpec) else spec.stage
@@ -436,7 +436,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     (:data:`WINDOW_TRIALS`); within one, a trial starts as soon as the searches it reads have finished.
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
-    todo = [run_id for run_id in [*plan.searches, *plan.evaluations, *plan.finetunes] if run_id not in finished]
+    todo = [run_id for run_id in [*plan.searches, *plan.measurements, *plan.finetunes] if run_id not in finished]
     report = SweepReport(storage, uri, len(plan), len(plan) - len(todo))
     print(f"[tamt] sweep {name}: {len(plan)} trials planned, {report.skipped} already done, {len(todo)} to run"
           + (f", in windows of {window_trials:,}" if len(todo) > window_trials else ""),

@@ -82,8 +82,8 @@ def finetune_seconds(spec: FinetuneSpec, table: Throughput) -> float:
     return table.load_s + steps * hp.batch_size / train_rate + evaluations * DEV_SIZES[task.name] / eval_rate
 
 
-def evaluation_seconds(spec: Spec, table: Throughput) -> float:
-    """GPU seconds of an evaluation trial: a dense-model dev loss is one model load and a pass over the dev set;
+def measurement_seconds(spec: Spec, table: Throughput) -> float:
+    """GPU seconds of a measurement trial: a dense-model dev loss is one model load and a pass over the dev set;
     a mask similarity runs on the CPU and costs no GPU time."""
     if isinstance(spec, DenseLossSpec):
         return table.load_s + table.dev_loss_s
@@ -96,18 +96,18 @@ def trial_seconds(spec: Spec, table: Throughput) -> float:
         return search_seconds(spec, table)
     if isinstance(spec, FinetuneSpec):
         return finetune_seconds(spec, table)
-    return evaluation_seconds(spec, table)
+    return measurement_seconds(spec, table)
 
 
 def gpu_hours(plan: Plan, device: str = "v100") -> dict[str, dict[str, float]]:
-    """GPU-hours per stage and method (one GPU per trial; evaluations by kind)."""
+    """GPU-hours per stage and method (one GPU per trial; measurements by kind)."""
     table = THROUGHPUT[device]
     out: dict[str, dict[str, float]] = {"search": defaultdict(float), "finetune": defaultdict(float),
-                                        "evaluate": defaultdict(float)}
+                                        "measure": defaultdict(float)}
     for spec in plan.searches.values():
         out["search"][spec.config.method] += trial_seconds(spec, table) / 3600
     for spec in plan.finetunes.values():
         out["finetune"][plan.method_of(spec)] += trial_seconds(spec, table) / 3600
-    for spec in plan.evaluations.values():
-        out["evaluate"][spec.stage] += trial_seconds(spec, table) / 3600
+    for spec in plan.measurements.values():
+        out["measure"][spec.stage] += trial_seconds(spec, table) / 3600
     return {stage: dict(values) for stage, values in out.items()}

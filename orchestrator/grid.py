@@ -61,7 +61,7 @@ class Grid:
         paired_seeds: replicates instead of a cross product: the i-th mask seed's masks are fine-tuned with the
             i-th fine-tune seed only (both axes as long), so n seeds cost n fine-tunes per cell, each with its own
             mask; OMP's one mask and the full model take every fine-tune seed.
-        tasks: GLUE task names and ``squad``; empty = no fine-tunes (searches and evaluations only).
+        tasks: GLUE task names and ``squad``; empty = no fine-tunes (searches and measurements only).
         train_sizes: low-data subset sizes (Fig. 7); ``None`` = the whole training set.
         full_model: also fine-tune each model without a mask (the dashed line of Fig. 3).
         dense_loss: also measure each unpruned model's MLM and KD dev losses (the full-model point of Fig. 1, 4).

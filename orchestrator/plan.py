@@ -1,4 +1,4 @@
-"""A plan: the DAG of mask searches → fine-tunes and evaluations that a sweep runs, deduplicated by run id and
+"""A plan: the DAG of mask searches → fine-tunes and measurements that a sweep runs, deduplicated by run id and
 validated up front.
 
 A fine-tune depends on the one search that writes its mask (or on nothing: the full model); a similarity trial on
@@ -23,12 +23,12 @@ class PlanError(ValueError):
 
 @dataclass
 class Plan:
-    """Searches, fine-tunes and evaluations (dense-model losses, mask similarities) by run id, in declaration
+    """Searches, fine-tunes and measurements (dense-model losses, mask similarities) by run id, in declaration
     order; searches are handed out first when run."""
 
     searches: dict[str, SearchSpec] = field(default_factory=dict)
     finetunes: dict[str, FinetuneSpec] = field(default_factory=dict)
-    evaluations: dict[str, Spec] = field(default_factory=dict)
+    measurements: dict[str, Spec] = field(default_factory=dict)
     _earlier: dict[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -48,28 +48,28 @@ class Plan:
     def _table(self, spec: Spec) -> dict[str, Spec]:
         if isinstance(spec, SearchSpec):
             return self.searches
-        return self.finetunes if isinstance(spec, FinetuneSpec) else self.evaluations
+        return self.finetunes if isinstance(spec, FinetuneSpec) else self.measurements
 
     def merge(self, other: Plan) -> Plan:
-        merged = Plan(dict(self.searches), dict(self.finetunes), dict(self.evaluations))
+        merged = Plan(dict(self.searches), dict(self.finetunes), dict(self.measurements))
         for spec in other.specs():
             merged.add(spec)
         return merged
 
     def __len__(self) -> int:
-        return len(self.searches) + len(self.finetunes) + len(self.evaluations)
+        return len(self.searches) + len(self.finetunes) + len(self.measurements)
 
     def __contains__(self, run_id: str) -> bool:
-        return run_id in self.searches or run_id in self.finetunes or run_id in self.evaluations
+        return run_id in self.searches or run_id in self.finetunes or run_id in self.measurements
 
     def run_ids(self) -> set[str]:
-        return {*self.searches, *self.finetunes, *self.evaluations}
+        return {*self.searches, *self.finetunes, *self.measurements}
 
     def specs(self) -> list[Spec]:
-        return [*self.searches.values(), *self.finetunes.values(), *self.evaluations.values()]
+        return [*self.searches.values(), *self.finetunes.values(), *self.measurements.values()]
 
     def get(self, run_id: str) -> Spec:
-        for table in (self.searches, self.finetunes, self.evaluations):
+        for table in (self.searches, self.finetunes, self.measurements):
             if run_id in table:
                 return table[run_id]
         raise KeyError(run_id)
@@ -99,7 +99,7 @@ class Plan:
             PlanError: naming the first trial whose mask no search provides, and how to fix the grid.
         """
         finished = set(finished)
-        for run_id, spec in [*self.finetunes.items(), *self.evaluations.items()]:
+        for run_id, spec in [*self.finetunes.items(), *self.measurements.items()]:
             for ref in mask_refs(spec):
                 search = self.searches.get(ref.search_id)
                 if search is None:
@@ -115,11 +115,11 @@ class Plan:
                                     "the step to the search's save_steps")
 
     def counts(self) -> dict[str, Counter]:
-        """Trials per stage and method (``full`` for full-model fine-tunes; evaluations by kind): what
+        """Trials per stage and method (``full`` for full-model fine-tunes; measurements by kind): what
         ``--dry-run`` prints."""
         return {"search": Counter(spec.config.method for spec in self.searches.values()),
                 "finetune": Counter(self.method_of(spec) for spec in self.finetunes.values()),
-                "evaluate": Counter(spec.stage for spec in self.evaluations.values())}
+                "measure": Counter(spec.stage for spec in self.measurements.values())}
 
     def method_of(self, spec: FinetuneSpec) -> str:
         if spec.mask is None:

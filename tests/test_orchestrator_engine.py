@@ -203,11 +203,11 @@ def test_a_similarity_waits_for_every_search_it_compares_and_is_blocked_by_any_f
     grid = Grid(models=("m",), methods=("omp", "rand", "imp"), sparsities=(0.5,), mask_seeds=(1,),
                 finetune_seeds=(), tasks=(), full_model=False)
     plan = MaskSimilarity((grid,)).plan()
-    (similarity,) = plan.evaluations
+    (similarity,) = plan.measurements
     omp, rand, imp = (next(r for r, s in plan.searches.items() if s.config.method == m) for m in ("omp", "rand", "imp"))
     assert set(plan.dependencies(plan.get(similarity))) == {omp, rand, imp}
 
-    searcher = PlanSearcher(plan, [*plan.searches, *plan.evaluations], TrialSettings("/tmp/x"))
+    searcher = PlanSearcher(plan, [*plan.searches, *plan.measurements], TrialSettings("/tmp/x"))
     trials = {run_id: trial for trial, run_id in zip(("t0", "t1", "t2"), drain(searcher))}
     assert set(trials) == {omp, rand, imp}
     searcher.on_trial_complete(trials[omp], {})
@@ -216,7 +216,7 @@ def test_a_similarity_waits_for_every_search_it_compares_and_is_blocked_by_any_f
     searcher.on_trial_complete(trials[imp], {})
     assert drain(searcher, 3) == [similarity]
 
-    failing = PlanSearcher(plan, [*plan.searches, *plan.evaluations], TrialSettings("/tmp/x"))
+    failing = PlanSearcher(plan, [*plan.searches, *plan.measurements], TrialSettings("/tmp/x"))
     trials = {run_id: trial for trial, run_id in zip(("t0", "t1", "t2"), drain(failing))}
     failing.on_trial_complete(trials[omp], error=True)
     failing.on_trial_complete(trials[rand], error=True)  # a second failed input blocks it once, not twice

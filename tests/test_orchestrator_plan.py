@@ -697,7 +697,7 @@ def test_mask_similarity_needs_exactly_one_reference_mask_per_sparsity():
     with pytest.raises(PlanError, match="not a method"):
         MaskSimilarity((no_omp,), reference="magnitude")
     pairs = MaskSimilarity((no_omp,)).plan()
-    (spec,) = pairs.evaluations.values()
+    (spec,) = pairs.measurements.values()
     assert len(spec.pairs()) == 1 and len(pairs.searches) == 2  # the two random seeds, compared once
 
 

@@ -59,7 +59,7 @@ def test_pretrain_correlation_paper_plan():
     # TAMT 12 runs × 7 steps × 5 tasks × 3 = 1260 per objective.
     assert by_method(p, "finetune") == {"omp": 189, "rand": 567, "full": 21, "imp": 180, "tamt-mlm": 1260,
                                         "tamt-kd": 1260}
-    assert by_method(p, "evaluate") == {"dense-loss": 1}
+    assert by_method(p, "measure") == {"dense-loss": 1}
 
 
 def test_pretrain_cost_paper_plan():
@@ -79,7 +79,7 @@ def test_mask_similarity_paper_plan():
     p = plan("mask_similarity", "paper")
     # OMP 3 sparsities; IMP 6 intervals × 3 seeds; TAMT 2 × 3 sparsities × 3 seeds; no fine-tunes.
     assert by_method(p, "search") == {"omp": 3, "imp": 18, "tamt-mlm": 9, "tamt-kd": 9} and not p.finetunes
-    similarities = list(p.evaluations.values())
+    similarities = list(p.measurements.values())
     assert all(isinstance(s, SimilaritySpec) for s in similarities) and len(similarities) == 6
     pairwise = [s for s in similarities if s.reference is None]
     along = [s for s in similarities if s.reference is not None]
@@ -117,14 +117,14 @@ def test_paper_union_shares_every_search_and_counts_each_trial_once():
     # (2 × 12 runs × 7 steps × 15 = 2520, less the 20K step at 0.8 that main also fine-tunes: 2 × 3 × 15 = 90);
     # cost's IMP at 5 new intervals (675); low-data subsets (990).
     assert len(united.finetunes) == 4410 + 84 + 2520 - 90 + 675 + 990 == 8589
-    assert len(united.evaluations) == 1 + 6
+    assert len(united.measurements) == 1 + 6
     assert len(united) == 8781
 
 
 # --- smoke presets ---------------------------------------------------------------------------------------------
 
 def test_smoke_plans():
-    counts = {name: (len(p.searches), len(p.finetunes), len(p.evaluations))
+    counts = {name: (len(p.searches), len(p.finetunes), len(p.measurements))
               for name in SWEEPS if name != "tune_tamt" for p in [plan(name, "smoke")]}
     assert counts == {
         "main_results": (7, 18, 0),          # 50 %: OMP, IMP, TAMT × 2, rand × 3 seeds; 6 cells × 3 seeds
@@ -136,7 +136,7 @@ def test_smoke_plans():
     united = plan_of([d for name in SWEEPS for d in presets_of(name)["smoke"]() if not isinstance(d, TamtStudy)])
     # main's 7 + OMP and rand at 70 %, TAMT × 2 at 70 %, IMP to 70 % at P = 2 and 4; fine-tunes: main 18 + 21
     # other masks, steps and subsets.
-    assert (len(united.searches), len(united.finetunes), len(united.evaluations)) == (13, 39, 3)
+    assert (len(united.searches), len(united.finetunes), len(united.measurements)) == (13, 39, 3)
 
 
 def test_every_sweep_has_both_presets_and_its_studies_are_valid():
@@ -157,7 +157,7 @@ def test_all_sweeps_dry_run_prints_each_sweep_and_the_union(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in SWEEPS:
         assert f"  {name} " in out
-    assert "sweep all, preset paper: 8781 unique trials (185 mask searches, 8589 fine-tunes, 7 evaluations)" in out
+    assert "sweep all, preset paper: 8781 unique trials (185 mask searches, 8589 fine-tunes, 7 measurements)" in out
     assert "study tamt-mlm-bert-0.7: 24 Optuna trials" in out
     assert not (tmp_path / "s").exists()
 
@@ -175,7 +175,8 @@ def test_two_named_sweeps_unite(tmp_path):
                       parts=parts, out=buffer)
     assert code == 0
     # mask_similarity's 5 searches are all among pretrain_cost's 4 plus OMP at 0.7: 5 unique searches.
-    assert "sweep x, preset smoke: 13 unique trials (5 mask searches, 6 fine-tunes, 2 evaluations)" in buffer.getvalue()
+    assert ("sweep x, preset smoke: 13 unique trials (5 mask searches, 6 fine-tunes, 2 measurements)"
+            in buffer.getvalue())
 
 
 def test_sweep_script_runs_as_a_script():

@@ -54,10 +54,10 @@ def test_second_sweep_reuses_masks_and_adds_similarities_and_dense_losses(ray_se
         MaskSimilarity((grid(model, finetune_steps=(1, 2, 3), **masks_only),), reference="omp").plan()).merge(
         grid(model, methods=(), dense_loss=True, **masks_only).plan())
     assert set(second.searches) == set(first.searches) and not second.finetunes
-    assert Counter(spec.stage for spec in second.evaluations.values()) == {"similarity": 2, "dense-loss": 1}
+    assert Counter(spec.stage for spec in second.measurements.values()) == {"similarity": 2, "dense-loss": 1}
     before = attempts(storage)
     report = run_sweep(second, name="analysis", storage=Storage.at(storage), progress_every_s=5.0)
-    assert report.complete and report.skipped == 3 and report.succeeded == set(second.evaluations)
+    assert report.complete and report.skipped == 3 and report.succeeded == set(second.measurements)
     assert {k: v for k, v in attempts(storage).items() if k in before} == before, "no search ran twice"
 
     table = results.read_frame(str(storage)).set_index("run_id")
@@ -67,7 +67,7 @@ def test_second_sweep_reuses_masks_and_adds_similarities_and_dense_losses(ray_se
         entry = next(m for m in searches.loc[run_id].masks if m["step"] == step and m["sparsity"] == sparsity)
         return load_mask(storage / "runs" / run_id / entry["file"])
 
-    pairwise = table.loc[next(r for r, s in second.evaluations.items() if s.stage == "similarity"
+    pairwise = table.loc[next(r for r, s in second.measurements.items() if s.stage == "similarity"
                               and s.reference is None)]
     # OMP, IMP's 20 % mask and TAMT-KD's last mask: 3 pairs, each the mean per-matrix IoU of tamt_core.
     assert len(pairwise.pairs) == 3 and pairwise.sparsity == 0.2
@@ -75,7 +75,7 @@ def test_second_sweep_reuses_masks_and_adds_similarities_and_dense_losses(ray_se
         expected = similarity(mask_file(pair["a_run_id"], pair["a_step"]), mask_file(pair["b_run_id"], pair["b_step"]))
         assert pair["similarity"] == pytest.approx(expected, abs=1e-12)
         assert {pair["a_method"], pair["b_method"]} <= {"omp", "imp", "tamt-kd"} and pair["a_seed"] in (0, 1)
-    against_omp = table.loc[next(r for r, s in second.evaluations.items() if s.stage == "similarity"
+    against_omp = table.loc[next(r for r, s in second.measurements.items() if s.stage == "similarity"
                                  and s.reference is not None)]
     # TAMT-KD at steps 1, 2, 3 and IMP at 20 %, each against OMP.
     assert sorted((p["b_method"], p["b_step"]) for p in against_omp.pairs) == [
@@ -100,5 +100,5 @@ def test_second_sweep_reuses_masks_and_adds_similarities_and_dense_losses(ray_se
     parents, children = mlflow_runs(storage)
     assert sorted(p.data.tags["tamt.sweep"] for p in parents) == ["analysis", "main"]
     assert Counter(c.data.tags[RUN_ID_TAG] for c in children) == Counter(
-        list(first.run_ids()) + list(second.evaluations))
+        list(first.run_ids()) + list(second.measurements))
     assert pd.isna(table.loc[dense.name].best_score)
