@@ -40,9 +40,9 @@ def plan_of(declarations: Sequence[Declaration]) -> Plan:
 def with_search_settings(declaration: Declaration, settings: Mapping[str, Mapping[str, Any]]) -> Declaration:
     """``declaration`` with per-method search settings (e.g. a tuned TAMT setting) laid over its grids' own."""
     if isinstance(declaration, Grid):
-        search = dict(declaration.search)
+        search = declaration.search
         for method, own in settings.items():
-            search[method] = {**search.get(method, {}), **own}
+            search = search.with_method(method, own)
         return replace(declaration, search=search)
     if isinstance(declaration, MaskSimilarity):
         return replace(declaration, grids=tuple(with_search_settings(g, settings) for g in declaration.grids))

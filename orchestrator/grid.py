@@ -23,24 +23,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.methods.base import METHOD_NAMES, SearchConfig
+from tamt_core.methods.base import METHOD_NAMES
 from tamt_core.tasks import TASKS
 
 from orchestrator.plan import Plan, PlanError
+from orchestrator.search_settings import PerSparsity, SearchSettings
 from orchestrator.specs import SPARSITY_DIGITS, DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec
 
-_TRAINING = {"lr", "batch_size", "weight_decay", "block_size", "schedule_steps", "max_grad_norm"}
-SEARCH_SETTINGS_BY_METHOD: dict[str, set[str]] = {
-    "omp": set(),
-    "rand": set(),
-    "imp": _TRAINING | {"pruning_interval", "rewind"},
-    "tamt-mlm": _TRAINING | {"steps", "save_steps", "threshold_period", "zero_rounding", "alpha", "phi"},
-    "tamt-kd": _TRAINING | {"steps", "save_steps", "threshold_period", "zero_rounding", "kd_include_padding", "alpha",
-                            "phi"},
-}
-"""Which :class:`SearchConfig` fields of ``Grid.search`` apply to each method; the others are ignored for it."""
-
-_SEARCH_FIELDS = {f.name for f in fields(SearchConfig)} - {"method", "sparsity", "seed"}
 _FINETUNE_FIELDS = {f.name for f in fields(FinetuneConfig)} - {"task", "seed", "model", "data", "mask_hash",
                                                                "train_size"}
 
@@ -67,15 +56,16 @@ class Grid:
         dense_loss: also measure each unpruned model's MLM and KD dev losses (the full-model point of Fig. 1, 4).
         pretrain_data: WikiText source for the trained methods (``None`` = built-in smoke corpus).
         task_data: downstream data source (``None`` = built-in smoke task data; ``"hub"`` = the hub datasets).
-        search: :class:`SearchConfig` overrides, applied to the methods they concern
-            (:data:`SEARCH_SETTINGS_BY_METHOD`); ``steps`` and ``save_steps`` may map sparsity → value like
-            Tab. 2; a method name maps to settings for that method alone (``{"tamt-kd": {"lr": 1e-4}}``).
+        search: :class:`~orchestrator.search_settings.SearchSettings`, shared by the methods they concern and
+            per method; ``steps`` and ``save_steps`` may be :class:`~orchestrator.search_settings.PerSparsity`
+            like Tab. 2. A plain mapping is read into them (``{"steps": 90, "tamt-kd": {"lr": 1e-4}}``).
         finetune: :class:`FinetuneConfig` overrides (``lr``, ``batch_size``, ``epochs``, ``eval_every``, ...).
         dev_loss_batches: dev batches for each mask's MLM/KD dev loss (``None`` all, 0 none).
         imp_until: the sparsity every IMP run prunes to (default: the grid's highest). One run yields all lower
             multiples of 10 %, so sweeps that set the same value share their IMP runs (the paper's: 0.9, Tab. 2).
         finetune_steps: which saved TAMT masks are fine-tuned: ``None`` = each run's last; a step or steps for
-            every sparsity; or a mapping sparsity → step(s) (``hparams.TAMT_STEPS``: Tab. 2's).
+            every sparsity; or per sparsity (``PerSparsity(hparams.TAMT_STEPS)``: Tab. 2's; a mapping is read as
+            one).
     """
 
     models: tuple[str, ...]
@@ -89,11 +79,11 @@ class Grid:
     dense_loss: bool = False
     pretrain_data: str | None = None
     task_data: str | None = None
-    search: Mapping[str, Any] = field(default_factory=dict)
+    search: SearchSettings = field(default_factory=SearchSettings)
     finetune: Mapping[str, Any] = field(default_factory=dict)
     dev_loss_batches: int | None = None
     imp_until: float | None = None
-    finetune_steps: Steps | Mapping[float, Steps] | None = None
+    finetune_steps: Steps | PerSparsity[Steps] | None = None
     paired_seeds: bool = False
 
     def __post_init__(self) -> None:
@@ -151,18 +141,9 @@ class Grid:
                if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1)]
         if bad:
             raise PlanError(f"train_sizes must be positive integers or None (whole set), got {bad}")
-        unknown = set(self.search) - _SEARCH_FIELDS - set(METHOD_NAMES)
-        if unknown:
-            raise PlanError(f"unknown search setting(s) {sorted(unknown)}; known: {sorted(_SEARCH_FIELDS)} (or a "
-                            "method name mapping to its own settings)")
-        for method in set(self.search) & set(METHOD_NAMES):
-            own = self.search[method]
-            if not isinstance(own, Mapping):
-                raise PlanError(f"search[{method!r}] must map settings to values, e.g. {{'lr': 1e-4}}; got {own!r}")
-            wrong = set(own) - SEARCH_SETTINGS_BY_METHOD[method]
-            if wrong:
-                raise PlanError(f"search setting(s) {sorted(wrong)} do not apply to {method}; it takes "
-                                f"{sorted(SEARCH_SETTINGS_BY_METHOD[method]) or 'none'}")
+        object.__setattr__(self, "search", SearchSettings.of(self.search))
+        if isinstance(self.finetune_steps, Mapping):
+            object.__setattr__(self, "finetune_steps", PerSparsity(dict(self.finetune_steps)))
         unknown = set(self.finetune) - _FINETUNE_FIELDS
         if unknown:
             raise PlanError(f"unknown fine-tune setting(s) {sorted(unknown)}; known: {sorted(_FINETUNE_FIELDS)}")
@@ -182,8 +163,8 @@ class Grid:
                 seeds = (0,) if method == "omp" else self.mask_seeds
                 for seed in seeds:
                     for sparsity in self._search_sparsities(method):
-                        spec = SearchSpec(model, self._search_config(method, sparsity, seed), self.pretrain_data,
-                                          self.dev_loss_batches)
+                        config = self.search.config(method, round(sparsity, SPARSITY_DIGITS), seed)
+                        spec = SearchSpec(model, config, self.pretrain_data, self.dev_loss_batches)
                         out.setdefault(spec.run_id, spec)
         return list(out.values())
 
@@ -220,24 +201,11 @@ class Grid:
 
     def _steps_to_finetune(self, sparsity: float) -> tuple[int, ...] | None:
         steps = self.finetune_steps
-        if isinstance(steps, Mapping):
-            steps = _per_sparsity(steps, sparsity, "finetune_steps")
+        if isinstance(steps, PerSparsity):
+            steps = steps.at(sparsity, "finetune_steps")
         if steps is None:
             return None
         return (steps,) if isinstance(steps, int) else tuple(steps)
-
-    def _search_config(self, method: str, sparsity: float, seed: int) -> SearchConfig:
-        settings = {k: v for k, v in self.search.items() if k in SEARCH_SETTINGS_BY_METHOD[method]}
-        settings.update(self.search.get(method, {}))
-        for name in ("steps", "save_steps"):
-            if isinstance(settings.get(name), Mapping):
-                settings[name] = _per_sparsity(settings[name], sparsity, f"search[{name!r}]")
-        if "save_steps" in settings:
-            settings["save_steps"] = tuple(settings["save_steps"])
-        try:
-            return SearchConfig(method=method, sparsity=round(sparsity, SPARSITY_DIGITS), seed=seed, **settings)
-        except (TypeError, ValueError) as error:
-            raise PlanError(f"search settings for {method}: {error}") from error
 
     def _finetune_spec(self, model: str, task: str, seed: int, train_size: int | None, mask) -> FinetuneSpec:
         try:
@@ -281,16 +249,6 @@ def _is_fraction(value: Any) -> bool:
 
 def _is_tenth(value: float) -> bool:
     return math.isclose(value * 10, round(value * 10), abs_tol=1e-9)
-
-
-def _per_sparsity(mapping: Mapping[float, Any], sparsity: float, name: str) -> Any:
-    """The value for ``sparsity`` in a sparsity-keyed setting: its key must be there (up to float rounding), since
-    a setting taken from another sparsity's key would run a different experiment than the grid says."""
-    for key, value in mapping.items():
-        if math.isclose(key, sparsity, abs_tol=1e-9):
-            return value
-    raise PlanError(f"{name} maps sparsities {sorted(mapping)} but not {sparsity}, a sparsity of the grid; add "
-                    f"{sparsity} to it")
 
 
 @dataclass(frozen=True)

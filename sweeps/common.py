@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from orchestrator.grid import Grid
+from orchestrator.search_settings import PerSparsity, SearchSettings
 from tamt_core import hparams
 from tamt_core.models import BUILTIN_MODEL_NAME
 
@@ -33,10 +34,8 @@ def _tamt_save_steps(sparsity: float) -> tuple[int, ...]:
     return tuple(sorted({hparams.TAMT_STEPS[sparsity], *hparams.TAMT_COST_STEPS}))
 
 
-PAPER_SEARCH: dict[str, Any] = {
-    "steps": {s: _tamt_run_steps(s) for s in hparams.SPARSITIES},
-    "save_steps": {s: _tamt_save_steps(s) for s in hparams.SPARSITIES},
-}
+PAPER_SEARCH = SearchSettings(steps=PerSparsity({s: _tamt_run_steps(s) for s in hparams.SPARSITIES}),
+                              save_steps=PerSparsity({s: _tamt_save_steps(s) for s in hparams.SPARSITIES}))
 """TAMT runs of the paper presets: Tab. 2's length, or on to 25K at the sparsities the analyses follow."""
 
 
@@ -45,17 +44,18 @@ def paper_grid(**axes: Any) -> Grid:
     fine-tune seeds, Tab. 1 settings, the shared search runs, Tab. 2's masks; ``axes`` give the experiment's own."""
     return Grid(**{"models": (BERT,), "mask_seeds": hparams.MASK_SEEDS, "finetune_seeds": hparams.FINETUNE_SEEDS,
                    "pretrain_data": WIKITEXT, "task_data": "hub", "search": PAPER_SEARCH,
-                   "imp_until": hparams.IMP_FINAL_SPARSITY, "finetune_steps": hparams.TAMT_STEPS, **axes})
+                   "imp_until": hparams.IMP_FINAL_SPARSITY, "finetune_steps": PerSparsity(hparams.TAMT_STEPS), **axes})
 
 
 SMOKE_SPARSITIES = (0.5, 0.7)
 SMOKE_COST_STEPS = (45, 90)
 """The smoke presets' Fig. 5 steps: every TAMT run saves these."""
-SMOKE_STEPS = {0.5: 90, 0.7: 90}
+SMOKE_STEPS = PerSparsity({0.5: 90, 0.7: 90})
 """The smoke presets' Tab. 2: the step of each sparsity's run that main_results fine-tunes."""
 SMOKE_IMP_INTERVALS = (2, 4)
-SMOKE_SEARCH: dict[str, Any] = {"pruning_interval": 4, "steps": max(SMOKE_COST_STEPS), "save_steps": SMOKE_COST_STEPS,
-                                "batch_size": 8, "block_size": 64, "tamt-mlm": {"lr": 3e-4}, "tamt-kd": {"lr": 3e-4}}
+SMOKE_SEARCH = SearchSettings(pruning_interval=4, steps=max(SMOKE_COST_STEPS), save_steps=SMOKE_COST_STEPS,
+                              batch_size=8, block_size=64,
+                              per_method={"tamt-mlm": SearchSettings(lr=3e-4), "tamt-kd": SearchSettings(lr=3e-4)})
 """Short searches in which every method does its job (docs/smoke.md has the scan behind them): at 50 % and 70 %,
 90 steps of TAMT at lr 3e-4 (the scores start α·φ = 0.02 from being pruned, so a run needs about 0.01 / lr = 33
 steps before its first mask change) end with TAMT-MLM's MLM dev loss and TAMT-KD's KD dev loss well below OMP's."""
@@ -76,4 +76,4 @@ def smoke_grid(**axes: Any) -> Grid:
 
 def with_interval(grid: Grid, pruning_interval: int) -> Grid:
     """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
-    return replace(grid, search={**grid.search, "pruning_interval": pruning_interval})
+    return replace(grid, search=replace(grid.search, pruning_interval=pruning_interval))

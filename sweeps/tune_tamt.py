@@ -29,8 +29,8 @@ PRESETS = {
                                 trials=TRIALS, search={"steps": PROXY_STEPS}) for method in ("tamt-mlm", "tamt-kd")],
     "smoke": lambda: [TamtStudy(name="tamt-mlm-smoke-0.7", model=BUILTIN_MODEL_NAME, method="tamt-mlm",
                                 sparsity=0.7, trials=6, dev_loss_batches=2,
-                                search={"batch_size": SMOKE_SEARCH["batch_size"],
-                                        "block_size": SMOKE_SEARCH["block_size"], "steps": 16})],
+                                search={"batch_size": SMOKE_SEARCH.batch_size, "block_size": SMOKE_SEARCH.block_size,
+                                        "steps": 16})],
 }
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import orchestrator.cli
 from orchestrator.estimate import DEV_SIZES, THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid
 from orchestrator.plan import Plan, PlanError
+from orchestrator.search_settings import PerSparsity, SearchSettings
 from orchestrator.specs import FinetuneSpec, MaskRef, SearchSpec, spec_from_dict
 from orchestrator.storage import FORMAT_VERSION, MARKER, RunDirectory, Storage, StorageError
 from tamt_core import hparams
@@ -368,6 +369,25 @@ def test_malformed_grid_raises_plan_error_naming_the_fix(change, words):
     message = str(raised.value)
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_typed_search_settings_plan_what_their_mapping_plans():
+    """``Grid.search`` is typed; a mapping (JSON, ``--search-settings``) is read into the same settings. A shared
+    setting reaches the methods that have it only, a per-method one is laid over it."""
+    typed = SearchSettings(steps=PerSparsity({0.5: 40, 0.7: 60}), batch_size=8, pruning_interval=5,
+                           per_method={"tamt-kd": SearchSettings(lr=1e-4)})
+    mapping = {"steps": {0.5: 40, 0.7: 60}, "batch_size": 8, "pruning_interval": 5, "tamt-kd": {"lr": 1e-4}}
+    grid = dict(_GOOD, methods=("omp", "imp", "tamt-mlm", "tamt-kd"), sparsities=(0.5, 0.7))
+    one, two = Grid(**grid, search=typed), Grid(**grid, search=mapping)
+    assert one.search == two.search and set(one.plan().run_ids()) == set(two.plan().run_ids())
+    configs = {(s.config.method, s.config.sparsity): s.config for s in one.searches()}
+    assert configs[("tamt-mlm", 0.7)].steps == 60 and configs[("tamt-mlm", 0.7)].lr is None
+    assert configs[("tamt-kd", 0.5)].steps == 40 and configs[("tamt-kd", 0.5)].lr == 1e-4
+    assert configs[("imp", 0.7)].pruning_interval == 5 and configs[("imp", 0.7)].batch_size == 8
+    assert configs[("omp", 0.5)] == SearchConfig(method="omp", sparsity=0.5)  # no setting of OMP's
+    tuned = typed.with_method("tamt-kd", {"alpha": 2.0})
+    assert tuned.per_method["tamt-kd"] == SearchSettings(lr=1e-4, alpha=2.0)
+    assert typed.per_method["tamt-kd"].alpha is None  # settings are values: the original is unchanged
 
 
 def test_plan_with_a_finetune_whose_search_is_missing():
