@@ -7,7 +7,7 @@ every clock read):
   lr 5e-5, no weight decay, linear decay), forward through ``tamt_core.losses.mlm_loss``, backward, gradient
   clipping at norm 1, optimizer and schedule step, ``zero_grad``.
 * **tamt**: the same step on a model prepared exactly as ``tamt_core.methods.tamt.TAMT.search`` prepares it
-  (``apply_score_masks`` with ``initial_scores`` from OMP, weights frozen, scores + MLM head minus the tied decoder
+  (``TAMT.trainable_scores``: ``initial_scores`` from OMP, weights frozen, scores + MLM head minus the tied decoder
   trainable, AdamW), *without* the threshold re-set.
 * **reset (banded)**: ``ThresholdController.reset()`` right after that step: the per-step τ re-set of TAMT, with the
   scores moved by a real optimizer step since the previous re-set (so the banded selection sees realistic drift).
@@ -54,9 +54,8 @@ from torch import nn
 from tamt_core.device import autocast as tamt_autocast
 from tamt_core.hparams import MLM_PROBABILITY, TAMT_MLM
 from tamt_core.losses import mlm_loss
-from tamt_core.masking import EMBEDDING, apply_score_masks, dense_weights
-from tamt_core.methods.tamt import ThresholdController, initial_scores
-from tamt_core.models import mlm_head
+from tamt_core.methods.base import SearchConfig
+from tamt_core.methods.tamt import TAMT, ThresholdController
 from tamt_core.threshold import kth_smallest
 from tamt_core.training import adamw_with_schedule
 
@@ -190,21 +189,14 @@ class TamtSetup:
 
 def tamt_step(model: nn.Module, batch: dict[str, torch.Tensor], amp, sparsity: float,
               rounding: str = "floor") -> TamtSetup:
-    """TAMT-MLM prepared as ``TAMT.search`` does it (§3.4): OMP-initialised scores, frozen weights, trainable
-    scores and MLM head except the decoder tied to the frozen embedding."""
+    """TAMT-MLM prepared by ``TAMT.trainable_scores``, the set-up ``TAMT.search`` runs (§3.4): OMP-initialised
+    scores, frozen weights, trainable scores and MLM head except the decoder tied to the frozen embedding."""
     started = time.perf_counter()
-    embedding = dense_weights(model)[EMBEDDING]
-    scores = initial_scores(dense_weights(model), sparsity, rounding)
-    omp_s = time.perf_counter() - started
-    apply_score_masks(model, scores)
-    del scores
-    thresholds = ThresholdController(model, sparsity, rounding)
-    model.requires_grad_(False)
-    trainable = [m.scores.requires_grad_(True) for m in thresholds.masks.values()]
-    trainable += [p.requires_grad_(True) for p in mlm_head(model).parameters() if p is not embedding]
+    config = SearchConfig(method="tamt-mlm", sparsity=sparsity, zero_rounding=rounding)
+    thresholds, trainable = TAMT("mlm").trainable_scores(model, config)
     model.train()
     step = MLMStep(model, trainable, batch, amp)
-    return TamtSetup(step, thresholds, {"omp_init": omp_s, "total": time.perf_counter() - started})
+    return TamtSetup(step, thresholds, {"total": time.perf_counter() - started})
 
 
 @torch.no_grad()
@@ -454,8 +446,8 @@ def print_table(r: dict[str, Any], out=sys.stdout) -> None:
     load = " -> ".join("?" if v is None else f"{v:.2f}" for v in (r["loadavg_before"], r["loadavg_after"]))
     print(f"timed after {r['pretrain_steps']} untimed TAMT steps ({r['pretrain_s']:.1f} s); load average {load}",
           file=out)
-    print(f"setup: build {r['build_s']:.1f} s (TAMT: OMP init {r['tamt_setup_s']['omp_init']:.1f} s, "
-          f"masks {r['tamt_setup_s']['total']:.1f} s); loss first/last: "
+    print(f"setup: build {r['build_s']:.1f} s (TAMT: OMP-initialised masks {r['tamt_setup_s']['total']:.1f} s); "
+          "loss first/last: "
           + ", ".join(f"{k} {a:.3f}/{b:.3f}" for k, (a, b) in r["loss_first_last"].items()), file=out)
 
 

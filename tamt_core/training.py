@@ -89,6 +89,19 @@ def adamw_with_schedule(params: Iterable[torch.nn.Parameter], *, lr: float, weig
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(total_steps))
 
 
+def update(loss: torch.Tensor, trainable: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+           schedule: torch.optim.lr_scheduler.LRScheduler, max_grad_norm: float,
+           gradients_summed: Callable[[], None] = lambda: None) -> None:
+    """The update of one training step of a search (Tab. 1): backward, the data-parallel gradient sum
+    (``gradients_summed``, :meth:`tamt_core.parallel.Ranks.summed_gradients`), clipping at ``max_grad_norm``, the
+    AdamW and schedule steps. The gradients are left for the caller to clear: TAMT re-sets τ from them first."""
+    loss.backward()
+    gradients_summed()
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    schedule.step()
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Move a CPU batch to ``device`` without blocking the host: on CUDA through pinned memory, since a copy from
     pageable memory may wait for the stream."""

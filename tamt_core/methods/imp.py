@@ -14,6 +14,7 @@ weight, so the decoder does go back to θ0 with it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,7 +25,7 @@ from tamt_core.losses import loss_denominator, mlm_loss
 from tamt_core.masking import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.pruning import prune_smallest
-from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device
+from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device, update
 
 ROUNDS = round(1 / hparams.IMP_PRUNE_FRACTION)
 """Prunes of one run: each removes :data:`~tamt_core.hparams.IMP_PRUNE_FRACTION` of the original size (10)."""
@@ -41,71 +42,108 @@ def imp_prune(weights: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], p
     return out
 
 
+@dataclass
+class ImpTraining:
+    """What one IMP run trains and steps: the model under its fixed mask, θ0 to rewind to, the trainable
+    parameters, their optimizer and schedule (fresh after each prune), and the batch stream."""
+
+    model: torch.nn.Module
+    theta0: dict[str, torch.Tensor]
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    batches: BatchStream
+    lr: float
+    weight_decay: float
+    adam_epsilon: float
+    total_steps: int
+    _checkpointed: dict[str, object] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._checkpointed = {"trained": TrainedTensors(self.model), "batches": self.batches,
+                              "optimizer": self.optimizer, "schedule": self.schedule}
+
+    def fresh_optimizer(self) -> None:
+        """After each prune the optimizer and LR schedule restart (reference-impl §4.5); the checkpoint saves the
+        new ones from then on."""
+        self.optimizer, self.schedule = adamw_with_schedule(self.trainable, lr=self.lr, weight_decay=self.weight_decay,
+                                                            eps=self.adam_epsilon, total_steps=self.total_steps)
+        self._checkpointed.update(optimizer=self.optimizer, schedule=self.schedule)
+
+    def checkpointed(self) -> dict[str, object]:
+        """What the checkpoint saves, live (:meth:`fresh_optimizer` swaps the optimizer in); the round is step // P
+        and the mask a buffer of the trained tensors."""
+        return self._checkpointed
+
+
 class IMP:
     name = "imp"
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
-        hp = config.pretrain_hparams()
-        lr = config.lr or hp.lr
-        weight_decay = hp.weight_decay if config.weight_decay is None else config.weight_decay
-        batch_size = config.batch_size or hp.batch_size
         period = config.pruning_interval
-        final_round = round(config.sparsity * ROUNDS)
-        steps = (final_round - 1) * period
+        steps = (round(config.sparsity * ROUNDS) - 1) * period
         run, ranks = context.run, context.run.ranks
-
-        model = context.pretrained.model.to(context.device)
-        data = context.train_data("mlm")
-        total_steps = config.schedule_steps or max(hp.max_epochs * steps_per_epoch(len(data.dataset), batch_size),
-                                                   final_round * period)
-        batches = BatchStream(data.dataset, data.collate, batch_size, config.seed)
-        theta0 = {name: p.detach().clone() for name, p in base_model(model).state_dict().items()}  # the rewind point
-
-        weights = dense_weights(model)
-        keep = imp_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}, 0)
-        apply_fixed_mask(model, keep)
-        masks = mask_parametrizations(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        state = {"trained": TrainedTensors(model), "batches": batches}
-
-        def fresh_optimizer() -> None:
-            """After each prune the optimizer and LR schedule restart (reference-impl §4.5)."""
-            state["optimizer"], state["schedule"] = adamw_with_schedule(
-                params, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon, total_steps=total_steps)
-
-        fresh_optimizer()
-        start = run.resume(state)  # the round is step // P; the current mask is a buffer of the trained tensors
+        training, keep = self.setup(context.pretrained.model.to(context.device), context.train_data("mlm"), config)
+        masks = mask_parametrizations(training.model)
+        start = run.resume(training.checkpointed())
         if start == 0:
             yield FoundMask(0, 1 / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
-        model.train()
-        with ranks.summed_gradients(params) as gradients_summed:
+        training.model.train()
+        with ranks.summed_gradients(training.trainable) as gradients_summed:
             for step in range(start + 1, steps + 1):
-                optimizer, schedule = state["optimizer"], state["schedule"]
-                global_batch = next(batches)
+                global_batch = next(training.batches)
                 denominator = loss_denominator(global_batch, "mlm") if ranks.parallel else None
-                with autocast(context.device):
-                    loss = mlm_loss(model, to_device(ranks.shard(global_batch), context.device), denominator)
-                loss.backward()
-                gradients_summed()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                lr_now = schedule.get_last_lr()[0]
+                batch = to_device(ranks.shard(global_batch), context.device)
+                loss = self.train_step(training, batch, config, denominator, gradients_summed)
+                training.optimizer.zero_grad(set_to_none=True)
+                lr_now = training.schedule.get_last_lr()[0]
                 pruned = step % period == 0
                 if pruned:
                     prunes_done = step // period
-                    keep = imp_prune(dense_weights(model), {n: m.mask for n, m in masks.items()}, prunes_done)
+                    keep = imp_prune(dense_weights(training.model), {n: m.mask for n, m in masks.items()},
+                                     prunes_done)
                     with torch.no_grad():
                         for name, parametrization in masks.items():
                             parametrization.mask.copy_(keep[name])
                         if config.rewind:
-                            _rewind(model, theta0)
+                            _rewind(training.model, training.theta0)
                     if step < steps:
-                        fresh_optimizer()
+                        training.fresh_optimizer()
                     yield FoundMask(step, (prunes_done + 1) / ROUNDS, {n: k.cpu().clone() for n, k in keep.items()})
                 run.end_step(step, loss, lr=lr_now, last=step == steps, mask_saved=pruned,
                              sparsity=((step - 1) // period + 1) / ROUNDS)
+
+    def setup(self, model: torch.nn.Module, data, config: SearchConfig
+              ) -> tuple[ImpTraining, dict[str, torch.Tensor]]:
+        """The first prune (10 % of each matrix by |θ0|) as a fixed mask on ``model`` (on its device), θ0 kept to
+        rewind to, every unmasked parameter trainable with AdamW and Tab. 1's linear decay over 2 epochs of
+        ``data`` or the run's length when longer; returns the training and the first mask."""
+        hp = config.pretrain_hparams()
+        batch_size = config.batch_size or hp.batch_size
+        total_steps = config.schedule_steps or max(hp.max_epochs * steps_per_epoch(len(data.dataset), batch_size),
+                                                   round(config.sparsity * ROUNDS) * config.pruning_interval)
+        theta0 = {name: p.detach().clone() for name, p in base_model(model).state_dict().items()}  # the rewind point
+        weights = dense_weights(model)
+        keep = imp_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}, 0)
+        apply_fixed_mask(model, keep)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        lr = config.lr or hp.lr
+        weight_decay = hp.weight_decay if config.weight_decay is None else config.weight_decay
+        optimizer, schedule = adamw_with_schedule(trainable, lr=lr, weight_decay=weight_decay, eps=hp.adam_epsilon,
+                                                  total_steps=total_steps)
+        return ImpTraining(model, theta0, trainable, optimizer, schedule,
+                           BatchStream(data.dataset, data.collate, batch_size, config.seed), lr, weight_decay,
+                           hp.adam_epsilon, total_steps), keep
+
+    def train_step(self, training: ImpTraining, batch: dict[str, torch.Tensor], config: SearchConfig,
+                   denominator: int | None = None, gradients_summed=lambda: None) -> torch.Tensor:
+        """One MLM step on ``batch`` (on the model's device) and the update; pruning and ``zero_grad`` are the
+        loop's."""
+        with autocast(next(training.model.parameters()).device):
+            loss = mlm_loss(training.model, batch, denominator)
+        update(loss, training.trainable, training.optimizer, training.schedule, config.max_grad_norm,
+               gradients_summed)
+        return loss
 
 
 def _rewind(model: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> None:
