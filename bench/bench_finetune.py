@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step_time import CONFIGS, random_batch, synchronize
 
 from tamt_core import hparams
-from tamt_core.finetune import FinetuneConfig, _task_model, _train_batches, load_task_data, train_step
+from tamt_core.finetune import FinetuneConfig, load_task_data, task_model, train_batches, train_step
 from tamt_core.masking import apply_fixed_mask, weight_shapes
 from tamt_core.models import BUILTIN_MODEL_NAME, resolve_source
 from tamt_core.tasks import TASKS, get_task
@@ -59,7 +59,7 @@ def _optimizer(model: nn.Module, lr: float):
 
 def _classifier(config: str, model: str | None, seed: int) -> nn.Module:
     if model is not None:
-        return _task_model(get_task("sst2"), resolve_source(model)[1], seed)
+        return task_model(get_task("sst2"), resolve_source(model)[1], seed)
     from transformers import BertConfig, BertForSequenceClassification
 
     with torch.random.fork_rng(devices=[]):
@@ -118,9 +118,9 @@ def part_tasks(args, device: torch.device) -> dict:
         tab1 = hparams.FINETUNE[task.name]
         config = FinetuneConfig(task=task.name, seed=1, model=model_name, data=args.data)
         data = load_task_data(task, config, tokenizer)
-        model = _task_model(task, resolve_source(model_name)[1], 1).to(device).train()
+        model = task_model(task, resolve_source(model_name)[1], 1).to(device).train()
         params, optimizer, schedule = _optimizer(model, tab1.lr)
-        batches = _train_batches(data.train, collate, tab1.batch_size, 1, 0, 0)
+        batches = train_batches(data.train, collate, tab1.batch_size, 1, 0, 0)
         times, examples, tokens = [], 0, 0
         for i, batch in enumerate(batches):
             if i >= args.task_warmup + args.task_steps:

@@ -162,7 +162,7 @@ class FinetuneSpec:
 class DenseLossSpec:
     """The MLM and KD dev losses of the unpruned model: the full-model point of Fig. 1 and 4.
 
-    Measured exactly as each mask's losses in its search trial (``tamt_core.evaluate.pretrain_losses``), so here
+    Measured exactly as each mask's losses in its search trial (``tamt_core.subnetwork.pretrain_losses``), so here
     ``dev_loss_batches`` is what the trial computes and is part of the run id.
     """
 

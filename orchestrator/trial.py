@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tamt_core.console import quiet_libraries
-from tamt_core.evaluate import pretrain_losses
+from tamt_core.subnetwork import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
 from tamt_core.masking import NotBertFamilyError

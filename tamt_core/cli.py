@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
+    except hparams.SettingError as error:  # the config names its field; here it is a flag
+        print(f"tamt: error: {error} (--{error.setting.replace('_', '-')})", file=sys.stderr)
+        return 2
     except (ValueError, ModelUnavailableError, DatasetUnavailableError, MaskFileError,
             FileNotFoundError) as error:
         print(f"tamt: error: {error}", file=sys.stderr)
@@ -209,7 +212,7 @@ def _process_group(device: str | None) -> Iterator[str | None]:
 
 
 def _pretrain_loss(args: argparse.Namespace) -> int:
-    from tamt_core.evaluate import pretrain_losses
+    from tamt_core.subnetwork import pretrain_losses
     from tamt_core.masks import load_mask
 
     if not args.mask and not args.dense:
@@ -258,7 +261,7 @@ def _similarity(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tamt_core.evaluate import export_subnetwork
+    from tamt_core.subnetwork import export_subnetwork
     from tamt_core.masks import load_mask
 
     print(export_subnetwork(load_mask(args.mask), args.out, model=args.model))
@@ -292,7 +295,7 @@ def _demo(args: argparse.Namespace) -> int:
     The smoke settings (short blocks, a raised learning rate, few steps) make the run fit a CPU in minutes; they
     are not the paper's (Tab. 1), which `tamt search` uses by default.
     """
-    from tamt_core.evaluate import pretrain_losses
+    from tamt_core.subnetwork import pretrain_losses
     from tamt_core.masks import load_mask
     from tamt_core.search import run_search
 

@@ -21,6 +21,15 @@ ALPHA: float = 2.0
 """α: kept entries of the OMP-initialised real-valued mask start at α·φ, pruned ones at 0 (Eq. 5, §4.1.3)."""
 
 
+
+class SettingError(ValueError):
+    """A search or fine-tuning setting out of its range; ``setting`` names the config field, so the command line
+    (``tamt_core.cli``) can name its flag and a sweep its grid setting."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
 @dataclass(frozen=True)
 class PretrainHParams:
     """One column of Tab. 1's pre-training block (IMP-MLM, TAMT-MLM, TAMT-KD)."""

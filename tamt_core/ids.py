@@ -33,12 +33,12 @@ ALGORITHM_VERSIONS: dict[str, int] = {
     "imp": 1,         # tamt_core/methods/imp.py
     "tamt-mlm": 1,    # tamt_core/methods/tamt.py, masking.py, threshold.py, losses.mlm_loss
     "tamt-kd": 1,     # tamt_core/methods/tamt.py, masking.py, threshold.py, losses.kd_loss
-    "finetune": 1,    # tamt_core/finetune.py, tasks.py, metrics.py, squad.py
+    "finetune": 1,    # tamt_core/finetune/, tasks.py, metrics.py, squad.py
     "dense-loss": 1,  # tamt_core/evaluate.pretrain_losses on the unpruned model
     "similarity": 1,  # tamt_core/masks.similarity
 }
 """Algorithm → version; the keys are the search methods and the stages that are not searches. A search's row also
-holds its masks' pre-training dev losses (``tamt_core.evaluate.pretrain_losses``), so a change to how they are
+holds its masks' pre-training dev losses (``tamt_core.subnetwork.pretrain_losses``), so a change to how they are
 measured raises every method's version and ``dense-loss``'s."""
 
 

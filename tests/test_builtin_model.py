@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tamt_core.evaluate import pretrain_losses
+from tamt_core.subnetwork import pretrain_losses
 
 
 def test_builtin_model_joins_the_shipped_mlm_head(tmp_path):

@@ -142,9 +142,10 @@ def test_finetune_end_to_end_and_rerun_resumes(tiny_bert_dir, tmp_path, capsys):
 def test_finetune_bad_input_names_the_fix(capsys, tiny_bert_dir, tmp_path):
     base = ["finetune", "--full", "--model", str(tiny_bert_dir), "--seed", "1"]
     _fails(capsys, base + ["--task", "qqp", "--out", str(tmp_path / "a")], "unknown task 'qqp'", "choose one of")
-    _fails(capsys, base + ["--task", "rte", "--train-size", "0", "--out", str(tmp_path / "b")], "--train-size")
+    _fails(capsys, base + ["--task", "rte", "--train-size", "0", "--out", str(tmp_path / "b")],
+           "train_size must be a positive number", "(--train-size)")  # the config names its field, the CLI the flag
     _fails(capsys, base + ["--task", "rte", "--train-size", "99999999", "--out", str(tmp_path / "c")],
-           "must be between 1 and")
+           "must be between 1 and", "(--train-size)")
     _fails(capsys, base + ["--task", "rte", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")],
            "rte")
     assert not (tmp_path / "c" / "checkpoint.safetensors").exists()

@@ -281,7 +281,7 @@ def test_subset_indices_is_the_reference_random_split():
 
 @pytest.mark.parametrize("size", [0, -3, 101])
 def test_subset_indices_rejects_bad_sizes(size: int):
-    with pytest.raises(ValueError, match=rf"--train-size {size} must be between 1 and 100 \(the size of sst2's"):
+    with pytest.raises(ValueError, match=rf"train_size {size} must be between 1 and 100 \(the size of sst2's"):
         D.subset_indices(100, size, 1, task_name="sst2")
 
 

@@ -14,14 +14,14 @@ from tamt_core.data import downstream
 from transformers import DataCollatorWithPadding
 
 from tamt_core.checkpoint import OutputDirectoryError
-from tamt_core.finetune import (Evaluation, FinetuneConfig, _task_model, best_evaluation, evaluate_task,
-                                finetune, load_task_data, metric_names)
+from tamt_core.finetune import (Evaluation, FinetuneConfig, best_evaluation, evaluate_task, finetune,
+                                load_task_data, task_model)
 from tamt_core.masking import apply_fixed_mask, remove_masks
 from tamt_core.masks import MaskMismatchError, load_mask
 from tamt_core.methods import SearchConfig
 from tamt_core.models import load_pretrained
 from tamt_core.search import run_search
-from tamt_core.tasks import UnknownTaskError, get_task
+from tamt_core.tasks import UnknownTaskError, get_task, metric_names
 
 QUICK = dict(train_size=64, batch_size=16, epochs=1, eval_every=2)
 """4 optimizer steps, evaluated after steps 2 and 4."""
@@ -75,7 +75,7 @@ def test_evaluations_see_the_masked_weights(tiny_bert_dir, minilm_tokenizer, omp
     assert [e.step for e in result.curve] == [4, 8]
     task = get_task("sst2")
     data = load_task_data(task, config, minilm_tokenizer)
-    model = _task_model(task, str(tiny_bert_dir), config.seed)
+    model = task_model(task, str(tiny_bert_dir), config.seed)
     apply_fixed_mask(model, mask.tensors)
     state = load_file(tmp_path / "run" / "checkpoint.safetensors")
     model.load_state_dict({k.removeprefix("model/"): v for k, v in state.items() if k.startswith("model/")},
@@ -188,7 +188,7 @@ def test_regression_head_for_stsb(tiny_bert_dir, tmp_path):
 def test_unknown_task_and_bad_sizes_are_rejected_in_the_config():
     with pytest.raises(UnknownTaskError, match="choose one of cola, sst2"):
         FinetuneConfig(task="qqp", seed=1)
-    with pytest.raises(ValueError, match="--train-size must be a positive"):
+    with pytest.raises(ValueError, match="train_size must be a positive"):
         FinetuneConfig(task="rte", seed=1, train_size=0)
     with pytest.raises(ValueError, match="reports accuracy_matched, accuracy_mismatched"):
         FinetuneConfig(task="mnli", seed=1, select_metric="accuracy")
@@ -196,7 +196,7 @@ def test_unknown_task_and_bad_sizes_are_rejected_in_the_config():
 
 
 def test_train_size_beyond_the_training_set_is_rejected(tiny_bert_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"--train-size 10000000 must be between 1 and \d+ \(the size of sst2"):
+    with pytest.raises(ValueError, match=r"train_size 10000000 must be between 1 and \d+ \(the size of sst2"):
         finetune(quick_config(tiny_bert_dir, train_size=10_000_000), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
 
@@ -221,10 +221,10 @@ def test_an_output_directory_of_another_run_is_rejected(tiny_bert_dir, tmp_path)
 def test_task_heads_give_fp32_logits_under_bf16_autocast(tiny_bert_dir, task):
     """On a GPU the loop runs under bf16 autocast; SQuAD's span ranking and STS-B's correlations need the head's
     output in fp32. CPU autocast stands in for CUDA's here: the same dispatch casts Linear to bf16."""
-    from tamt_core.finetune import _task_model
+    from tamt_core.finetune import task_model
     from tamt_core.tasks import get_task
 
-    model = _task_model(get_task(task), str(tiny_bert_dir), 1).eval()
+    model = task_model(get_task(task), str(tiny_bert_dir), 1).eval()
     ids = torch.randint(5, 100, (2, 8))
     encoder_dtypes = []
     query = model.base_model.encoder.layer[0].attention.self.query

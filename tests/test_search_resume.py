@@ -199,10 +199,10 @@ def test_a_model_saved_in_bf16_loads_in_fp32_and_its_scores_move(tiny_bert_dir, 
     assert torch.tensor(0.02, dtype=torch.bfloat16) + 5e-5 == torch.tensor(0.02, dtype=torch.bfloat16)
     pretrained = load_pretrained(str(tmp_path / "bf16"))
     assert {p.dtype for p in pretrained.model.parameters()} == {torch.float32}
-    from tamt_core.finetune import _task_model
+    from tamt_core.finetune import task_model
     from tamt_core.tasks import get_task
 
-    assert {p.dtype for p in _task_model(get_task("sst2"), str(tmp_path / "bf16"), 1).parameters()} == {torch.float32}
+    assert {p.dtype for p in task_model(get_task("sst2"), str(tmp_path / "bf16"), 1).parameters()} == {torch.float32}
 
     config = SearchConfig(method="tamt-mlm", sparsity=0.5, steps=3, lr=5e-5, **SMALL)
     init = initial_scores(dense_weights(pretrained.model), 0.5)

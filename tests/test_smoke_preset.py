@@ -16,7 +16,7 @@ import pytest
 from orchestrator.cli import plan_of
 from orchestrator.specs import SearchSpec
 from sweeps.main_results import PRESETS
-from tamt_core.evaluate import pretrain_losses
+from tamt_core.subnetwork import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
 from tamt_core.search import run_search

@@ -14,7 +14,7 @@ from orchestrator.engine import run_sweep
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.storage import Storage
 from orchestrator.tracking import RUN_ID_TAG
-from tamt_core.evaluate import pretrain_losses
+from tamt_core.subnetwork import pretrain_losses
 from tamt_core.masks import load_mask, similarity
 from test_orchestrator_sweep import attempts, mlflow_runs
 

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from tamt_core.data.caching import arrow_cache_file
 from tamt_core.data.pretrain import DatasetUnavailableError
 from tamt_core.data.sources import is_local
+from tamt_core.hparams import SettingError
 from tamt_core.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -433,7 +434,7 @@ def subset_indices(num_examples: int, size: int, seed: int, *, task_name: str = 
     check vector 29). ``task_name`` only names the task in the error message.
     """
     if not 1 <= size <= num_examples:
-        raise ValueError(f"--train-size {size} must be between 1 and {num_examples} (the size of {task_name}'s "
-                         f"training set)")
+        raise SettingError("train_size", f"train_size {size} must be between 1 and {num_examples} (the size of "
+                                         f"{task_name}'s training set)")
     order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
     return order[:size].tolist()

@@ -94,8 +94,8 @@ class SearchConfig:
         if self.method == "imp" and self.sparsity < 0.1:
             raise ValueError("IMP starts at 10 % sparsity (App. C); ask for 0.1 or more")
         if self.method == "imp" and self.steps is not None:
-            raise ValueError("IMP's length follows from the sparsity and the pruning interval ((10·s − 1)·P steps, "
-                             "Tab. 2); set pruning_interval (--pruning-interval) instead of steps")
+            raise hparams.SettingError("steps", "IMP's length follows from the sparsity and the pruning interval "
+                                       "((10·s − 1)·P steps, Tab. 2); set pruning_interval instead of steps")
         if self.method in ("omp", "rand") and (self.steps is not None or self.save_steps):
             raise ValueError(f"{self.method} is one-shot and trains nothing; drop steps/save_steps")
         if self.method in ("imp", "omp", "rand") and self.save_steps:
@@ -116,14 +116,14 @@ class SearchConfig:
         if self.method not in ("tamt-mlm", "tamt-kd") and (self.alpha, self.phi) != (hparams.ALPHA, hparams.PHI):
             raise ValueError(f"alpha and phi set TAMT's mask initialisation; {self.method} has none, drop them")
         if self.method in ("tamt-mlm", "tamt-kd") and self.steps is None and _tabulated_steps(self.sparsity) is None:
-            raise ValueError(f"Tab. 2 gives TAMT's iterations at sparsities {sorted(hparams.TAMT_STEPS)} only, not "
-                             f"{self.sparsity}; set steps (--steps) for it")
+            raise hparams.SettingError("steps", f"Tab. 2 gives TAMT's iterations at sparsities "
+                                       f"{sorted(hparams.TAMT_STEPS)} only, not {self.sparsity}; set steps for it")
         if any(s < 0 for s in self.save_steps):
             raise ValueError(f"save_steps must be ≥ 0, got {self.save_steps}")
         late = sorted(s for s in self.save_steps if self.method.startswith("tamt") and s > self.resolved_steps())
         if late:
-            raise ValueError(f"save_steps {late} lie beyond the run's {self.resolved_steps()} steps; drop them or "
-                             "run longer (--steps)")
+            raise hparams.SettingError("save_steps", f"save_steps {late} lie beyond the run's "
+                                       f"{self.resolved_steps()} steps; drop them or raise steps")
         if self.adam_epsilon is not None and not self.adam_epsilon > 0:
             raise ValueError(f"adam_epsilon must be positive, got {self.adam_epsilon}")
 

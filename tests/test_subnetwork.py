@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from tamt_core.evaluate import export_subnetwork, load_for_mask, pretrain_losses
+from tamt_core.subnetwork import export_subnetwork, load_for_mask, pretrain_losses
 from tamt_core.masks import MaskFileError, load_mask
 from tamt_core.methods import SearchConfig
 from tamt_core.search import run_search
@@ -49,7 +49,7 @@ def test_pretrain_losses_are_deterministic_and_dense_kd_is_zero(omp_mask_file, t
 
 
 def test_unknown_objective_is_refused_before_loading(monkeypatch):
-    import tamt_core.evaluate as evaluate
+    import tamt_core.subnetwork as evaluate
 
     monkeypatch.setattr(evaluate, "load_pretrained", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="unknown objective"):

@@ -1,0 +1,188 @@
+"""The fine-tuning loop: claim the output directory, set up, train with periodic evaluations and checkpoints,
+write the result (§4.1, App. C)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding
+
+from tamt_core import hparams
+from tamt_core.checkpoint import (CorruptCheckpointError, claim_directory, load_training_state,
+                                  save_training_state, write_json)
+from tamt_core.device import autocast, pick_device
+from tamt_core.subnetwork import load_for_mask
+from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
+from tamt_core.finetune.data import load_task_data, train_batches
+from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
+from tamt_core.masking import apply_fixed_mask
+from tamt_core.masks import Mask
+from tamt_core.tasks import Task, get_task
+from tamt_core.training import adamw_with_schedule, to_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY_S = 300.0
+"""Seconds between checkpoints: one is taken at the first evaluation point after this much time has passed, so
+short GLUE runs evaluated every 50 steps do not spend their time writing 1.3 GB BERT-base states."""
+
+
+def _claim(out_dir: Path, config: FinetuneConfig, mask_path: str | None) -> FinetuneResult | None:
+    """Make ``out_dir`` this run's, or find it already is; returns the finished result if there is one.
+
+    Raises:
+        OutputDirectoryError: when the directory holds another run or files that are not a run.
+    """
+    claim_directory(out_dir, "run.json", {"run_id": config.run_id, "config": config.to_dict(), "mask_path": mask_path},
+                    kind="fine-tuning", describe=_describe)
+    result = out_dir / "result.json"
+    return FinetuneResult.from_dict(json.loads(result.read_text())) if result.exists() else None
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    config = identity.get("config", {})
+    return f"task {config.get('task')}, seed {config.get('seed')}, mask {config.get('mask_hash')}"
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter],
+               optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
+    """One optimizer step on a batch already on the model's device; returns the (detached) loss.
+
+    A separate function so ``bench/bench_finetune.py`` times exactly the step the loop takes.
+    """
+    with autocast(next(model.parameters()).device):
+        loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, hparams.FINETUNE_MAX_GRAD_NORM)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None, mask_path: str | None = None,
+             device: str | None = None, on_evaluation: Callable[[Evaluation], None] | None = None,
+             checkpoint_every_s: float = CHECKPOINT_EVERY_S, keep_checkpoint: bool = False) -> FinetuneResult:
+    """Fine-tune θ0 ⊙ M (or θ0 when ``mask`` is ``None``) on ``config.task`` and return the best evaluation.
+
+    Checks everything (the config, the directory, the mask against the model's names, shapes and weights, the
+    data and the subset size) before the first step. Resumes from ``out_dir``'s checkpoint when there is one.
+    ``on_evaluation`` is called after each evaluation, once the checkpoint (if due) is written.
+    ``keep_checkpoint`` keeps the final state (fine-tuned weights, optimizer) instead of deleting it at the end.
+    """
+    out_dir = Path(out_dir)
+    if (mask is None) != (config.mask_hash is None) or (mask is not None and mask.content_hash != config.mask_hash):
+        raise ValueError("config.mask_hash must be the content hash of the mask passed (None for the full model)")
+    finished = _claim(out_dir, config, mask_path)
+    if finished is not None:
+        log.info("%s: already finished (%s %.2f at step %d)", out_dir, finished.select_metric,
+                 finished.best_score, finished.best.step if finished.best else -1)
+        return finished
+    task, hp = get_task(config.task), config.hparams
+    torch_device = pick_device(device)
+    pretrained = load_for_mask(mask, config.model, with_mlm_head=False)
+    data = load_task_data(task, config, pretrained.tokenizer)
+    batch_size = hp.batch_size
+    if len(data.train) < 1:
+        raise ValueError(f"{task.name} has no training examples")
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    total_steps = steps_per_epoch * hp.max_epochs
+    eval_every = hp.eval_every
+    if (task.kind == "span" and config.train_size is not None) or eval_every > total_steps:
+        eval_every = min(eval_every, steps_per_epoch)  # reference-impl §7.4; and never a run with no evaluation
+
+    model, tokenizer = task_model(task, pretrained.source, config.seed), pretrained.tokenizer
+    del pretrained  # θ0 as a bare encoder was only needed to check the mask against the weights
+    if mask is not None:
+        apply_fixed_mask(model, mask.tensors)
+    model.to(torch_device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, schedule = adamw_with_schedule(params, lr=hp.lr, weight_decay=hparams.FINETUNE_WEIGHT_DECAY,
+                                              eps=hparams.FINETUNE_ADAM_EPSILON, total_steps=total_steps)
+    collate = DataCollatorWithPadding(tokenizer)
+    checkpoint = out_dir / "checkpoint.safetensors"
+    torch.manual_seed(config.seed)  # dropout draws
+    step, curve, train_seconds = 0, [], 0.0
+    if checkpoint.exists():
+        try:
+            progress = load_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
+            step, train_seconds = progress["step"], progress["train_seconds"]
+            curve = [Evaluation(**e) for e in progress["curve"]]
+            log.info("%s: resuming at step %d of %d", out_dir, step, total_steps)
+        except CorruptCheckpointError as error:
+            aside = checkpoint.with_name(f"checkpoint.set-aside-{time.strftime('%Y%m%d-%H%M%S')}.safetensors")
+            os.replace(checkpoint, aside)
+            log.warning("%s; set aside as %s, fine-tuning starts over from step 0", error, aside.name)
+    log.info("fine-tuning %s on %s: %d examples, %d steps (%d epochs × %d), evaluating every %d, device %s",
+             "θ0 ⊙ M" if mask is not None else "the full model", task.name, len(data.train), total_steps,
+             hp.max_epochs, steps_per_epoch, eval_every, torch_device)
+
+    last_checkpoint = time.monotonic()
+    loss_sum, loss_steps = torch.zeros((), device=torch_device), 0
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        started = time.monotonic()
+        for batch in train_batches(data.train, collate, batch_size, config.seed, epoch, done_in_epoch):
+            loss = train_step(model, to_device(batch, torch_device), params, optimizer, schedule)
+            step += 1
+            loss_sum += loss.float()
+            loss_steps += 1
+            if step % eval_every:
+                continue
+            train_seconds += time.monotonic() - started
+            evaluation = Evaluation(step, step / steps_per_epoch, float(loss_sum) / loss_steps,
+                                    evaluate_task(model, task, data, collate, torch_device))
+            curve.append(evaluation)
+            loss_sum.zero_()
+            loss_steps = 0
+            _log_evaluation(task, evaluation, best_evaluation(curve, hp.metric), hp.metric, total_steps,
+                            step * batch_size / max(train_seconds, 1e-9))
+            write_json(out_dir / "curve.json", [asdict(e) for e in curve])
+            if step < total_steps and time.monotonic() - last_checkpoint >= checkpoint_every_s:
+                save_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule,
+                                    progress={"step": step, "train_seconds": train_seconds,
+                                              "curve": [asdict(e) for e in curve]})
+                last_checkpoint = time.monotonic()
+            if on_evaluation is not None:
+                on_evaluation(evaluation)
+            started = time.monotonic()
+        train_seconds += time.monotonic() - started
+
+    result = FinetuneResult(config.run_id, config.to_dict(), hp.metric, best_evaluation(curve, hp.metric), curve, {
+        "mask_path": mask_path, "mask_sparsity": None if mask is None else mask.sparsity,
+        "mask_method": None if mask is None else mask.meta.get("method"),
+        "train_examples": len(data.train), "steps": total_steps, "eval_every": eval_every,
+        "chance": chance_metrics(task, data),
+        "hparams": asdict(hp), "device": str(torch_device), "train_seconds": train_seconds,
+        "train_examples_per_s": total_steps * batch_size / max(train_seconds, 1e-9)})
+    if keep_checkpoint:
+        save_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule,
+                            progress={"step": step, "train_seconds": train_seconds,
+                                      "curve": [asdict(e) for e in curve]})
+    write_json(out_dir / "result.json", result.to_dict())
+    if checkpoint.exists() and not keep_checkpoint:
+        checkpoint.unlink()
+    return result
+
+
+def _log_evaluation(task: Task, evaluation: Evaluation, best: Evaluation | None, metric: str, total_steps: int,
+                    examples_per_s: float) -> None:
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in evaluation.metrics.items())
+    best_text = "none yet" if best is None else f"{best.metrics[metric]:.2f} at step {best.step}"
+    log.info("%s step %d/%d (epoch %.2f): train loss %.4f, %s; best %s %s; %.1f train examples/s", task.name,
+             evaluation.step, total_steps, evaluation.epoch, evaluation.train_loss, shown, metric, best_text,
+             examples_per_s)
