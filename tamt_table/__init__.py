@@ -47,9 +47,10 @@ PART_NAME = re.compile(r"^part-(\d+)-[0-9a-f]{32}\.parquet$")
 COMPACT_MIN_ROWS = 500
 """Row files that make a compaction worth it (reading them costs ~2 ms each on a local disk, a request each on an
 object store)."""
-PART_ROWS = 50_000
-"""Parts below this many rows are merged again with newer rows, so a table of N rows has about N / PART_ROWS
-parts plus a few small ones."""
+PART_ROWS = 10_000
+"""Rows a compaction holds at once, and the size of a full part: parts below it are merged again with newer rows,
+so a table of N rows has about N / PART_ROWS parts and one small one, and a compaction's memory (in the sweep's
+driver) stays that of PART_ROWS rows however large the table grows."""
 FORMAT_VERSION = 1
 """The storage format: the layout of a store and the results schema. Bump it when either changes incompatibly; a
 store or a row of another version is refused (``orchestrator.storage``, ``analysis.table``)."""
@@ -227,20 +228,39 @@ class Compaction:
 
 def compact(fs: pafs.FileSystem, table_dir: str, schema: pa.Schema | None = None,
             min_rows: int = COMPACT_MIN_ROWS, part_rows: int = PART_ROWS) -> Compaction:
-    """Merge the row files (when there are at least ``min_rows``) and the parts below ``part_rows`` rows into one
-    new part, then delete what it merged (the module's commit protocol). Safe while trials write rows and other
-    readers or compactions run."""
+    """Merge the row files (when there are at least ``min_rows``) and the parts below ``part_rows`` rows into new
+    parts of at most ``part_rows`` rows, one at a time, deleting what each merged (the module's commit protocol);
+    returns the last part written and the totals. Safe while trials write rows and other readers or compactions
+    run."""
+    done = Compaction(None, 0, 0, 0)
+    while True:
+        step = _compact_round(fs, table_dir, schema, min_rows, part_rows)
+        if step.part is None:
+            return done
+        done = Compaction(step.part, done.rows + step.rows, done.row_files + step.row_files,
+                          done.parts_merged + step.parts_merged)
+
+
+def _compact_round(fs: pafs.FileSystem, table_dir: str, schema: pa.Schema | None, min_rows: int,
+                   part_rows: int) -> Compaction:
+    """One part: the small parts, smallest first, then row files, up to ``part_rows`` rows."""
     found = listing(fs, table_dir)
-    small = sorted(path for path, rows in found.parts.items() if rows < part_rows)
-    if len(found.rows) < min_rows and len(small) < 2:
+    small, rows = [], 0
+    for path in sorted((p for p, n in found.parts.items() if n < part_rows), key=lambda p: (found.parts[p], p)):
+        if rows + found.parts[path] > part_rows:
+            break
+        small.append(path)
+        rows += found.parts[path]
+    row_files = sorted(found.rows.values())[:part_rows - rows]
+    if len(row_files) < min_rows and len(small) < 2:
         return Compaction(None, 0, 0, 0)
     try:
-        merged = unique_runs(read_files(fs, [*small, *sorted(found.rows.values())], schema)).sort_by("run_id")
+        merged = unique_runs(read_files(fs, [*small, *row_files], schema)).sort_by("run_id")
     except FileNotFoundError:  # another compaction merged some of them first: leave it to the next round
         return Compaction(None, 0, 0, 0)
     part = f"{table_dir}/{PARTS}/part-{merged.num_rows}-{uuid.uuid4().hex}{SUFFIX}"
     fs.create_dir(f"{table_dir}/{PARTS}", recursive=True)
     write_atomically(fs, part, parquet_bytes(merged, row_group_size=PART_ROW_GROUP))
-    for path in [*sorted(found.rows.values()), *small]:
+    for path in [*row_files, *small]:
         remove(fs, path)
-    return Compaction(part, merged.num_rows, len(found.rows), len(small))
+    return Compaction(part, merged.num_rows, len(row_files), len(small))

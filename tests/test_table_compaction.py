@@ -106,6 +106,30 @@ def test_a_part_is_sorted_by_run_id_in_row_groups_that_a_lookup_picks_by_their_s
     assert results.read_row(storage, "042")["run_id"] == "042"
 
 
+def test_a_compaction_holds_at_most_a_part_of_rows_however_large_the_table(tmp_path, monkeypatch):
+    """The sweep's driver compacts: its memory must follow ``PART_ROWS``, not the table. 250 row files with parts
+    of 100 rows become parts of 100, 100 and 50, each read alone; new rows later merge with the small part only."""
+    storage = _store(tmp_path / "runs", [f"r{i:03d}" for i in range(250)])
+    fs, _ = storage.filesystem()
+    held, read_files = [], tamt_table.read_files
+
+    def counted(*args, **kwargs):
+        table = read_files(*args, **kwargs)
+        held.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(tamt_table, "read_files", counted)
+    done = tamt_table.compact(fs, storage.table_path(), results.SCHEMA, min_rows=1, part_rows=100)
+    assert (done.rows, done.row_files) == (250, 250) and held == [100, 100, 50]
+    assert sorted(tamt_table.listing(fs, storage.table_path()).parts.values()) == [50, 100, 100]
+    for i in range(30):
+        results.write_row(storage, _row(f"s{i:02d}"))
+    held.clear()
+    tamt_table.compact(fs, storage.table_path(), results.SCHEMA, min_rows=1, part_rows=100)
+    assert held == [80] and sorted(tamt_table.listing(fs, storage.table_path()).parts.values()) == [80, 100, 100]
+    assert _ids_once(storage) == Counter([*(f"r{i:03d}" for i in range(250)), *(f"s{i:02d}" for i in range(30))])
+
+
 @pytest.mark.parametrize("kill_at", range(8))
 def test_a_compaction_killed_at_any_step_loses_no_row_and_shows_none_twice(tmp_path, monkeypatch, kill_at):
     storage, ids = _layered_store(tmp_path / "runs")
