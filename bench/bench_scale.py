@@ -150,13 +150,15 @@ def _rows(n: int, prefix: str) -> list[dict]:
             for i in range(n)]
 
 
-def write_parts(storage, rows: int, part_rows: int = 50_000) -> None:
-    """``rows`` rows as parts of ``part_rows``, as compactions leave them."""
+def write_parts(storage, rows: int) -> None:
+    """``rows`` rows as parts of ``tamt_table.PART_ROWS``, sorted by run id in row groups, as compactions leave
+    them."""
     import pyarrow as pa
 
     import tamt_table
     from orchestrator import results
 
+    part_rows = tamt_table.PART_ROWS
     fs, _ = storage.filesystem()
     block = pa.concat_tables([results._row_table(row) for row in _rows(min(rows, 10_000), "r")])
     written = 0
@@ -170,7 +172,8 @@ def write_parts(storage, rows: int, part_rows: int = 50_000) -> None:
         table = pa.concat_tables(parts)
         fs.create_dir(f"{storage.table_path()}/{tamt_table.PARTS}", recursive=True)
         tamt_table.write_atomically(fs, f"{storage.table_path()}/{tamt_table.PARTS}/part-{table.num_rows}-"
-                                        f"{os.urandom(16).hex()}.parquet", tamt_table.parquet_bytes(table))
+                                        f"{os.urandom(16).hex()}.parquet",
+                                   tamt_table.parquet_bytes(table, row_group_size=tamt_table.PART_ROW_GROUP))
         written += size
 
 
@@ -196,11 +199,15 @@ def table_part() -> dict:
             started = time.perf_counter()
             ids = results.finished_run_ids(storage)
             ids_s = time.perf_counter() - started
+            started = time.perf_counter()
+            found = [results.has_row(storage, f"r{i:07d}") for i in range(0, rows, rows // 20)]
+            has_row_ms = (time.perf_counter() - started) / len(found) * 1000
             fs, handler = counting_filesystem()
             tamt_table.read(fs, storage.table_path(), results.SCHEMA)
             out[str(rows)] = {"results_read_s": round(read_s, 2), "analysis_load_s": round(load_s, 2),
-                              "finished_run_ids_s": round(ids_s, 2), "rows": read.num_rows,
-                              "frame_rows": len(frame), "ids": len(ids), "calls_per_read": dict(handler.calls)}
+                              "finished_run_ids_s": round(ids_s, 2), "has_row_ms": round(has_row_ms, 1),
+                              "rows": read.num_rows, "frame_rows": len(frame), "ids": len(ids),
+                              "found": sum(found), "calls_per_read": dict(handler.calls)}
         storage = Storage.at(Path(tmp) / "compaction")
         storage.prepare()
         for row in _rows(2_000, "c"):

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tamt_core.checkpoint import (CorruptCheckpointError, claim_directory, load_
 from tamt_core.device import autocast, pick_device
 from tamt_core.subnetwork import load_for_mask
 from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
-from tamt_core.finetune.data import load_task_data, train_batches
+from tamt_core.finetune.data import TaskData, load_task_data, train_batches
 from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
 from tamt_core.masking import apply_fixed_mask
 from tamt_core.masks import Mask
@@ -73,6 +73,30 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn
     return loss.detach()
 
 
+@dataclass
+class _Training:
+    """What one fine-tune trains with: the task and its Tab. 1 settings, the data, θ0 ⊙ M with a fresh head, its
+    optimizer and schedule, and the step counts."""
+
+    task: Task
+    hp: hparams.FinetuneHParams
+    device: torch.device
+    data: TaskData
+    collate: DataCollatorWithPadding
+    model: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+
+    def save(self, checkpoint: Path, step: int, train_seconds: float, curve: list[Evaluation]) -> None:
+        save_training_state(checkpoint, model=self.model, optimizer=self.optimizer, schedule=self.schedule,
+                            progress={"step": step, "train_seconds": train_seconds,
+                                      "curve": [asdict(e) for e in curve]})
+
+
 def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None, mask_path: str | None = None,
              device: str | None = None, on_evaluation: Callable[[Evaluation], None] | None = None,
              checkpoint_every_s: float = CHECKPOINT_EVERY_S, keep_checkpoint: bool = False) -> FinetuneResult:
@@ -91,18 +115,73 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         log.info("%s: already finished (%s %.2f at step %d)", out_dir, finished.select_metric,
                  finished.best_score, finished.best.step if finished.best else -1)
         return finished
+    t = _set_up(config, mask, device)
+    checkpoint = out_dir / "checkpoint.safetensors"
+    torch.manual_seed(config.seed)  # dropout draws
+    step, curve, train_seconds = _resume(checkpoint, t, out_dir)
+    log.info("fine-tuning %s on %s: %d examples, %d steps (%d epochs × %d), evaluating every %d, device %s",
+             "θ0 ⊙ M" if mask is not None else "the full model", t.task.name, len(t.data.train), t.total_steps,
+             t.hp.max_epochs, t.steps_per_epoch, t.eval_every, t.device)
+
+    last_checkpoint = time.monotonic()
+    loss_sum, loss_steps = torch.zeros((), device=t.device), 0
+    while step < t.total_steps:
+        epoch, done_in_epoch = divmod(step, t.steps_per_epoch)
+        started = time.monotonic()
+        for batch in train_batches(t.data.train, t.collate, t.hp.batch_size, config.seed, epoch, done_in_epoch):
+            loss = train_step(t.model, to_device(batch, t.device), t.params, t.optimizer, t.schedule)
+            step += 1
+            loss_sum += loss.float()
+            loss_steps += 1
+            if step % t.eval_every:
+                continue
+            train_seconds += time.monotonic() - started
+            evaluation = Evaluation(step, step / t.steps_per_epoch, float(loss_sum) / loss_steps,
+                                    evaluate_task(t.model, t.task, t.data, t.collate, t.device))
+            curve.append(evaluation)
+            loss_sum.zero_()
+            loss_steps = 0
+            _log_evaluation(t.task, evaluation, best_evaluation(curve, t.hp.metric), t.hp.metric, t.total_steps,
+                            step * t.hp.batch_size / max(train_seconds, 1e-9))
+            write_json(out_dir / "curve.json", [asdict(e) for e in curve])
+            if step < t.total_steps and time.monotonic() - last_checkpoint >= checkpoint_every_s:
+                t.save(checkpoint, step, train_seconds, curve)
+                last_checkpoint = time.monotonic()
+            if on_evaluation is not None:
+                on_evaluation(evaluation)
+            started = time.monotonic()
+        train_seconds += time.monotonic() - started
+
+    result = FinetuneResult(config.run_id, config.to_dict(), t.hp.metric, best_evaluation(curve, t.hp.metric), curve, {
+        "mask_path": mask_path, "mask_sparsity": None if mask is None else mask.sparsity,
+        "mask_method": None if mask is None else mask.meta.get("method"),
+        "train_examples": len(t.data.train), "steps": t.total_steps, "eval_every": t.eval_every,
+        "chance": chance_metrics(t.task, t.data),
+        "hparams": asdict(t.hp), "device": str(t.device), "train_seconds": train_seconds,
+        "train_examples_per_s": t.total_steps * t.hp.batch_size / max(train_seconds, 1e-9)})
+    if keep_checkpoint:
+        t.save(checkpoint, step, train_seconds, curve)
+    write_json(out_dir / "result.json", result.to_dict())
+    if checkpoint.exists() and not keep_checkpoint:
+        checkpoint.unlink()
+    return result
+
+
+def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _Training:
+    """θ0 checked against the mask, the task's data, the task model with the mask attached, AdamW with Tab. 1's
+    linear decay; evaluation every Eval Iter steps, at least once per epoch for a SQuAD subset (reference-impl
+    §7.4) and at least once per run."""
     task, hp = get_task(config.task), config.hparams
     torch_device = pick_device(device)
     pretrained = load_for_mask(mask, config.model, with_mlm_head=False)
     data = load_task_data(task, config, pretrained.tokenizer)
-    batch_size = hp.batch_size
     if len(data.train) < 1:
         raise ValueError(f"{task.name} has no training examples")
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    steps_per_epoch = math.ceil(len(data.train) / hp.batch_size)
     total_steps = steps_per_epoch * hp.max_epochs
     eval_every = hp.eval_every
     if (task.kind == "span" and config.train_size is not None) or eval_every > total_steps:
-        eval_every = min(eval_every, steps_per_epoch)  # reference-impl §7.4; and never a run with no evaluation
+        eval_every = min(eval_every, steps_per_epoch)
 
     model, tokenizer = task_model(task, pretrained.source, config.seed), pretrained.tokenizer
     del pretrained  # θ0 as a bare encoder was only needed to check the mask against the weights
@@ -113,70 +192,24 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, schedule = adamw_with_schedule(params, lr=hp.lr, weight_decay=hparams.FINETUNE_WEIGHT_DECAY,
                                               eps=hparams.FINETUNE_ADAM_EPSILON, total_steps=total_steps)
-    collate = DataCollatorWithPadding(tokenizer)
-    checkpoint = out_dir / "checkpoint.safetensors"
-    torch.manual_seed(config.seed)  # dropout draws
-    step, curve, train_seconds = 0, [], 0.0
-    if checkpoint.exists():
-        try:
-            progress = load_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
-            step, train_seconds = progress["step"], progress["train_seconds"]
-            curve = [Evaluation(**e) for e in progress["curve"]]
-            log.info("%s: resuming at step %d of %d", out_dir, step, total_steps)
-        except CorruptCheckpointError as error:
-            aside = checkpoint.with_name(f"checkpoint.set-aside-{time.strftime('%Y%m%d-%H%M%S')}.safetensors")
-            os.replace(checkpoint, aside)
-            log.warning("%s; set aside as %s, fine-tuning starts over from step 0", error, aside.name)
-    log.info("fine-tuning %s on %s: %d examples, %d steps (%d epochs × %d), evaluating every %d, device %s",
-             "θ0 ⊙ M" if mask is not None else "the full model", task.name, len(data.train), total_steps,
-             hp.max_epochs, steps_per_epoch, eval_every, torch_device)
+    return _Training(task, hp, torch_device, data, DataCollatorWithPadding(tokenizer), model, params, optimizer,
+                     schedule, steps_per_epoch, total_steps, eval_every)
 
-    last_checkpoint = time.monotonic()
-    loss_sum, loss_steps = torch.zeros((), device=torch_device), 0
-    while step < total_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        started = time.monotonic()
-        for batch in train_batches(data.train, collate, batch_size, config.seed, epoch, done_in_epoch):
-            loss = train_step(model, to_device(batch, torch_device), params, optimizer, schedule)
-            step += 1
-            loss_sum += loss.float()
-            loss_steps += 1
-            if step % eval_every:
-                continue
-            train_seconds += time.monotonic() - started
-            evaluation = Evaluation(step, step / steps_per_epoch, float(loss_sum) / loss_steps,
-                                    evaluate_task(model, task, data, collate, torch_device))
-            curve.append(evaluation)
-            loss_sum.zero_()
-            loss_steps = 0
-            _log_evaluation(task, evaluation, best_evaluation(curve, hp.metric), hp.metric, total_steps,
-                            step * batch_size / max(train_seconds, 1e-9))
-            write_json(out_dir / "curve.json", [asdict(e) for e in curve])
-            if step < total_steps and time.monotonic() - last_checkpoint >= checkpoint_every_s:
-                save_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule,
-                                    progress={"step": step, "train_seconds": train_seconds,
-                                              "curve": [asdict(e) for e in curve]})
-                last_checkpoint = time.monotonic()
-            if on_evaluation is not None:
-                on_evaluation(evaluation)
-            started = time.monotonic()
-        train_seconds += time.monotonic() - started
 
-    result = FinetuneResult(config.run_id, config.to_dict(), hp.metric, best_evaluation(curve, hp.metric), curve, {
-        "mask_path": mask_path, "mask_sparsity": None if mask is None else mask.sparsity,
-        "mask_method": None if mask is None else mask.meta.get("method"),
-        "train_examples": len(data.train), "steps": total_steps, "eval_every": eval_every,
-        "chance": chance_metrics(task, data),
-        "hparams": asdict(hp), "device": str(torch_device), "train_seconds": train_seconds,
-        "train_examples_per_s": total_steps * batch_size / max(train_seconds, 1e-9)})
-    if keep_checkpoint:
-        save_training_state(checkpoint, model=model, optimizer=optimizer, schedule=schedule,
-                            progress={"step": step, "train_seconds": train_seconds,
-                                      "curve": [asdict(e) for e in curve]})
-    write_json(out_dir / "result.json", result.to_dict())
-    if checkpoint.exists() and not keep_checkpoint:
-        checkpoint.unlink()
-    return result
+def _resume(checkpoint: Path, t: _Training, out_dir: Path) -> tuple[int, list[Evaluation], float]:
+    """The step, curve and training seconds of ``checkpoint`` loaded into ``t``; a fresh start without one, or
+    with a corrupt one (set aside)."""
+    if not checkpoint.exists():
+        return 0, [], 0.0
+    try:
+        progress = load_training_state(checkpoint, model=t.model, optimizer=t.optimizer, schedule=t.schedule)
+    except CorruptCheckpointError as error:
+        aside = checkpoint.with_name(f"checkpoint.set-aside-{time.strftime('%Y%m%d-%H%M%S')}.safetensors")
+        os.replace(checkpoint, aside)
+        log.warning("%s; set aside as %s, fine-tuning starts over from step 0", error, aside.name)
+        return 0, [], 0.0
+    log.info("%s: resuming at step %d of %d", out_dir, progress["step"], t.total_steps)
+    return progress["step"], [Evaluation(**e) for e in progress["curve"]], progress["train_seconds"]
 
 
 def _log_evaluation(task: Task, evaluation: Evaluation, best: Evaluation | None, metric: str, total_steps: int,
