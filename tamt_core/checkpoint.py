@@ -279,23 +279,24 @@ def claim_directory(out_dir: Path, identity_file: str, identity: dict[str, Any],
         OutputDirectoryError: the directory holds another run, or files that are not a run of this kind.
     """
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirectoryError(f"{out_dir} is a file, not a directory; pass a new or empty directory as --out")
+        raise OutputDirectoryError(f"{out_dir} is a file, not a directory; pass a new or empty output directory")
     recorded_path = out_dir / identity_file
     if recorded_path.exists():
         recorded = json.loads(recorded_path.read_text())
         if recorded.get("run_id") != identity["run_id"]:
             raise OutputDirectoryError(
                 f"{out_dir} holds another {kind} run (run id {recorded.get('run_id')}: {describe(recorded)}); this "
-                f"one is {identity['run_id']}. Pass a new --out, or delete {out_dir} to discard the other run.")
+                f"one is {identity['run_id']}. Pass a new output directory, or delete {out_dir} to discard the "
+                "other run.")
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputDirectoryError(f"{out_dir} is not empty and holds no {kind} run (no {identity_file}); pass an "
-                                   "empty or new directory as --out")
+                                   "empty or new output directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a parent is a file, or not writable
-        raise OutputDirectoryError(f"cannot create {out_dir} ({error.strerror}); pass a directory you can write as "
-                                   "--out") from error
+        raise OutputDirectoryError(f"cannot create {out_dir} ({error.strerror}); pass an output directory you can "
+                                   "write") from error
     write_json(recorded_path, identity)
 
 

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
+    from tamt_core.checkpoint import CheckpointError, OutputDirectoryError
     from tamt_core.data.pretrain import DatasetUnavailableError
     from tamt_core.masks import MaskFileError
     from tamt_core.models import ModelUnavailableError
@@ -165,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     except hparams.SettingError as error:  # the config names its field; here it is a flag
         print(f"tamt: error: {error} (--{error.setting.replace('_', '-')})", file=sys.stderr)
         return 2
-    except (ValueError, ModelUnavailableError, DatasetUnavailableError, MaskFileError,
+    except (OutputDirectoryError, CheckpointError) as error:
+        print(f"tamt: error: {error} (--out)", file=sys.stderr)
+        return 2
+    except ModelUnavailableError as error:
+        print(f"tamt: error: {error} (--model)", file=sys.stderr)
+        return 2
+    except (ValueError, DatasetUnavailableError, MaskFileError,
             FileNotFoundError) as error:
         print(f"tamt: error: {error}", file=sys.stderr)
         return 2

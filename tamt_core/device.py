@@ -6,13 +6,16 @@ import contextlib
 
 import torch
 
+from tamt_core.hparams import SettingError
+
 
 def pick_device(requested: str | None = None) -> torch.device:
     """``requested`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``), else CUDA when available, else the CPU."""
     if requested:
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} asked for, but torch sees no CUDA device; use --device cpu")
+            raise SettingError("device", f"device {requested!r} asked for, but torch sees no CUDA device; ask for "
+                                         "'cpu'")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -61,7 +61,7 @@ def resolve_source(model: str | None) -> tuple[str, str]:
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelUnavailableError(
             f"model directory {model!r} does not exist. Pass an existing directory holding config.json, the "
-            "weights and the tokenizer files, a hub id such as bert-base-uncased, or omit --model for the "
+            "weights and the tokenizer files, a hub id such as bert-base-uncased, or no model for the "
             "built-in smoke model.")
     return model, model
 

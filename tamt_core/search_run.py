@@ -164,7 +164,7 @@ class SearchRun:
         if theirs != self.identity:
             raise CheckpointError(
                 f"the checkpoint {candidate} belongs to another search ({theirs}); this search is {self.identity}. "
-                "Pass a new --out, or move that checkpoint away to start this search over.")
+                "Pass a new output directory, or move that checkpoint away to start this search over.")
 
     def _restore_masks(self, checkpoint: Path) -> None:
         self.mask_dir.mkdir(parents=True, exist_ok=True)

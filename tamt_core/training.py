@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from tamt_core.hparams import SettingError
+
 
 class BatchStream:
     """Shuffled batches epoch after epoch, resumable at any batch: the data position of a pre-training loop.
@@ -20,8 +22,8 @@ class BatchStream:
 
     def __init__(self, dataset, collate: Callable, batch_size: int, seed: int) -> None:
         if len(dataset) < batch_size:
-            raise ValueError(f"the training data has {len(dataset)} sequences, fewer than one batch of "
-                             f"{batch_size}; use more data or a smaller --batch-size")
+            raise SettingError("batch_size", f"the training data has {len(dataset)} sequences, fewer than one "
+                                             f"batch of {batch_size}; use more data or a smaller batch_size")
         self.dataset, self.collate, self.batch_size, self.seed = dataset, collate, batch_size, seed
         self.epoch, self.batch = 0, 0
         self._order: list[int] | None = None

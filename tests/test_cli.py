@@ -27,7 +27,7 @@ def test_search_info_similarity_export_end_to_end(tiny_bert_dir, tmp_path, capsy
     rand = capsys.readouterr().out.strip()
     _fails(capsys, ["search", "rand", "--model", str(tiny_bert_dir), "--sparsity", "0.7", "--seed", "2",
                     "--out", str(tmp_path / "rand")], "holds another search run", "rand at sparsity 0.7, seed 1",
-           "Pass a new --out")
+           "Pass a new output directory", "(--out)")
     assert main(["mask-info", omp, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["meta"]["method"] == "omp" and len(info["matrices"]) == 14

@@ -209,7 +209,7 @@ def test_a_mask_for_another_model_is_rejected(tiny_roberta_dir, omp_mask, tmp_pa
 
 def test_an_output_directory_of_another_run_is_rejected(tiny_bert_dir, tmp_path):
     finetune(quick_config(tiny_bert_dir, epochs=1, eval_every=4), tmp_path / "run")
-    with pytest.raises(OutputDirectoryError, match="holds another fine-tuning run.*Pass a new --out"):
+    with pytest.raises(OutputDirectoryError, match="holds another fine-tuning run.*Pass a new output directory"):
         finetune(quick_config(tiny_bert_dir, seed=2, epochs=1, eval_every=4), tmp_path / "run")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
