@@ -31,7 +31,9 @@ import io
 import os
 import re
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +61,8 @@ PART_ROW_GROUP = 1_000
 :func:`read_run`) reads the row group whose run-id range holds it, found from the part's footer statistics."""
 READ_ATTEMPTS = 5
 """Listings a reader retries when a compaction removes a file it listed (it then finds the rows in a new part)."""
+
+T = TypeVar("T")
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -153,10 +157,16 @@ def read(fs: pafs.FileSystem, table_dir: str, schema: pa.Schema | None = None) -
     Raises:
         OSError: files kept vanishing under :data:`READ_ATTEMPTS` listings (compactions without pause).
     """
+    return _from_listing(fs, table_dir, lambda found: unique_runs(read_files(fs, found.files, schema)))
+
+
+def _from_listing(fs: pafs.FileSystem, table_dir: str, read: Callable[[Listing], T]) -> T:
+    """``read`` of a fresh listing, listed again when a compaction removed a file it names (the rows are then in a
+    new part), up to :data:`READ_ATTEMPTS` times."""
     for attempt in range(READ_ATTEMPTS):
         found = listing(fs, table_dir)
         try:
-            return unique_runs(read_files(fs, found.files, schema))
+            return read(found)
         except FileNotFoundError:
             if attempt == READ_ATTEMPTS - 1:
                 raise
@@ -173,40 +183,37 @@ def part_run_ids(fs: pafs.FileSystem, paths: list[str]) -> set[str]:
 
 def run_ids(fs: pafs.FileSystem, table_dir: str) -> set[str]:
     """Run ids with a row: two listings and one column of each part, no row file opened."""
-    for attempt in range(READ_ATTEMPTS):
-        found = listing(fs, table_dir)
-        try:
-            return set(found.rows) | part_run_ids(fs, sorted(found.parts))
-        except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    return _from_listing(fs, table_dir, lambda found: set(found.rows) | part_run_ids(fs, sorted(found.parts)))
+
+
+def _part_row(fs: pafs.FileSystem, parts: Iterable[str], run_id: str, schema: pa.Schema | None,
+              columns: list[str] | None) -> pa.Table | None:
+    """The row of ``run_id`` in the parts, or ``None``: of each part only the row group whose run-id range holds
+    it is read."""
+    if not parts:
+        return None
+    hits = pads.dataset(sorted(parts), schema=schema, format="parquet", filesystem=fs).to_table(
+        columns=columns, filter=pads.field("run_id") == run_id)
+    return unique_runs(hits) if hits.num_rows else None
 
 
 def read_run(fs: pafs.FileSystem, table_dir: str, run_id: str, schema: pa.Schema | None = None,
              columns: list[str] | None = None) -> pa.Table | None:
     """The row of one run id (from its row file, else from the part that holds it), or ``None``; ``columns``
-    limits what is read. In a part only the row group whose run-id range holds ``run_id`` is read."""
-    for attempt in range(READ_ATTEMPTS):
-        found = listing(fs, table_dir)
-        try:
-            if run_id in found.rows:
-                table = read_files(fs, [found.rows[run_id]], schema)
-                return table.select(columns) if columns is not None else table
-            if not found.parts:
-                return None
-            hits = pads.dataset(sorted(found.parts), schema=schema, format="parquet", filesystem=fs).to_table(
-                columns=columns, filter=pads.field("run_id") == run_id)
-            return unique_runs(hits) if hits.num_rows else None
-        except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    limits what is read."""
+    def read(found: Listing) -> pa.Table | None:
+        if run_id in found.rows:
+            table = read_files(fs, [found.rows[run_id]], schema)
+            return table.select(columns) if columns is not None else table
+        return _part_row(fs, found.parts, run_id, schema, columns)
+    return _from_listing(fs, table_dir, read)
 
 
 def contains(fs: pafs.FileSystem, table_dir: str, run_id: str) -> bool:
-    """Whether ``run_id`` has a row: its row file, else one row group of each part that may hold it."""
-    return read_run(fs, table_dir, run_id, columns=["run_id"]) is not None
+    """Whether ``run_id`` has a row. A listed row file answers without a read (it was renamed into place whole);
+    otherwise one row group of each part that may hold it is read."""
+    return _from_listing(fs, table_dir, lambda found: run_id in found.rows
+                         or _part_row(fs, found.parts, run_id, None, ["run_id"]) is not None)
 
 
 def remove(fs: pafs.FileSystem, path: str) -> None:

@@ -88,7 +88,7 @@ def test_a_compaction_merges_row_files_and_small_parts_into_one_part(tmp_path, m
 
 def test_a_part_is_sorted_by_run_id_in_row_groups_that_a_lookup_picks_by_their_statistics(tmp_path, monkeypatch):
     """A lookup of one run id (``has_row`` at each trial's start, ``read_row``) reads the row group whose run-id
-    range holds it, not the run ids of every row."""
+    range holds it, not the run ids of every row; ``has_row`` of a row file opens nothing."""
     monkeypatch.setattr(tamt_table, "PART_ROW_GROUP", 10)
     ids = [f"{(i * 37) % 100:03d}" for i in range(100)]  # written out of order
     storage = _store(tmp_path / "runs", ids)
@@ -104,6 +104,8 @@ def test_a_part_is_sorted_by_run_id_in_row_groups_that_a_lookup_picks_by_their_s
     assert all(results.has_row(storage, run_id) for run_id in [*ids, "row-file"])
     assert not any(results.has_row(storage, run_id) for run_id in ("", "0055", "100", "zzz"))
     assert results.read_row(storage, "042")["run_id"] == "042"
+    monkeypatch.setattr(tamt_table, "read_files", None)  # a listed row file answers without being opened
+    assert results.has_row(storage, "row-file")
 
 
 def test_a_compaction_holds_at_most_a_part_of_rows_however_large_the_table(tmp_path, monkeypatch):
