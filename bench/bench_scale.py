@@ -79,6 +79,17 @@ def zero_trial(config: dict) -> None:
     ray.tune.report({"tamt_done": 1})
 
 
+def finished_counts(samples: list[tuple[float, int, float]], trials: int) -> list[tuple[float, int, float]]:
+    """Samples with the rows a listing counted turned into finished trials. A compaction in flight counts rows twice
+    (its part is written before the row files it merged are deleted), but never fewer than have finished: the
+    smallest count from a sample onwards is the tightest bound that finished trials, which only grow, allow."""
+    done, least = [], trials
+    for at, counted, rss in reversed(samples):
+        least = min(least, counted)
+        done.append((at, least, rss))
+    return done[::-1]
+
+
 def driver_part(trials: int, window: int, samples_csv: Path | None = None) -> dict:
     import pyarrow.fs as pafs
     import ray
@@ -99,15 +110,13 @@ def driver_part(trials: int, window: int, samples_csv: Path | None = None) -> di
 
         def sample() -> None:
             if samples_csv is not None:
-                samples_csv.write_text("seconds,done,rss_mib\n")
+                samples_csv.write_text("seconds,rows_listed,rss_mib\n")
             while not stop.wait(5.0):
                 found = tamt_table.listing(pafs.LocalFileSystem(), str(table))  # row files and compacted parts
-                counted = len(found.rows) + sum(found.parts.values())  # a compaction in flight counts rows twice
-                done = max(samples[-1][1] if samples else 0, min(counted, trials))
-                samples.append((time.perf_counter(), done, rss_mib()))
+                samples.append((time.perf_counter(), len(found.rows) + sum(found.parts.values()), rss_mib()))
                 if samples_csv is not None:  # as it goes: a run cut short still leaves its samples
                     with samples_csv.open("a") as handle:
-                        handle.write(f"{samples[-1][0] - started:.1f},{done},{samples[-1][2]:.1f}\n")
+                        handle.write(f"{samples[-1][0] - started:.1f},{samples[-1][1]},{samples[-1][2]:.1f}\n")
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         sampler = threading.Thread(target=sample, daemon=True)
@@ -120,6 +129,7 @@ def driver_part(trials: int, window: int, samples_csv: Path | None = None) -> di
         stop.set()
         sampler.join()
         ray.shutdown()
+    samples = finished_counts(samples, trials)
     # Within a window Tune's trials accumulate, and go when it ends: a sawtooth. What must stay flat is its peaks.
     peaks = {}
     for _, done, rss in samples:

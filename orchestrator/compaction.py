@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import tamt_table
 
 from orchestrator import results
+from orchestrator.memory import release_freed_memory
 from orchestrator.storage import DEFAULT_STORAGE, MARKER, Storage
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Compactor:
             log.warning("compacting the results table of %s failed (%s); trying again in %.0f s", self.storage.uri,
                         error, self.every_s)
             return None
+        finally:
+            release_freed_memory()
 
     def stop(self) -> None:
         self._stop.set()

@@ -16,7 +16,8 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,6 +32,7 @@ from tamt_core.ids import ALGORITHM_VERSIONS, FIRST_VERSION
 from orchestrator import ledger, ray_logging, results
 from orchestrator.compaction import Compactor
 from orchestrator.estimate import THROUGHPUT, trial_seconds
+from orchestrator.memory import release_freed_memory
 from orchestrator.plan import Plan, PlanError
 from orchestrator.provenance import package_versions, source_revision
 from orchestrator.specs import FinetuneSpec, SearchSpec, Spec, spec_from_dict
@@ -495,6 +497,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                     report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
             interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
             del grid  # this window's trials and results go now, not when the next window's replace them
+            release_freed_memory()
             if interrupted:
                 report.interrupted = True
                 break
@@ -517,7 +520,24 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     return report
 
 
-_NO_TUNE_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+@contextmanager
+def _without_tune_loggers() -> Iterator[None]:
+    """Tune's per-trial CSV, JSON and TensorBoard loggers off while an experiment runs (read once, when ``fit``
+    builds its callbacks), and so also the warning its result grid then logs for each trial it finds no metrics
+    file of: a trial's results go to the table and to MLflow."""
+    variable = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    before, level = os.environ.get(variable), analysis.level
+    os.environ[variable] = "1"
+    analysis.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        analysis.setLevel(level)
+        if before is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = before
 
 
 def fit(trainable: Callable[[dict], None], searcher: Searcher, *, num_samples: int, name: str, storage: Storage,
@@ -527,9 +547,9 @@ def fit(trainable: Callable[[dict], None], searcher: Searcher, *, num_samples: i
     """One Tune experiment of a sweep or a study: ``num_samples`` trials that ``searcher`` suggests, actors reused,
     retried ``max_failures`` times, under ``<storage>/ray/<name>``.
 
-    Tune's own per-trial CSV, JSON and TensorBoard loggers are left out: a trial's results go to the table and to
-    MLflow, and each TensorBoard writer stayed in the driver's memory after its trial ended (about 50 KiB per
-    trial, ``bench/bench_scale.py --part driver``)."""
+    Tune's own per-trial loggers are left out: a trial's results go to the table and to MLflow, and each
+    TensorBoard writer stayed in the driver's memory after its trial ended (about 50 KiB per trial,
+    ``bench/bench_scale.py --part driver``)."""
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples, reuse_actors=True,
@@ -537,15 +557,8 @@ def fit(trainable: Callable[[dict], None], searcher: Searcher, *, num_samples: i
                                     trial_name_creator=trial_names, trial_dirname_creator=trial_names),
         run_config=tune.RunConfig(name=name, storage_path=storage.ray_storage_path(), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=callbacks))
-    before = os.environ.get(_NO_TUNE_LOGGERS)
-    os.environ[_NO_TUNE_LOGGERS] = "1"  # read once, when fit() builds the experiment's callbacks
-    try:
+    with _without_tune_loggers():
         return tuner.fit()
-    finally:
-        if before is None:
-            del os.environ[_NO_TUNE_LOGGERS]
-        else:
-            os.environ[_NO_TUNE_LOGGERS] = before
 
 
 def attached(ray_address: str | None) -> bool:
