@@ -31,7 +31,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -186,7 +186,7 @@ def run_ids(fs: pafs.FileSystem, table_dir: str) -> set[str]:
     return _from_listing(fs, table_dir, lambda found: set(found.rows) | part_run_ids(fs, sorted(found.parts)))
 
 
-def _part_row(fs: pafs.FileSystem, parts: Iterable[str], run_id: str, schema: pa.Schema | None,
+def _part_row(fs: pafs.FileSystem, parts: Collection[str], run_id: str, schema: pa.Schema | None,
               columns: list[str] | None) -> pa.Table | None:
     """The row of ``run_id`` in the parts, or ``None``: of each part only the row group whose run-id range holds
     it is read."""
