@@ -1,10 +1,10 @@
 """Size, write time and restore time of a search checkpoint at BERT-base size, and what a checkpoint period costs.
 
-A search checkpoint (``tamt_core.search_run.SearchRun.checkpoint``) holds what training changes: for TAMT the
+A search checkpoint (``tamt_core.search.resumable.SearchRun.checkpoint``) holds what training changes: for TAMT the
 scores of the 74 masked matrices (108,965,376 entries), the MLM head and AdamW's two moments; for IMP every weight,
 its AdamW moments and the boolean masks. The script builds a BERT-base ``BertForMaskedLM`` with random weights
 (the size is what matters), prepares it exactly as ``TAMT.search`` / ``IMP.search`` do, takes one real optimizer
-step so AdamW's state exists, and times ``SearchRun.checkpoint`` into a ``LocalCheckpoints`` directory (state file
+step so AdamW's state exists, and times ``SearchRun.checkpoint`` into a ``CheckpointDirectory`` directory (state file
 plus the hard-linked mask files) and ``SearchRun.resume`` from it. Each time is the median of ``--repeats``.
 
 The cost of a period P is (write time) / P of the search's wall time; the table prints the shortest period that
@@ -29,12 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from tamt_core.checkpoint import STATE_FILE, TrainedTensors
-from tamt_core.masking import apply_fixed_mask, apply_score_masks, dense_weights
+from tamt_core.checkpoints import STATE_FILE, TrainedTensors
+from tamt_core.masks.masked_model import apply_fixed_mask, apply_score_masks, dense_weights
 from tamt_core.methods.imp import imp_prune
 from tamt_core.methods.tamt import ThresholdController, initial_scores
 from tamt_core.models import mlm_head
-from tamt_core.search_run import CHECKPOINT_EVERY_S, LocalCheckpoints, SearchRun
+from tamt_core.checkpoints import CHECKPOINT_EVERY_S, CheckpointDirectory
+from tamt_core.search.resumable import SearchRun
 from tamt_core.training import BatchStream, adamw_with_schedule
 
 CONFIGS = {
@@ -78,7 +79,7 @@ def prepared(method: str, config: dict) -> tuple[torch.nn.Module, dict]:
 
 def run_once(components, directory: Path) -> tuple[float, float, int]:
     """Write one checkpoint and resume from it; returns (write s, resume s, bytes of the state file)."""
-    store = LocalCheckpoints(directory / "checkpoints")
+    store = CheckpointDirectory(directory / "checkpoints")
     run = SearchRun({"run_id": "bench"}, store=store, mask_dir=directory, log=lambda m: None,
                     device=torch.device("cpu"))
     run.resume(components)

@@ -41,7 +41,7 @@ from bench_step_time import CONFIGS, random_batch, synchronize
 
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig, load_task_data, task_model, train_batches, train_step
-from tamt_core.masking import apply_fixed_mask, weight_shapes
+from tamt_core.masks.masked_model import apply_fixed_mask, weight_shapes
 from tamt_core.models import BUILTIN_MODEL_NAME, resolve_source
 from tamt_core.tasks import TASKS, get_task
 from tamt_core.training import adamw_with_schedule, to_device

@@ -1,6 +1,6 @@
 """Size and speed of tamt's mask files for a BERT-base-shaped mask (74 matrices, 108,965,376 entries).
 
-Builds random masks with the masked set's names and shapes (``tamt_core.masking.weight_shapes`` on a
+Builds random masks with the masked set's names and shapes (``tamt_core.masks.masked_model.weight_shapes`` on a
 ``BertModel(BertConfig())`` built on the meta device, so no weights are allocated), saves one with
 ``tamt_core.masks.save_mask`` and reports:
 
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch
 
-from tamt_core.masking import weight_shapes
+from tamt_core.masks.masked_model import weight_shapes
 from tamt_core.masks import load_mask, save_mask, similarity
 
 TARGET_BITS_PER_ENTRY = 1.01

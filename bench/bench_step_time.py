@@ -12,7 +12,7 @@ every clock read):
 * **reset (banded)**: ``ThresholdController.reset()`` right after that step: the per-step τ re-set of TAMT, with the
   scores moved by a real optimizer step since the previous re-set (so the banded selection sees realistic drift).
 * **reset (full kthvalue)**: the naive alternative, ``torch.kthvalue`` over every whole matrix
-  (``tamt_core.threshold.kth_smallest``); the values are computed, compared with the banded result (they must be
+  (``tamt_core.methods.threshold.kth_smallest``); the values are computed, compared with the banded result (they must be
   equal) and discarded.
 
 The banded re-set is at its slowest in the first ~100 TAMT steps: the scores start at 0 and α·φ and Adam moves them
@@ -56,7 +56,7 @@ from tamt_core.hparams import MLM_PROBABILITY, TAMT_MLM
 from tamt_core.losses import mlm_loss
 from tamt_core.methods.base import SearchConfig
 from tamt_core.methods.tamt import TAMT, ThresholdController
-from tamt_core.threshold import kth_smallest
+from tamt_core.methods.threshold import kth_smallest
 from tamt_core.training import adamw_with_schedule
 
 CONFIGS: dict[str, dict[str, int]] = {

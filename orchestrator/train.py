@@ -35,6 +35,8 @@ from ray.train import (Checkpoint, CheckpointConfig, CheckpointUploadMode, Failu
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from tamt_core.checkpoints import STATE_FILE
+
 from orchestrator.specs import SearchSpec
 from orchestrator.storage import Storage
 
@@ -78,7 +80,7 @@ def world_rank() -> int:
 
 
 class RayTrainCheckpoints:
-    """``tamt_core``'s :class:`~tamt_core.search_run.CheckpointStore` on Ray Train's checkpoints.
+    """``tamt_core``'s :class:`~tamt_core.checkpoints.CheckpointStore` on Ray Train's checkpoints.
 
     Checkpoints are assembled in ``scratch`` (local to the worker), reported, uploaded asynchronously and deleted
     locally once uploaded. ``set_aside_dir`` (in the run directory) receives copies of unreadable ones.
@@ -89,13 +91,14 @@ class RayTrainCheckpoints:
         self._preempted = False
 
     def candidates(self) -> Iterator[Path]:
-        """The run's committed checkpoints, newest first, each downloaded only when the one before was unreadable."""
+        """The state files of the run's committed checkpoints, newest first, each checkpoint downloaded only when
+        the one before was unreadable."""
         reported = ray.train.get_all_reported_checkpoints(
             consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         for index, entry in enumerate(sorted(reported, key=lambda r: r.metrics.get("step", -1), reverse=True)):
             target = self.scratch / f"restored-{index}"
             shutil.rmtree(target, ignore_errors=True)
-            yield Path(entry.checkpoint.to_directory(str(target)))
+            yield Path(entry.checkpoint.to_directory(str(target))) / STATE_FILE
 
     def staging(self, step: int) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,8 @@ class RayTrainCheckpoints:
                          checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
                          delete_local_checkpoint_after_upload=checkpoint is not None)
 
-    def set_aside(self, checkpoint: Path) -> Path:
+    def set_aside(self, state_file: Path) -> Path:
+        checkpoint = state_file.parent
         target = self.set_aside_dir / f"{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.set_aside_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(checkpoint, target)  # Ray Train keeps its own copy until a newer checkpoint replaces it

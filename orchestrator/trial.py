@@ -28,10 +28,11 @@ from tamt_core.console import quiet_libraries
 from tamt_core.subnetwork import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
-from tamt_core.masking import NotBertFamilyError
+from tamt_core.masks.masked_model import NotBertFamilyError
 from tamt_core.models import ModelUnavailableError, load_config
-from tamt_core.search import IDENTITY_FILE, SearchResult, run_search
-from tamt_core.search_run import CheckpointStore
+from tamt_core.search.runner import IDENTITY_FILE
+from tamt_core.search import SearchResult, run_search
+from tamt_core.checkpoints import CheckpointStore
 
 from orchestrator import results
 from orchestrator.plan import PlanError

@@ -26,7 +26,7 @@ from pathlib import Path
 from tamt_core.console import quiet_libraries
 from tamt_core import hparams
 from tamt_core.methods.base import METHOD_NAMES, SearchConfig
-from tamt_core.search_run import CHECKPOINT_EVERY_S
+from tamt_core.checkpoints import CHECKPOINT_EVERY_S
 
 
 
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
-    from tamt_core.checkpoint import CheckpointError, OutputDirectoryError
+    from tamt_core.checkpoints import CheckpointError
+    from tamt_core.outputs import OutputDirectoryError
     from tamt_core.data.pretrain import DatasetUnavailableError
     from tamt_core.masks import MaskFileError
     from tamt_core.models import ModelUnavailableError

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tamt_core.device import autocast
-from tamt_core.masking import base_model
+from tamt_core.masks.masked_model import base_model
 from tamt_core.models import mlm_head
 from tamt_core.training import to_device
 

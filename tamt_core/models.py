@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
 
-from tamt_core.masking import NotBertFamilyError, base_model, dense_weights
+from tamt_core.masks.masked_model import NotBertFamilyError, base_model, dense_weights
 from tamt_core.masks import weights_fingerprint
 
 

@@ -16,7 +16,7 @@ from tamt_core import hparams
 from tamt_core.data import pretrain
 from tamt_core.device import pick_device
 from tamt_core.losses import evaluate_kd, evaluate_mlm
-from tamt_core.masking import apply_fixed_mask, remove_masks, weight_shapes
+from tamt_core.masks.masked_model import apply_fixed_mask, remove_masks, weight_shapes
 from tamt_core.masks import Mask, check_mask_matches
 from tamt_core.models import Pretrained, load_pretrained
 

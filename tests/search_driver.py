@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tamt_core.console import quiet_libraries
 from tamt_core.methods import SearchConfig
 from tamt_core.search import run_search
-from tamt_core.search_run import SearchRun
+from tamt_core.search.resumable import SearchRun
 
 
 def kill_at(step: int):

@@ -84,7 +84,7 @@ def test_config_level_validation():
 
 
 def test_missing_dataset_names_files_before_loading_the_model(capsys, tiny_bert_dir, tmp_path, monkeypatch):
-    import tamt_core.search as search
+    import tamt_core.search.runner as search
 
     monkeypatch.setattr(search, "load_pretrained", lambda *a, **k: pytest.fail("model loaded before data check"))
     _fails(capsys, ["search", "tamt-mlm", "--model", str(tiny_bert_dir), "--data", str(tmp_path / "wikitext"),

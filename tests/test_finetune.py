@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from tamt_core.data import downstream
 from transformers import DataCollatorWithPadding
 
-from tamt_core.checkpoint import OutputDirectoryError
+from tamt_core.outputs import OutputDirectoryError
 from tamt_core.finetune import (Evaluation, FinetuneConfig, best_evaluation, evaluate_task, finetune,
                                 load_task_data, task_model)
-from tamt_core.masking import apply_fixed_mask, remove_masks
+from tamt_core.masks.masked_model import apply_fixed_mask, remove_masks
 from tamt_core.masks import MaskMismatchError, load_mask
 from tamt_core.methods import SearchConfig
 from tamt_core.models import load_pretrained

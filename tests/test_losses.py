@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tamt_core.losses import encoder_layer_states, evaluate_kd, kd_loss, loss_denominator, mlm_loss
-from tamt_core.masking import apply_fixed_mask, base_model, dense_weights
+from tamt_core.masks.masked_model import apply_fixed_mask, base_model, dense_weights
 from tamt_core.models import load_pretrained
 
 

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-from tamt_core.masking import (EMBEDDING, POOLER, ScoreMask, apply_fixed_mask, apply_score_masks, current_mask,
-                               dense_weights, masked_parameter_names, remove_masks, weight_shapes)
+from tamt_core.masks.masked_model import (EMBEDDING, POOLER, ScoreMask, apply_fixed_mask, apply_score_masks,
+                                          current_mask, dense_weights, masked_parameter_names, remove_masks,
+                                          weight_shapes)
 from tamt_core.models import load_pretrained, mlm_head
 
 

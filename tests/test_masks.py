@@ -1,4 +1,4 @@
-"""Tests for tamt_core.masks: file format round trip, corruption detection, model checks, size, similarity."""
+"""Tests for tamt_core.masks.files: file format round trip, corruption detection, model checks, size, similarity."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tamt_core import masks as M
-from tamt_core.masks import (
+from tamt_core.masks import files as M
+from tamt_core.masks.files import (
     FORMAT_VERSION,
     Mask,
     MaskFileError,

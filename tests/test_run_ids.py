@@ -73,7 +73,7 @@ def test_raising_a_stage_version_renews_that_stage_only(monkeypatch):
 
 def test_a_tamt_search_directory_and_the_sweep_share_one_id(tiny_bert_dir):
     """``tamt search --out DIR`` and a sweep's trial of the same search are one run, with one id."""
-    from tamt_core.search import search_identity
+    from tamt_core.search.runner import search_identity
 
     config = SearchConfig(method="tamt-kd", sparsity=0.5, seed=2, steps=10)
     spec = SearchSpec(str(tiny_bert_dir), config)

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from tamt_core.hparams import PHI
-from tamt_core.masking import POOLER, current_mask, dense_weights, mask_parametrizations
+from tamt_core.masks.masked_model import POOLER, current_mask, dense_weights, mask_parametrizations
 from tamt_core.masks import load_mask
 from tamt_core.methods import METHODS, SearchConfig
 from tamt_core.methods.base import SearchContext
 from tamt_core.methods.tamt import initial_scores
 from tamt_core.models import load_pretrained, mlm_head
-from tamt_core.pruning import n_zeros
-from tamt_core.search import pretraining_data, run_search
-from tamt_core.search_run import SearchRun
+from tamt_core.masks.pruning import n_zeros
+from tamt_core.search.runner import pretraining_data
+from tamt_core.search import run_search
+from tamt_core.search.resumable import SearchRun
 
 SMALL = dict(block_size=64, batch_size=4)
 
@@ -134,7 +135,7 @@ def test_tamt_kd_trains_scores_only(tiny_bert_dir):
 def test_sparsity_drifts_between_resets_and_is_exact_after_one(tiny_bert_dir):
     """Check vector 18: with τ frozen (the released code's periodic re-set) the sparsity drifts as scores move;
     right after a re-set it is exact again."""
-    from tamt_core.masking import apply_score_masks
+    from tamt_core.masks.masked_model import apply_score_masks
     from tamt_core.methods.tamt import ThresholdController
 
     model = load_pretrained(str(tiny_bert_dir)).model
@@ -223,7 +224,7 @@ def test_missing_pooler_weights_are_initialised_reproducibly(tiny_roberta_dir):
     ("mlm", 1, list(range(1, 301))),
 ])
 def test_threshold_resets_where_the_released_trainers_did(objective, period, resets):
-    from tamt_core.threshold import reset_due
+    from tamt_core.methods.threshold import reset_due
 
     last = resets[-1] if period > 1 else 300
     assert [step for step in range(1, last + 1) if reset_due(step, period, objective)] == resets

@@ -15,16 +15,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tamt_core.checkpoint import CheckpointError, CorruptCheckpointError, TrainedTensors, load_state, save_state
+from tamt_core.checkpoints import CheckpointError, CorruptCheckpointError, TrainedTensors, load_state, save_state
 from tamt_core.data.pretrain import mlm_collator
-from tamt_core.masking import ScoreMask, apply_score_masks, dense_weights, mask_parametrizations
+from tamt_core.masks.masked_model import ScoreMask, apply_score_masks, dense_weights, mask_parametrizations
 from tamt_core.masks import load_mask
 from tamt_core.methods import METHODS, SearchConfig
 from tamt_core.methods.base import SearchContext
 from tamt_core.methods.tamt import initial_scores
 from tamt_core.models import load_pretrained
-from tamt_core.search import CHECKPOINTS_DIR, LOG_FILE, SearchResult, pretraining_data, read_log, run_search
-from tamt_core.search_run import LocalCheckpoints, SearchRun
+from tamt_core.search.runner import CHECKPOINTS_DIR, LOG_FILE, pretraining_data
+from tamt_core.search import SearchResult, read_log, run_search
+from tamt_core.checkpoints import CheckpointDirectory
+from tamt_core.search.resumable import SearchRun
 from tamt_core.training import BatchStream, adamw_with_schedule
 
 DRIVER = Path(__file__).with_name("search_driver.py")
@@ -121,7 +123,7 @@ def test_a_checkpoint_of_another_search_is_refused_before_training(tiny_bert_dir
     second = tmp_path / "second"
     with pytest.raises(CheckpointError, match="belongs to another search.*move that checkpoint away"):
         run_search(other, second, model=str(tiny_bert_dir),
-                   checkpoints=LocalCheckpoints(tmp_path / "first" / CHECKPOINTS_DIR))
+                   checkpoints=CheckpointDirectory(tmp_path / "first" / CHECKPOINTS_DIR))
     assert not (second / LOG_FILE).exists()
 
 

@@ -14,8 +14,8 @@ from tamt_core.methods.omp import omp_mask
 from tamt_core.methods.random_mask import random_mask
 from tamt_core.methods.tamt import initial_scores
 from tamt_core.masks import similarity
-from tamt_core.pruning import n_zeros
-from tamt_core.threshold import BandedThresholds, kth_smallest
+from tamt_core.masks.pruning import n_zeros
+from tamt_core.methods.threshold import BandedThresholds, kth_smallest
 
 
 def _weights(*shapes, seed=0):

@@ -61,7 +61,7 @@ def test_mse_kd_dev_loss_pads_every_sequence_to_the_block_as_the_released_eval_d
     length. So it cannot depend on how the sequences are batched: 4 batches of 1 give the 2 batches of 2's value.
     (Padding to each batch's longest row instead, the batches of 2 average over extra padding positions.)"""
     from tamt_core.models import load_pretrained
-    from tamt_core.search import pretraining_data
+    from tamt_core.search.runner import pretraining_data
 
     omp = {"omp": load_mask(omp_mask_file)}
     ones = pretrain_losses(omp, objectives=("kd",), kd_distance="mse", block_size=64, batch_size=1, max_batches=4)

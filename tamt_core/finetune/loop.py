@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,23 +16,24 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from tamt_core import hparams
-from tamt_core.checkpoint import (CorruptCheckpointError, claim_directory, load_training_state,
-                                  save_training_state, write_json)
+from tamt_core.checkpoints import CheckpointFile, ResumableRun, RngStreams, Stateful, TrainedTensors
 from tamt_core.device import autocast, pick_device
-from tamt_core.subnetwork import load_for_mask
 from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
 from tamt_core.finetune.data import TaskData, load_task_data, train_batches
 from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
-from tamt_core.masking import apply_fixed_mask
 from tamt_core.masks import Mask
+from tamt_core.masks.masked_model import apply_fixed_mask
+from tamt_core.outputs import claim_directory, write_json
+from tamt_core.subnetwork import load_for_mask
 from tamt_core.tasks import Task, get_task
-from tamt_core.training import adamw_with_schedule, to_device
+from tamt_core.training import adamw_with_schedule, to_device, update
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 300.0
 """Seconds between checkpoints: one is taken at the first evaluation point after this much time has passed, so
 short GLUE runs evaluated every 50 steps do not spend their time writing 1.3 GB BERT-base states."""
+CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 def _claim(out_dir: Path, config: FinetuneConfig, mask_path: str | None) -> FinetuneResult | None:
@@ -59,16 +58,14 @@ def _describe(identity: dict[str, Any]) -> str:
 
 def train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter],
                optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
-    """One optimizer step on a batch already on the model's device; returns the (detached) loss.
+    """One optimizer step on a batch already on the model's device (the searches' update, clipped at Tab. 1's norm);
+    returns the (detached) loss.
 
     A separate function so ``bench/bench_finetune.py`` times exactly the step the loop takes.
     """
     with autocast(next(model.parameters()).device):
         loss = model(**batch).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, hparams.FINETUNE_MAX_GRAD_NORM)
-    optimizer.step()
-    schedule.step()
+    update(loss, params, optimizer, schedule, hparams.FINETUNE_MAX_GRAD_NORM)
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
@@ -91,10 +88,10 @@ class _Training:
     total_steps: int
     eval_every: int
 
-    def save(self, checkpoint: Path, step: int, train_seconds: float, curve: list[Evaluation]) -> None:
-        save_training_state(checkpoint, model=self.model, optimizer=self.optimizer, schedule=self.schedule,
-                            progress={"step": step, "train_seconds": train_seconds,
-                                      "curve": [asdict(e) for e in curve]})
+    def checkpointed(self) -> dict[str, Stateful]:
+        """What a checkpoint holds: every trained weight, AdamW, the schedule and the dropout RNG."""
+        return {"model": TrainedTensors(self.model), "optimizer": self.optimizer, "schedule": self.schedule,
+                "rng": RngStreams(self.device)}
 
 
 def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None, mask_path: str | None = None,
@@ -103,9 +100,9 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
     """Fine-tune θ0 ⊙ M (or θ0 when ``mask`` is ``None``) on ``config.task`` and return the best evaluation.
 
     Checks everything (the config, the directory, the mask against the model's names, shapes and weights, the
-    data and the subset size) before the first step. Resumes from ``out_dir``'s checkpoint when there is one.
-    ``on_evaluation`` is called after each evaluation, once the checkpoint (if due) is written.
-    ``keep_checkpoint`` keeps the final state (fine-tuned weights, optimizer) instead of deleting it at the end.
+    data and the subset size) before the first step. Resumes from ``out_dir``'s checkpoint when there is one (an
+    unreadable one is set aside). ``on_evaluation`` is called after each evaluation, once the checkpoint (if due)
+    is written. ``keep_checkpoint`` keeps the final state (fine-tuned weights, optimizer) instead of deleting it.
     """
     out_dir = Path(out_dir)
     if (mask is None) != (config.mask_hash is None) or (mask is not None and mask.content_hash != config.mask_hash):
@@ -116,41 +113,41 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
                  finished.best_score, finished.best.step if finished.best else -1)
         return finished
     t = _set_up(config, mask, device)
-    checkpoint = out_dir / "checkpoint.safetensors"
+    store = CheckpointFile(out_dir / CHECKPOINT_FILE)
+    run = ResumableRun({"run_id": config.run_id}, store, device=t.device, checkpoint_every_s=checkpoint_every_s,
+                       kind="fine-tune")
     torch.manual_seed(config.seed)  # dropout draws
-    step, curve, train_seconds = _resume(checkpoint, t, out_dir)
+    step, curve = 0, []
+    found = run.resume(t.checkpointed())
+    if found is not None:
+        _, progress = found
+        step, curve = progress["step"], [Evaluation(**e) for e in progress["curve"]]
+        log.info("%s: resuming at step %d of %d", out_dir, step, t.total_steps)
     log.info("fine-tuning %s on %s: %d examples, %d steps (%d epochs × %d), evaluating every %d, device %s",
              "θ0 ⊙ M" if mask is not None else "the full model", t.task.name, len(t.data.train), t.total_steps,
              t.hp.max_epochs, t.steps_per_epoch, t.eval_every, t.device)
 
-    last_checkpoint = time.monotonic()
-    loss_sum, loss_steps = torch.zeros((), device=t.device), 0
     while step < t.total_steps:
         epoch, done_in_epoch = divmod(step, t.steps_per_epoch)
-        started = time.monotonic()
         for batch in train_batches(t.data.train, t.collate, t.hp.batch_size, config.seed, epoch, done_in_epoch):
-            loss = train_step(t.model, to_device(batch, t.device), t.params, t.optimizer, t.schedule)
+            run.add_loss(train_step(t.model, to_device(batch, t.device), t.params, t.optimizer, t.schedule))
             step += 1
-            loss_sum += loss.float()
-            loss_steps += 1
             if step % t.eval_every:
                 continue
-            train_seconds += time.monotonic() - started
-            evaluation = Evaluation(step, step / t.steps_per_epoch, float(loss_sum) / loss_steps,
+            train_seconds = run.clock.pause()  # evaluating is not training
+            train_loss, checkpoint_due = run.sync()
+            evaluation = Evaluation(step, step / t.steps_per_epoch, train_loss,
                                     evaluate_task(t.model, t.task, t.data, t.collate, t.device))
             curve.append(evaluation)
-            loss_sum.zero_()
-            loss_steps = 0
             _log_evaluation(t.task, evaluation, best_evaluation(curve, t.hp.metric), t.hp.metric, t.total_steps,
                             step * t.hp.batch_size / max(train_seconds, 1e-9))
             write_json(out_dir / "curve.json", [asdict(e) for e in curve])
-            if step < t.total_steps and time.monotonic() - last_checkpoint >= checkpoint_every_s:
-                t.save(checkpoint, step, train_seconds, curve)
-                last_checkpoint = time.monotonic()
+            if step < t.total_steps and checkpoint_due:
+                run.save(step, t.checkpointed(), {"curve": [asdict(e) for e in curve]})
             if on_evaluation is not None:
                 on_evaluation(evaluation)
-            started = time.monotonic()
-        train_seconds += time.monotonic() - started
+            run.clock.start()
+    train_seconds = run.clock.pause()
 
     result = FinetuneResult(config.run_id, config.to_dict(), t.hp.metric, best_evaluation(curve, t.hp.metric), curve, {
         "mask_path": mask_path, "mask_sparsity": None if mask is None else mask.sparsity,
@@ -160,10 +157,10 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         "hparams": asdict(t.hp), "device": str(t.device), "train_seconds": train_seconds,
         "train_examples_per_s": t.total_steps * t.hp.batch_size / max(train_seconds, 1e-9)})
     if keep_checkpoint:
-        t.save(checkpoint, step, train_seconds, curve)
+        run.save(step, t.checkpointed(), {"curve": [asdict(e) for e in curve]})
     write_json(out_dir / "result.json", result.to_dict())
-    if checkpoint.exists() and not keep_checkpoint:
-        checkpoint.unlink()
+    if not keep_checkpoint:
+        store.clear()
     return result
 
 
@@ -194,22 +191,6 @@ def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _T
                                               eps=hparams.FINETUNE_ADAM_EPSILON, total_steps=total_steps)
     return _Training(task, hp, torch_device, data, DataCollatorWithPadding(tokenizer), model, params, optimizer,
                      schedule, steps_per_epoch, total_steps, eval_every)
-
-
-def _resume(checkpoint: Path, t: _Training, out_dir: Path) -> tuple[int, list[Evaluation], float]:
-    """The step, curve and training seconds of ``checkpoint`` loaded into ``t``; a fresh start without one, or
-    with a corrupt one (set aside)."""
-    if not checkpoint.exists():
-        return 0, [], 0.0
-    try:
-        progress = load_training_state(checkpoint, model=t.model, optimizer=t.optimizer, schedule=t.schedule)
-    except CorruptCheckpointError as error:
-        aside = checkpoint.with_name(f"checkpoint.set-aside-{time.strftime('%Y%m%d-%H%M%S')}.safetensors")
-        os.replace(checkpoint, aside)
-        log.warning("%s; set aside as %s, fine-tuning starts over from step 0", error, aside.name)
-        return 0, [], 0.0
-    log.info("%s: resuming at step %d of %d", out_dir, progress["step"], t.total_steps)
-    return progress["step"], [Evaluation(**e) for e in progress["curve"]], progress["train_seconds"]
 
 
 def _log_evaluation(task: Task, evaluation: Evaluation, best: Evaluation | None, metric: str, total_steps: int,

@@ -4,7 +4,7 @@ A method turns pre-trained weights θ0 (and, for the trained methods, pre-traini
 masks. It is a small object with a ``name`` and a ``search(context, config)`` generator that yields
 :class:`FoundMask` values as they become available: OMP and random yield one, IMP one per 10 % of sparsity along a
 single run, TAMT one per requested step. The caller (``tamt_core.search``) writes them to files; methods never
-touch the file system. Methods share helpers (``tamt_core.pruning``, ``tamt_core.training``), not base classes.
+touch the file system. Methods share helpers (``tamt_core.masks.pruning``, ``tamt_core.training``), not base classes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from tamt_core import hparams
 from tamt_core import ids
-from tamt_core.pruning import ROUNDINGS
+from tamt_core.masks.pruning import ROUNDINGS
 
 METHOD_NAMES = ("omp", "rand", "imp", "tamt-mlm", "tamt-kd")
 ID_DEFAULTS: dict[str, object] = {"alpha": hparams.ALPHA, "phi": hparams.PHI, "adam_epsilon": None,
@@ -184,14 +184,14 @@ class SearchContext:
     """What a method may use: the pre-trained model (with MLM head and pooler), data, device, and its run.
 
     ``train_data()`` loads and tokenises the pre-training corpus on first use, so OMP and random never pay for it.
-    ``run`` (:class:`tamt_core.search_run.SearchRun`) is where a training method resumes from, reports each step
+    ``run`` (:class:`tamt_core.search.resumable.SearchRun`) is where a training method resumes from, reports each step
     to, and learns its rank among data-parallel processes.
     """
 
     pretrained: tamt_core.models.Pretrained  # noqa: F821
     device: torch.device
     train_data: Callable[[str], object]
-    run: tamt_core.search_run.SearchRun  # noqa: F821
+    run: tamt_core.search.resumable.SearchRun  # noqa: F821
 
 
 class SearchMethod(Protocol):

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from tamt_core import hparams
-from tamt_core.checkpoint import TrainedTensors
+from tamt_core.checkpoints import TrainedTensors
 from tamt_core.device import autocast
 from tamt_core.losses import loss_denominator, mlm_loss
-from tamt_core.masking import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
+from tamt_core.masks.masked_model import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
-from tamt_core.pruning import prune_smallest
+from tamt_core.masks.pruning import prune_smallest
 from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device, update
 
 ROUNDS = round(1 / hparams.IMP_PRUNE_FRACTION)

@@ -10,9 +10,9 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from tamt_core.masking import dense_weights
+from tamt_core.masks.masked_model import dense_weights
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
-from tamt_core.pruning import n_zeros
+from tamt_core.masks.pruning import n_zeros
 
 
 def random_mask(weights: Mapping[str, torch.Tensor], sparsity: float, seed: int) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ The weights θ0 stay frozen; each masked matrix gets a real-valued mask M̄ init
 OMP keeps, 0 where it prunes), binarised as [M̄ > τ] (Eq. 3) and trained with the straight-through estimator
 (Eq. 4). τ starts at φ and is re-set to the k-th smallest score of each matrix after every step by default, so
 the sparsity is exact at every step (§3.4.2 "dynamically adjust the threshold"); ``threshold_period`` N re-sets
-where the released trainers did (:func:`~tamt_core.threshold.reset_due`); and always before a mask is saved, as
+where the released trainers did (:func:`~tamt_core.methods.threshold.reset_due`); and always before a mask is saved, as
 the released code does (reference-impl §5.3-5.4).
 
 * TAMT-MLM trains M̄ and the MLM head except the tied decoder (§3.4.3), AdamW lr 5e-5, no weight decay (Tab. 1).
@@ -24,15 +24,16 @@ from dataclasses import dataclass
 import torch
 
 from tamt_core import hparams
-from tamt_core.checkpoint import TrainedTensors
+from tamt_core.checkpoints import TrainedTensors
 from tamt_core.device import autocast
 from tamt_core.losses import encoder_layer_states, kd_loss, loss_denominator, mlm_loss
-from tamt_core.masking import apply_score_masks, base_model, current_mask, dense_weights, mask_parametrizations
+from tamt_core.masks.masked_model import (apply_score_masks, base_model, current_mask, dense_weights,
+                                          mask_parametrizations)
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.methods.omp import omp_mask
 from tamt_core.models import mlm_head
-from tamt_core.pruning import n_zeros
-from tamt_core.threshold import BandedThresholds, reset_due
+from tamt_core.masks.pruning import n_zeros
+from tamt_core.methods.threshold import BandedThresholds, reset_due
 from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device, update
 
 

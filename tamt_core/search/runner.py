@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tamt_core.checkpoint import claim_directory, write_json
+from tamt_core.outputs import claim_directory, write_json
 from tamt_core.data import pretrain
 from tamt_core.device import pick_device
 from tamt_core.masks import save_mask
@@ -31,7 +31,8 @@ from tamt_core.methods import METHODS
 from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.models import Pretrained, load_config, load_pretrained
 from tamt_core.parallel import Ranks, dropout_seed
-from tamt_core.search_run import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointStore, LocalCheckpoints, SearchRun
+from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointDirectory, CheckpointStore
+from tamt_core.search.resumable import SearchRun
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     pretrained = load_pretrained(model)
     progress = _ProgressLog(out_dir / LOG_FILE, log_step)
     run = SearchRun({"run_id": identity["run_id"], "model_fingerprint": pretrained.fingerprint},
-                    store=checkpoints or LocalCheckpoints(out_dir / CHECKPOINTS_DIR), mask_dir=out_dir,
+                    store=checkpoints or CheckpointDirectory(out_dir / CHECKPOINTS_DIR), mask_dir=out_dir,
                     log=progress, ranks=ranks, device=torch_device, seed=config.seed,
                     checkpoint_every_s=checkpoint_every_s, log_every=log_every)
     context = SearchContext(pretrained, torch_device, pretraining_data(pretrained, data, config), run)
@@ -165,7 +166,7 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     if ranks.writes:
         write_json(out_dir / RESULT_FILE, result.to_dict())
         if checkpoints is None:
-            LocalCheckpoints(out_dir / CHECKPOINTS_DIR).clear()
+            CheckpointDirectory(out_dir / CHECKPOINTS_DIR).clear()
     return result
 
 

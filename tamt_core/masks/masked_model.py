@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from tamt_core.hparams import PHI
-from tamt_core.masks import check_mask_matches
+from tamt_core.masks.files import check_mask_matches
 
 LAYER_MATRICES: tuple[str, ...] = (
     "attention.self.query",
@@ -148,7 +148,7 @@ class ScoreMask(nn.Module):
     """TAMT's trainable real-valued mask M̄ with threshold τ (Eq. 3-5).
 
     The effective weight is ``W ⊙ [M̄ > τ]``; a score equal to τ is pruned (strict ``>``, reference-impl §5.1).
-    τ is a buffer re-set by the training loop to keep the target number of zeros (see ``tamt_core.threshold``).
+    τ is a buffer re-set by the training loop to keep the target number of zeros (see ``tamt_core.methods.threshold``).
     """
 
     def __init__(self, scores: torch.Tensor, threshold: float = PHI) -> None:
