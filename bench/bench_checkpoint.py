@@ -29,15 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from tamt_core.checkpoints import STATE_FILE, TrainedTensors
-from tamt_core.masks.masked_model import apply_fixed_mask, apply_score_masks, dense_weights
-from tamt_core.methods.imp import imp_prune
-from tamt_core.methods.tamt import ThresholdController, initial_scores
-from tamt_core.models import mlm_head
 from tamt_core.checkpoints import CHECKPOINT_EVERY_S, CheckpointDirectory
+from tamt_core.data.pretrain import PretrainData
+from tamt_core.methods import METHODS
+from tamt_core.search.config import SearchConfig
 from tamt_core.search.resumable import SearchRun
-from tamt_core.training import BatchStream, adamw_with_schedule
 
+STEPS = {"tamt-mlm": {"steps": 1000}, "imp": {"pruning_interval": 1000}}
+"""A run long enough that the schedule does not end at the first step."""
 CONFIGS = {
     "base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072),
@@ -47,34 +46,20 @@ CONFIGS = {
 
 
 def prepared(method: str, config: dict) -> tuple[torch.nn.Module, dict]:
-    """A model and the components its search checkpoints, after one optimizer step."""
+    """A model set up by the method's own ``setup`` (TAMT's score masks, IMP's first prune) and the components its
+    search checkpoints, after one optimizer step."""
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig(**config))
     model.bert.pooler = None
-    weights = dense_weights(model)
-    if method == "tamt-mlm":
-        embedding = weights["embeddings.word_embeddings.weight"]
-        apply_score_masks(model, initial_scores(weights, 0.7))
-        thresholds = ThresholdController(model, 0.7, "floor")
-        model.requires_grad_(False)
-        trainable = [m.scores.requires_grad_(True) for m in thresholds.masks.values()]
-        trainable += [p.requires_grad_(True) for p in mlm_head(model).parameters() if p is not embedding]
-        extra = {"thresholds": thresholds.search}
-    else:
-        keep = imp_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}, 0)
-        apply_fixed_mask(model, keep)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        extra = {}
-    optimizer, schedule = adamw_with_schedule(trainable, lr=5e-5, weight_decay=0.0, eps=1e-8, total_steps=1000)
-    for p in trainable:
-        p.grad = torch.randn_like(p) * 1e-3
-    optimizer.step()
-    schedule.step()
-    optimizer.zero_grad(set_to_none=True)
     rows = [{"input_ids": [101, 102]}] * 4
-    batches = BatchStream(rows, lambda r: {}, 2, seed=0)
-    return model, {"trained": TrainedTensors(model), "optimizer": optimizer, "schedule": schedule,
-                   "batches": batches, **extra}
+    data = PretrainData(rows, lambda r: {})
+    training = METHODS[method].setup(model, data, SearchConfig.of(method, 0.7, batch_size=2, **STEPS[method]))
+    for p in training.trainable:
+        p.grad = torch.randn_like(p) * 1e-3
+    training.optimizer.step()
+    training.schedule.step()
+    training.optimizer.zero_grad(set_to_none=True)
+    return model, training.checkpointed()
 
 
 def run_once(components, directory: Path) -> tuple[float, float, int]:
@@ -86,7 +71,7 @@ def run_once(components, directory: Path) -> tuple[float, float, int]:
     started = time.perf_counter()
     run.checkpoint(1, {"step": 1})
     written = time.perf_counter() - started
-    size = (store.candidates()[0] / STATE_FILE).stat().st_size
+    size = store.candidates()[0].stat().st_size
     again = SearchRun({"run_id": "bench"}, store=store, mask_dir=directory, log=lambda m: None,
                       device=torch.device("cpu"))
     started = time.perf_counter()

@@ -54,7 +54,7 @@ from torch import nn
 from tamt_core.device import autocast as tamt_autocast
 from tamt_core.hparams import MLM_PROBABILITY, TAMT_MLM
 from tamt_core.losses import mlm_loss
-from tamt_core.methods.base import SearchConfig
+from tamt_core.search.config import SearchConfig
 from tamt_core.methods.tamt import TAMT, ThresholdController
 from tamt_core.methods.threshold import kth_smallest
 from tamt_core.training import adamw_with_schedule
@@ -192,7 +192,7 @@ def tamt_step(model: nn.Module, batch: dict[str, torch.Tensor], amp, sparsity: f
     """TAMT-MLM prepared by ``TAMT.trainable_scores``, the set-up ``TAMT.search`` runs (§3.4): OMP-initialised
     scores, frozen weights, trainable scores and MLM head except the decoder tied to the frozen embedding."""
     started = time.perf_counter()
-    config = SearchConfig(method="tamt-mlm", sparsity=sparsity, zero_rounding=rounding)
+    config = SearchConfig.of(method="tamt-mlm", sparsity=sparsity, zero_rounding=rounding)
     thresholds, trainable = TAMT("mlm").trainable_scores(model, config)
     model.train()
     step = MLMStep(model, trainable, batch, amp)

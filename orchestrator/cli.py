@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tamt_core.console import quiet_libraries
-from tamt_core.methods.base import METHOD_NAMES
+from tamt_core.methods import METHODS
 
 from orchestrator.estimate import THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid, MaskSimilarity
@@ -63,10 +63,10 @@ def read_search_settings(path: str) -> dict[str, dict[str, Any]]:
     if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
         raise PlanError(f"--search-settings {path} must map method names to settings, e.g. "
                         "{\"tamt-mlm\": {\"lr\": 1e-4, \"alpha\": 2.0}}")
-    unknown = sorted(set(settings) - set(METHOD_NAMES))
+    unknown = sorted(set(settings) - set(METHODS))
     if unknown:
         raise PlanError(f"--search-settings {path} names unknown method(s) {unknown}; choose from "
-                        f"{', '.join(METHOD_NAMES)}")
+                        f"{', '.join(METHODS)}")
     return settings
 
 

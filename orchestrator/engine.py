@@ -27,7 +27,7 @@ import yaml
 from ray import tune
 from ray.tune.search import Searcher
 
-from tamt_core.ids import ALGORITHM_VERSIONS, FIRST_VERSION
+from tamt_core.ids import FIRST_VERSION, algorithm_versions
 
 from orchestrator import ledger, ray_logging, results
 from orchestrator.compaction import Compactor
@@ -445,13 +445,13 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
           file=out or sys.stdout, flush=True)
     stale = stale_rows(plan, finished)
     if stale:
-        raised = ", ".join(f"{algorithm} v{version}" for algorithm, version in ALGORITHM_VERSIONS.items()
+        raised = ", ".join(f"{algorithm} v{version}" for algorithm, version in algorithm_versions().items()
                            if version > FIRST_VERSION)
         print(f"[tamt] {len(stale)} rows in the table are results of these trials by older code (this code has "
               f"{raised}): they stay in the table but are not reused, their trials run under the new versions, "
               "and the analysis uses the newest version of each", file=out or sys.stdout, flush=True)
     ledger.write_plan(storage, name, plan_record(plan), {**package_versions(), **source_revision()},
-                      dict(ALGORITHM_VERSIONS))
+                      algorithm_versions())
     compactor = Compactor(storage)
     merged = compactor.compact_once()
     if merged is not None and merged.part is not None:

@@ -12,7 +12,6 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from tamt_core import hparams
 from tamt_core.tasks import get_task
 
 from orchestrator.plan import Plan
@@ -21,7 +20,8 @@ from orchestrator.specs import DenseLossSpec, FinetuneSpec, SearchSpec, Spec
 
 @dataclass(frozen=True)
 class Throughput:
-    """Seconds per pre-training iteration by (model family, method), and fine-tuning examples per second."""
+    """Seconds per pre-training iteration by (model family, pace: the Tab. 3 row a method's steps cost like,
+    ``SearchMethod.pace``), and fine-tuning examples per second."""
 
     source: str
     search_s_per_iteration: dict[tuple[str, str], float]
@@ -57,14 +57,14 @@ def _family(model: str) -> str:
 
 
 def search_seconds(spec: SearchSpec, table: Throughput) -> float:
-    """Loading, training (Tab. 3's pace) and the dev losses of every mask the search writes."""
-    config = spec.config
+    """Loading, training (the method's steps at its Tab. 3 pace) and the dev losses of every mask the search
+    writes."""
+    method = spec.config.search_method
     dev_losses = 0.0 if spec.dev_loss_batches == 0 else len(spec.yields()) * table.dev_loss_s
-    if config.method in ("omp", "rand"):
+    steps = method.training_steps(spec.config)
+    if not steps:
         return table.load_s + dev_losses
-    iterations = (hparams.imp_steps(config.sparsity, config.pruning_interval) if config.method == "imp"
-                  else config.resolved_steps())
-    return table.load_s + dev_losses + iterations * table.search_s_per_iteration[(_family(spec.model), config.method)]
+    return table.load_s + dev_losses + steps * table.search_s_per_iteration[(_family(spec.model), method.pace)]
 
 
 def finetune_seconds(spec: FinetuneSpec, table: Throughput) -> float:

@@ -1,16 +1,17 @@
 """A grid model × method × sparsity × mask seed × fine-tune seed × task (× train size) and its expansion to a plan.
 
-How the grid maps to searches follows the paper (§4.1.3, App. C):
+How the grid maps to searches follows the paper (§4.1.3, App. C), from what each method declares
+(``tamt_core.methods``):
 
-* OMP is deterministic: one search per model × sparsity whatever the mask seeds (its seed is normalised to 0),
-  so its fine-tunes over mask seeds collapse to one run id each and run once.
-* Random pruning: one search per model × sparsity × mask seed.
-* IMP: one run per model × mask seed, to the grid's highest sparsity (or ``imp_until``, so that sweeps share
-  runs); it yields every lower multiple of 10 % along the way, and each grid sparsity is fine-tuned from that
-  run's mask.
-* TAMT-MLM / TAMT-KD: one run per model × sparsity × mask seed (Tab. 2's iterations unless set). A run may save
-  masks along the way (``save_steps``); ``finetune_steps`` picks which of them are fine-tuned (Fig. 5: every one;
-  Fig. 3: Tab. 2's step of a longer run, as the authors took ``checkpoint-17000`` of a 2-epoch run).
+* A method without a seed (OMP, ``seeded = False``) is deterministic: one search per model × sparsity whatever the
+  mask seeds (its seed is normalised to 0), so its fine-tunes over mask seeds collapse to one run id each.
+* Random pruning, TAMT-MLM, TAMT-KD: one search per model × sparsity × mask seed.
+* A method whose one run passes every lower sparsity (IMP, ``yields_lower_sparsities``): one run per model × mask
+  seed, to the grid's highest sparsity (or ``imp_until``, so that sweeps share runs); each grid sparsity is
+  fine-tuned from that run's mask of it.
+* A method that saves masks along a run (TAMT, ``save_steps``): ``finetune_steps`` picks which of them are
+  fine-tuned (Fig. 5: every one; Fig. 3: Tab. 2's step of a longer run, as the authors took ``checkpoint-17000``
+  of a 2-epoch run).
 
 Every check runs when the grid is built, so a malformed grid fails before Ray starts.
 """
@@ -23,11 +24,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.methods.base import METHOD_NAMES
+from tamt_core.methods import METHODS
 from tamt_core.tasks import TASKS
 
 from orchestrator.plan import Plan, PlanError
-from orchestrator.search_settings import PerSparsity, SearchSettings
+from orchestrator.search_settings import PerSparsity, SearchSettings, takes
 from orchestrator.specs import SPARSITY_DIGITS, DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec
 
 _FINETUNE_FIELDS = {f.name for f in fields(FinetuneConfig)} - {"task", "seed", "model", "data", "mask_hash",
@@ -43,7 +44,8 @@ class Grid:
 
     Args:
         models: hub ids or directories (``tamt_core.models.BUILTIN_MODEL_NAME`` for the shipped model).
-        methods: subset of ``omp``, ``rand``, ``imp``, ``tamt-mlm``, ``tamt-kd``.
+        methods: registered methods (``tamt_core.methods.METHODS``: ``omp``, ``rand``, ``imp``, ``tamt-mlm``,
+            ``tamt-kd``).
         sparsities: fractions in (0, 1).
         mask_seeds, finetune_seeds: non-negative ints. Every mask is fine-tuned with every fine-tune seed, unless
             ``paired_seeds``.
@@ -109,23 +111,18 @@ class Grid:
         for model in self.models:
             if not isinstance(model, str) or not model.strip():
                 raise PlanError(f"model {model!r} is not a hub id or directory; name one, e.g. 'bert-base-uncased'")
-        unknown = [m for m in self.methods if m not in METHOD_NAMES]
+        unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise PlanError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHOD_NAMES)}")
+            raise PlanError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}")
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise PlanError(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(TASKS)}")
         for s in self.sparsities:
             if not _is_fraction(s):
                 raise PlanError(f"sparsity {s!r} is outside (0, 1); give the fraction of weights zeroed, e.g. 0.7")
-        if "imp" in self.methods:
-            off = [s for s in self.sparsities if not _is_tenth(s)]
-            if off:
-                raise PlanError(f"IMP prunes 10 % per round, so sparsities {off} cannot come from it; use multiples "
-                                "of 0.1 or drop 'imp' from methods")
         if self.imp_until is not None:
-            if not (_is_fraction(self.imp_until) and _is_tenth(self.imp_until)):
-                raise PlanError(f"imp_until must be a multiple of 0.1 in (0, 1), got {self.imp_until!r}")
+            if not _is_fraction(self.imp_until):
+                raise PlanError(f"imp_until must be a fraction in (0, 1), got {self.imp_until!r}")
             if self.sparsities and self.imp_until < max(self.sparsities):
                 raise PlanError(f"imp_until {self.imp_until} is below the grid's highest sparsity "
                                 f"{max(self.sparsities)}; IMP cannot yield masks past the sparsity it stops at")
@@ -152,6 +149,23 @@ class Grid:
         if self.dense_loss and self.dev_loss_batches == 0:
             raise PlanError("dense_loss measures dev losses, but dev_loss_batches is 0 (skip them); give a number of "
                             "batches or None (the whole dev set)")
+        for method in self.methods:
+            self._check_sparsities(method)
+
+    def _check_sparsities(self, method: str) -> None:
+        """Every sparsity of the grid comes out of ``method``'s searches (IMP: of its one run to ``imp_until``)."""
+        for run_sparsity in self._search_sparsities(method):
+            try:
+                config = self.search.config(method, round(run_sparsity, SPARSITY_DIGITS), 0)
+            except PlanError as error:
+                raise PlanError(f"{error}; change the grid's sparsities or drop {method!r} from methods") from error
+            if METHODS[method].yields_lower_sparsities:
+                passed = sorted({round(s, SPARSITY_DIGITS) for s, _ in METHODS[method].yields(config)})
+                off = [s for s in self.sparsities if round(s, SPARSITY_DIGITS) not in passed]
+                if off:
+                    raise PlanError(f"one {method} run to {run_sparsity} yields the masks of sparsities {passed}, "
+                                    f"so sparsities {off} cannot come from it; use those or drop {method!r} from "
+                                    "methods")
 
     # --- expansion -------------------------------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ class Grid:
         out: dict[str, SearchSpec] = {}
         for model in self.models:
             for method in self.methods:
-                seeds = (0,) if method == "omp" else self.mask_seeds
+                seeds = self.mask_seeds if METHODS[method].seeded else (0,)
                 for seed in seeds:
                     for sparsity in self._search_sparsities(method):
                         config = self.search.config(method, round(sparsity, SPARSITY_DIGITS), seed)
@@ -169,7 +183,7 @@ class Grid:
         return list(out.values())
 
     def _search_sparsities(self, method: str) -> list[float]:
-        if method == "imp":
+        if METHODS[method].yields_lower_sparsities:
             return [max(self.sparsities) if self.imp_until is None else self.imp_until]
         return list(self.sparsities)
 
@@ -183,10 +197,11 @@ class Grid:
         out = []
         for search in self.searches():
             method = search.config.method
-            wanted = self.sparsities if method == "imp" else (search.config.sparsity,)
+            chooses_steps = "save_steps" in takes(method)  # finetune_steps picks among the steps it saves
+            wanted = self.sparsities if METHODS[method].yields_lower_sparsities else (search.config.sparsity,)
             for sparsity in wanted:
                 final = search.final_mask(sparsity)
-                steps = self._steps_to_finetune(sparsity) if method in ("tamt-mlm", "tamt-kd") else None
+                steps = self._steps_to_finetune(sparsity) if chooses_steps else None
                 if steps is None:
                     out.append((search, final))
                     continue
@@ -222,7 +237,7 @@ class Grid:
 
     def _finetune_seeds_of(self, search: SearchSpec) -> tuple[int, ...]:
         """The fine-tune seeds a search's masks get: all of them, or with ``paired_seeds`` its mask seed's own."""
-        if not self.paired_seeds or search.config.method == "omp":
+        if not self.paired_seeds or not METHODS[search.config.method].seeded:
             return self.finetune_seeds
         return (self.finetune_seeds[self.mask_seeds.index(search.config.seed)],)
 
@@ -247,10 +262,6 @@ def _is_fraction(value: Any) -> bool:
             and 0.0 < value < 1.0)
 
 
-def _is_tenth(value: float) -> bool:
-    return math.isclose(value * 10, round(value * 10), abs_tol=1e-9)
-
-
 @dataclass(frozen=True)
 class MaskSimilarity:
     """Similarity trials over the masks some grids study (§4.2.4, Fig. 6, 15), per model × sparsity.
@@ -268,8 +279,8 @@ class MaskSimilarity:
         object.__setattr__(self, "grids", grids)
         if not grids:
             raise PlanError("MaskSimilarity needs at least one grid whose masks it compares")
-        if self.reference is not None and self.reference not in METHOD_NAMES:
-            raise PlanError(f"reference {self.reference!r} is not a method; choose from {', '.join(METHOD_NAMES)}")
+        if self.reference is not None and self.reference not in METHODS:
+            raise PlanError(f"reference {self.reference!r} is not a method; choose from {', '.join(METHODS)}")
 
     def plan(self) -> Plan:
         plan = Plan()

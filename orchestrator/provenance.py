@@ -2,7 +2,7 @@
 
 Every results row carries :func:`provenance` in its ``versions`` column, and every MLflow child run the same as
 ``tamt.*`` tags, so a number in the table can be traced to the exact code that computed it: the ``tamt`` release,
-the version of the method or stage in :data:`tamt_core.ids.ALGORITHM_VERSIONS`, and, when tamt runs from a git
+the version of the method or stage in :func:`tamt_core.ids.algorithm_versions`, and, when tamt runs from a git
 checkout, its commit and whether the working tree had uncommitted changes (``git_dirty``).
 """
 
@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import tamt_core
-from tamt_core.ids import ALGORITHM_VERSIONS
+from tamt_core.ids import algorithm_versions
 
 PACKAGES = ("tamt", "torch", "transformers", "datasets", "ray", "mlflow", "pyarrow")
 
@@ -46,5 +46,5 @@ def source_revision(root: Path | None = None) -> dict[str, str]:
 
 def provenance(algorithm: str, *, source: dict[str, str] | None = None) -> dict[str, str]:
     """Package versions, ``algorithm`` and its version, and ``source`` (default: :func:`source_revision` now)."""
-    return {**package_versions(), "algorithm": algorithm, "algorithm_version": str(ALGORITHM_VERSIONS[algorithm]),
+    return {**package_versions(), "algorithm": algorithm, "algorithm_version": str(algorithm_versions()[algorithm]),
             **(source_revision() if source is None else source)}

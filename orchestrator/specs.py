@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.ids import ALGORITHM_VERSIONS, FIRST_VERSION, Versions, first_versions, run_id
-from tamt_core.methods.base import SearchConfig
+from tamt_core.ids import FIRST_VERSION, Versions, algorithm_versions, first_versions, run_id
+from tamt_core.search.config import SearchConfig
 
 SPARSITY_DIGITS = 4
 """Sparsities are compared and hashed rounded to this many digits (IMP yields 3/10, a grid may say 0.3)."""
@@ -64,20 +63,13 @@ class SearchSpec:
 
     @property
     def algorithm(self) -> str:
-        """The key of :data:`tamt_core.ids.ALGORITHM_VERSIONS` whose version this trial's result depends on."""
+        """The algorithm (:func:`tamt_core.ids.algorithm_versions`) whose version this trial's result depends on."""
         return self.config.method
 
     def yields(self) -> tuple[tuple[float, int], ...]:
-        """(sparsity, step) of every mask the search writes, in order (§4.1.3, Tab. 2)."""
-        config = self.config
-        if config.method == "imp":
-            rounds = round(config.sparsity * 10)
-            return tuple((round(k / 10, SPARSITY_DIGITS), hparams.imp_steps(k / 10, config.pruning_interval))
-                         for k in range(1, rounds + 1))
-        if config.method in ("tamt-mlm", "tamt-kd"):
-            steps = sorted(set(config.save_steps) | {config.resolved_steps()})
-            return tuple((round(config.sparsity, SPARSITY_DIGITS), step) for step in steps)
-        return ((round(config.sparsity, SPARSITY_DIGITS), 0),)
+        """(sparsity, step) of every mask the search writes, in order, as its method declares them."""
+        return tuple((round(sparsity, SPARSITY_DIGITS), step)
+                     for sparsity, step in self.config.search_method.yields(self.config))
 
     def final_mask(self, sparsity: float | None = None) -> MaskRef:
         """The last mask of ``sparsity`` (default: the search's own) the search yields."""
@@ -93,9 +85,7 @@ class SearchSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSpec:
-        config = dict(d["config"])
-        config["save_steps"] = tuple(config.get("save_steps", ()))
-        return cls(d["model"], SearchConfig(**config), d.get("data"), d.get("dev_loss_batches"))
+        return cls(d["model"], SearchConfig.from_dict(d["config"]), d.get("data"), d.get("dev_loss_batches"))
 
 
 @dataclass(frozen=True)
@@ -275,7 +265,7 @@ def lineage(spec: Spec, search_rows: Mapping[str, Mapping[str, Any]]) -> tuple[d
     for a trial that reads masks, their searches'), and its :func:`cell_id`. ``search_rows`` are the rows of the
     searches of its masks (``cell_id`` and ``algorithm_versions`` absent from rows written before both existed:
     their cell is their run id, their versions the first)."""
-    versions = {spec.algorithm: ALGORITHM_VERSIONS[spec.algorithm]}
+    versions = {spec.algorithm: algorithm_versions()[spec.algorithm]}
     cells = {}
     for search_id, row in search_rows.items():
         versions.update(dict(row.get("algorithm_versions") or {row["method"]: FIRST_VERSION}))

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import pyarrow.fs as pafs
 
 import tamt_table
-from tamt_core.ids import ALGORITHM_VERSIONS
+from tamt_core.ids import algorithm_versions
 
 from orchestrator import ledger
 from orchestrator.storage import DEFAULT_STORAGE, MARKER, Storage
@@ -116,7 +116,7 @@ def sweep_status(plan: dict[str, Any], finished: set[str], failures: dict[str, s
             stage.gpu_s_left += trial["gpu_s"]
     stages = {name: stages[name] for name in sorted(stages, key=lambda n: (STAGE_ORDER + (n,)).index(n))}
     planned_versions = plan.get("algorithm_versions", {})
-    outdated = {name: (planned_versions.get(name, 1), version) for name, version in ALGORITHM_VERSIONS.items()
+    outdated = {name: (planned_versions.get(name, 1), version) for name, version in algorithm_versions().items()
                 if planned_versions.get(name, 1) != version}
     return SweepStatus(plan["sweep"], plan["planned_at"], plan.get("provenance", {}), driver, heartbeat, stages,
                        failed, outdated)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tamt_core.methods.base import SearchConfig
+from tamt_core.search.config import SearchConfig
 
 from orchestrator.plan import PlanError
 from orchestrator.specs import SearchSpec
@@ -82,8 +82,7 @@ class TamtStudy:
     def spec(self, params: Mapping[str, float]) -> SearchSpec:
         """The search one trial runs: the fixed settings with ``params`` sampled by Optuna."""
         try:
-            config = SearchConfig(method=self.method, sparsity=self.sparsity, seed=self.mask_seed,
-                                  **{**self.search, **params})
+            config = SearchConfig.of(self.method, self.sparsity, self.mask_seed, **{**self.search, **params})
         except (TypeError, ValueError) as error:
             raise PlanError(f"study {self.name}: {error}") from error
         return SearchSpec(self.model, config, self.data, self.dev_loss_batches)

@@ -36,6 +36,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from tamt_core.checkpoints import STATE_FILE
+from tamt_core.methods import METHODS
 
 from orchestrator.specs import SearchSpec
 from orchestrator.storage import Storage
@@ -44,8 +45,9 @@ TRAIN_RUN_PREFIX = "search-"
 
 
 def trains(spec_dict: dict[str, Any]) -> bool:
-    """Whether a trial's spec is a search that trains (IMP, TAMT), and so runs as a Train job."""
-    return spec_dict["stage"] == "search" and spec_dict["config"]["method"] in ("imp", "tamt-mlm", "tamt-kd")
+    """Whether a trial's spec is a search whose method trains (IMP, TAMT: it has an objective), and so runs as a
+    Train job."""
+    return spec_dict["stage"] == "search" and METHODS[spec_dict["config"]["method"]].objective is not None
 
 
 def train_run_name(run_id: str) -> str:

@@ -53,8 +53,10 @@ SMOKE_COST_STEPS = (45, 90)
 SMOKE_STEPS = PerSparsity({0.5: 90, 0.7: 90})
 """The smoke presets' Tab. 2: the step of each sparsity's run that main_results fine-tunes."""
 SMOKE_IMP_INTERVALS = (2, 4)
+SMOKE_BATCHES: dict[str, int] = {"batch_size": 8, "block_size": 64}
+"""The smoke searches' batches: 8 sequences of 64 tokens."""
 SMOKE_SEARCH = SearchSettings(pruning_interval=4, steps=max(SMOKE_COST_STEPS), save_steps=SMOKE_COST_STEPS,
-                              batch_size=8, block_size=64,
+                              **SMOKE_BATCHES,
                               per_method={"tamt-mlm": SearchSettings(lr=3e-4), "tamt-kd": SearchSettings(lr=3e-4)})
 """Short searches in which every method does its job (docs/smoke.md has the scan behind them): at 50 % and 70 %,
 90 steps of TAMT at lr 3e-4 (the scores start α·φ = 0.02 from being pruned, so a run needs about 0.01 / lr = 33
@@ -76,4 +78,4 @@ def smoke_grid(**axes: Any) -> Grid:
 
 def with_interval(grid: Grid, pruning_interval: int) -> Grid:
     """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
-    return replace(grid, search=replace(grid.search, pruning_interval=pruning_interval))
+    return replace(grid, search=grid.search.updated(pruning_interval=pruning_interval))

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from orchestrator.cli import sweep_main
 from orchestrator.study import TamtStudy
-from sweeps.common import BERT, SMOKE_SEARCH, WIKITEXT
+from sweeps.common import BERT, SMOKE_BATCHES, WIKITEXT
 from tamt_core.models import BUILTIN_MODEL_NAME
 
 TRIALS = 24
@@ -29,8 +29,7 @@ PRESETS = {
                                 trials=TRIALS, search={"steps": PROXY_STEPS}) for method in ("tamt-mlm", "tamt-kd")],
     "smoke": lambda: [TamtStudy(name="tamt-mlm-smoke-0.7", model=BUILTIN_MODEL_NAME, method="tamt-mlm",
                                 sparsity=0.7, trials=6, dev_loss_batches=2,
-                                search={"batch_size": SMOKE_SEARCH.batch_size, "block_size": SMOKE_SEARCH.block_size,
-                                        "steps": 16})],
+                                search={**SMOKE_BATCHES, "steps": 16})],
 }
 
 if __name__ == "__main__":

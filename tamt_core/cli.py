@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-from tamt_core.console import quiet_libraries
 from tamt_core import hparams
-from tamt_core.methods.base import METHOD_NAMES, SearchConfig
 from tamt_core.checkpoints import CHECKPOINT_EVERY_S
+from tamt_core.console import quiet_libraries
+from tamt_core.methods import METHODS
+from tamt_core.methods.base import setting_names
+from tamt_core.search.config import SearchConfig
 
 
 
@@ -48,45 +53,55 @@ def _sparsity(text: str) -> float:
     return value
 
 
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of a registered method, from its settings dataclass (name, type, default, help): a flag
+    says which methods take it, and a method refuses a setting it does not take. Absent flags keep the method's
+    defaults (the paper's)."""
+    owners: dict[str, list[str]] = {}
+    declared = {}
+    for method in METHODS.values():
+        hints = typing.get_type_hints(method.settings)
+        for f in dataclasses.fields(method.settings):
+            owners.setdefault(f.name, []).append(method.name)
+            declared.setdefault(f.name, (f, hints[f.name]))
+    for name, (f, hint) in declared.items():
+        flag, kind = "--" + name.replace("_", "-"), _scalar(hint)
+        text = f"{', '.join(owners[name])}: {f.metadata.get('help', '')}"
+        if kind is bool:
+            negated = f.default is True
+            parser.add_argument(f"--no-{name.replace('_', '-')}" if negated else flag, dest=name,
+                                action="store_false" if negated else "store_true", default=argparse.SUPPRESS,
+                                help=text)
+        elif kind is tuple:
+            parser.add_argument(flag, dest=name, type=_parse_steps, default=argparse.SUPPRESS, metavar="STEPS",
+                                help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, choices=f.metadata.get("choices"),
+                                default=argparse.SUPPRESS, help=text)
+
+
+def _scalar(hint: object) -> type:
+    """The flag type of a settings field's annotation: ``int | None`` → int, ``tuple[int, ...]`` → tuple."""
+    options = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]
+    kind = options[0]
+    return typing.get_origin(kind) or kind
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamt", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     search = commands.add_parser("search", help="find a subnetwork mask")
-    search.add_argument("method", choices=METHOD_NAMES)
+    search.add_argument("method", choices=list(METHODS))
     search.add_argument("--model", help="hub id or local directory (default: built-in smoke model)")
     search.add_argument("--data", help="WikiText-103 raw directory or hub id (default: built-in smoke corpus)")
     search.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights zeroed, e.g. 0.7")
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--steps", type=int, help="TAMT training iterations (default: Tab. 2 for the sparsity)")
+    search.add_argument("--seed", type=int, default=0,
+                        help="seeds the random mask, the data order and the MLM corruption (default 0)")
     search.add_argument("--out", type=Path, required=True, help="directory for the mask files")
-    search.add_argument("--lr", type=float, help="learning rate (default: Tab. 1 for the method)")
-    search.add_argument("--batch-size", type=int)
-    search.add_argument("--block-size", type=int, default=hparams.TAMT_MLM.max_length,
-                        help="pre-training sequence length (Tab. 1: 512)")
-    search.add_argument("--schedule-steps", type=int, help="length of the linear LR decay (default: 2 epochs)")
-    search.add_argument("--threshold-period", type=int, default=1,
-                        help="TAMT: re-set the threshold every N steps (the released code: "
-                             f"{hparams.REFERENCE_THRESHOLD_PERIOD['mlm']} MLM, "
-                             f"{hparams.REFERENCE_THRESHOLD_PERIOD['kd']} KD)")
-    search.add_argument("--save-steps", type=_parse_steps, default=(),
-                        help="TAMT: also save the masks at these steps, e.g. 1000,2000,5000")
-    search.add_argument("--pruning-interval", type=int, default=hparams.IMP_PRUNING_INTERVAL,
-                        help="IMP: steps between prunes (P; Tab. 2: 2792)")
-    search.add_argument("--no-rewind", dest="rewind", action="store_false",
-                        help="IMP: keep trained weights after each prune, as the released code did")
-    search.add_argument("--zero-rounding", choices=("floor", "half_even"), default="floor",
-                        help="TAMT: zeros per matrix int(s·n) (released code) or round(s·n) (OMP)")
-    search.add_argument("--kd-include-padding", action="store_true", help="TAMT-KD: average over padding too")
-    search.add_argument("--kd-sequence-mean", action="store_true",
-                        help="TAMT-KD: average Eq. 6 per sequence, then over the batch (default: over all tokens)")
-    search.add_argument("--adam-epsilon", type=float,
-                        help=f"AdamW's epsilon (default 1e-8; the released TAMT-KD trainer used "
-                             f"{hparams.RELEASED_KD_ADAM_EPSILON:g})")
-    search.add_argument("--alpha", type=float, default=hparams.ALPHA,
-                        help="TAMT: OMP-kept scores start at alpha·phi (Eq. 5; default 2)")
-    search.add_argument("--phi", type=float, default=hparams.PHI, help="TAMT: starting threshold (Eq. 3; default 1e-2)")
+    add_setting_flags(search)
     search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
                                          "local rank's GPU)")
     search.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
@@ -182,13 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 def _search(args: argparse.Namespace) -> int:
     from tamt_core.search import run_search
 
-    config = SearchConfig(method=args.method, sparsity=args.sparsity, seed=args.seed, steps=args.steps, lr=args.lr,
-                          batch_size=args.batch_size, block_size=args.block_size, schedule_steps=args.schedule_steps,
-                          threshold_period=args.threshold_period, save_steps=args.save_steps,
-                          pruning_interval=args.pruning_interval, rewind=args.rewind,
-                          zero_rounding=args.zero_rounding, kd_include_padding=args.kd_include_padding,
-                          kd_sequence_mean=args.kd_sequence_mean, alpha=args.alpha, phi=args.phi,
-                          adam_epsilon=args.adam_epsilon)
+    given = {name: getattr(args, name) for method in METHODS.values() for name in setting_names(method.settings)
+             if hasattr(args, name)}
+    config = SearchConfig.of(args.method, args.sparsity, args.seed, **given)  # refuses a flag its method lacks
     with _process_group(args.device) as device:
         result = run_search(config, args.out, model=args.model, data=args.data, device=device,
                             checkpoint_every_s=args.checkpoint_every)
@@ -298,7 +309,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job until the orchestrator lands: OMP vs a short TAMT-MLM run, scored side by side.
+    """A first look: OMP vs a short TAMT-MLM run on the built-in model, scored side by side.
 
     The smoke settings (short blocks, a raised learning rate, few steps) make the run fit a CPU in minutes; they
     are not the paper's (Tab. 1), which `tamt search` uses by default.
@@ -307,10 +318,9 @@ def _demo(args: argparse.Namespace) -> int:
     from tamt_core.masks import load_mask
     from tamt_core.search import run_search
 
-    smoke = dict(sparsity=args.sparsity, seed=0, block_size=128, batch_size=8)
-    omp = run_search(SearchConfig(method="omp", **smoke), args.out / "omp").paths[-1]
-    tamt = run_search(SearchConfig(method="tamt-mlm", steps=args.steps, lr=2e-3, **smoke),
-                      args.out / "tamt-mlm").paths[-1]
+    omp = run_search(SearchConfig.of("omp", args.sparsity), args.out / "omp").paths[-1]
+    tamt = run_search(SearchConfig.of("tamt-mlm", args.sparsity, steps=args.steps, lr=2e-3, block_size=128,
+                                      batch_size=8), args.out / "tamt-mlm").paths[-1]
     results = pretrain_losses({"dense": None, "omp": load_mask(omp), "tamt-mlm": load_mask(tamt)},
                               block_size=128, max_batches=8)
     _print_results(results, as_json=False)

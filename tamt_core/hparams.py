@@ -73,12 +73,6 @@ TAMT_STEPS: dict[float, int] = {0.2: 3000, 0.3: 6000, 0.4: 8000, 0.5: 11000, 0.6
 """Tab. 2 "TAMT-MLM/KD" row: mask-training iterations used for each sparsity."""
 
 
-def imp_steps(sparsity: float, pruning_interval: int = IMP_PRUNING_INTERVAL) -> int:
-    """Training step at which IMP emits its mask of ``sparsity``: (10·s − 1)·P (Tab. 2, App. C), with 10 % pruned
-    at each prune (:data:`IMP_PRUNE_FRACTION`)."""
-    return int(round(sparsity / IMP_PRUNE_FRACTION) - 1) * pruning_interval
-
-
 # --- Threshold re-set period of the released code (reference-impl §5.3) ---------------------------------------
 REFERENCE_THRESHOLD_PERIOD: dict[str, int] = {"mlm": 1000, "kd": 100}
 """The released trainers re-set τ every 1000 (MLM) / 100 (KD) steps; ours defaults to every step."""

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from tamt_core.console import quiet_libraries
-from tamt_core.methods import SearchConfig
+from tamt_core.search.config import SearchConfig
 from tamt_core.search import run_search
 from tamt_core.search.resumable import SearchRun
 
@@ -66,7 +66,7 @@ def main() -> None:
         record_rank_checksums(checksums)
     for run in settings["runs"]:
         fields = {**settings["config"], **run.get("config", {})}
-        config = SearchConfig(**{**fields, "save_steps": tuple(fields.get("save_steps", ()))})
+        config = SearchConfig.of(**fields)
         run_search(config, Path(run["out"]), model=settings["model"],
                    log_step=kill_at(run["kill_at"]) if run.get("kill_at") else None,
                    checkpoint_every_s=settings.get("checkpoint_every_s", 1e9), log_every=settings.get("log_every", 10))

@@ -73,14 +73,14 @@ def test_unknown_method_is_refused(capsys, tmp_path):
 
 
 def test_config_level_validation():
-    from tamt_core.methods import SearchConfig
+    from tamt_core.search.config import SearchConfig
 
     with pytest.raises(ValueError, match="unknown method"):
-        SearchConfig(method="snip", sparsity=0.5)
+        SearchConfig.of(method="snip", sparsity=0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        SearchConfig(method="omp", sparsity=1.0)
+        SearchConfig.of(method="omp", sparsity=1.0)
     with pytest.raises(ValueError, match="multiple of 0.1"):
-        SearchConfig(method="imp", sparsity=0.75)
+        SearchConfig.of(method="imp", sparsity=0.75)
 
 
 def test_missing_dataset_names_files_before_loading_the_model(capsys, tiny_bert_dir, tmp_path, monkeypatch):
@@ -106,23 +106,23 @@ def test_pretrain_loss_needs_a_mask(capsys):
 
 
 def test_options_a_method_does_not_use_are_refused():
-    from tamt_core.methods import SearchConfig
+    from tamt_core.search.config import SearchConfig
 
     with pytest.raises(ValueError, match="pruning_interval"):
-        SearchConfig(method="imp", sparsity=0.5, steps=100)
+        SearchConfig.of(method="imp", sparsity=0.5, steps=100)
     with pytest.raises(ValueError, match="one-shot"):
-        SearchConfig(method="omp", sparsity=0.5, steps=100)
+        SearchConfig.of(method="omp", sparsity=0.5, steps=100)
 
 
 def test_search_id_is_a_content_hash():
-    from tamt_core.methods import SearchConfig
+    from tamt_core.search.config import SearchConfig
 
-    a = SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("m", None)
-    assert a == SearchConfig(steps=100, seed=1, sparsity=0.7, method="tamt-mlm").run_id("m", None)
-    assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=2, steps=100).run_id("m", None)
-    period = SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000)
+    a = SearchConfig.of(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("m", None)
+    assert a == SearchConfig.of(steps=100, seed=1, sparsity=0.7, method="tamt-mlm").run_id("m", None)
+    assert a != SearchConfig.of(method="tamt-mlm", sparsity=0.7, seed=2, steps=100).run_id("m", None)
+    period = SearchConfig.of(method="tamt-mlm", sparsity=0.7, seed=1, steps=100, threshold_period=1000)
     assert a != period.run_id("m", None)
-    assert a != SearchConfig(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("other-model", None)
+    assert a != SearchConfig.of(method="tamt-mlm", sparsity=0.7, seed=1, steps=100).run_id("other-model", None)
 
 
 def test_finetune_end_to_end_and_rerun_resumes(tiny_bert_dir, tmp_path, capsys):

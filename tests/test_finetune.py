@@ -18,7 +18,7 @@ from tamt_core.finetune import (Evaluation, FinetuneConfig, best_evaluation, eva
                                 load_task_data, task_model)
 from tamt_core.masks.masked_model import apply_fixed_mask, remove_masks
 from tamt_core.masks import MaskMismatchError, load_mask
-from tamt_core.methods import SearchConfig
+from tamt_core.search.config import SearchConfig
 from tamt_core.models import load_pretrained
 from tamt_core.search import run_search
 from tamt_core.tasks import UnknownTaskError, get_task, metric_names
@@ -29,7 +29,7 @@ QUICK = dict(train_size=64, batch_size=16, epochs=1, eval_every=2)
 
 @pytest.fixture(scope="module")
 def omp_mask(tiny_bert_dir, tmp_path_factory):
-    path = run_search(SearchConfig(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
+    path = run_search(SearchConfig.of(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
                       model=str(tiny_bert_dir)).paths[0]
     return path, load_mask(path)
 

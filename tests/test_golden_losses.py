@@ -1,7 +1,7 @@
 """Golden numbers: the first training losses of every registered search method and of fine-tuning, on the tiny
 BERT, recorded here. A change to any method's numerics (its loss, optimizer, schedule, masking, data order) fails
 this test; a deliberate one records the new numbers and raises the method's version in
-``tamt_core.ids.ALGORITHM_VERSIONS`` together (docs/results.md, "Stale rows").
+``version`` in its module together (docs/results.md, "Stale rows").
 
 Methods that do not train (OMP, random) are pinned by their masks' content hashes. A method added to the registry
 without golden numbers fails here with the numbers to record.
@@ -16,7 +16,8 @@ import torch
 
 from tamt_core.finetune import FinetuneConfig, finetune
 from tamt_core.masks import load_mask
-from tamt_core.methods import METHODS, SearchConfig
+from tamt_core.methods import METHODS
+from tamt_core.search.config import SearchConfig
 from tamt_core.search import read_log, run_search
 
 SMALL = dict(sparsity=0.5, block_size=32, batch_size=4, lr=1e-2)
@@ -45,9 +46,9 @@ FINETUNE_GOLDEN: list[float] = [0.6923940181732178, 0.6929234862327576, 0.687271
 
 
 def _observed(method: str, model_dir, out) -> list[float] | str:
-    config = SearchConfig(**SETTINGS[method])
+    config = SearchConfig.of(**SETTINGS[method])
     result = run_search(config, out, model=str(model_dir), log_every=1)
-    if not config.needs_data:
+    if config.objective is None:
         (path,) = result.paths
         tensors = load_mask(path).tensors
         return hashlib.sha256(b"".join(tensors[name].numpy().tobytes() for name in sorted(tensors))).hexdigest()

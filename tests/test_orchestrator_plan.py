@@ -32,7 +32,9 @@ from orchestrator.specs import FinetuneSpec, MaskRef, SearchSpec, spec_from_dict
 from orchestrator.storage import FORMAT_VERSION, MARKER, RunDirectory, Storage, StorageError
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.methods.base import METHOD_NAMES, SearchConfig
+from tamt_core.methods import METHODS
+from tamt_core.methods.imp import prune_step, prunes
+from tamt_core.search.config import FIRST_RECORD, SearchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BERT = "bert-base-uncased"
@@ -76,7 +78,7 @@ def _ray_started() -> bool:
 def _search(**overrides) -> SearchSpec:
     base = dict(model=BERT, data="Salesforce/wikitext", method="tamt-mlm", sparsity=0.7, seed=1, steps=None)
     base.update(overrides)
-    config = SearchConfig(method=base["method"], sparsity=base["sparsity"], seed=base["seed"], steps=base["steps"])
+    config = SearchConfig.of(method=base["method"], sparsity=base["sparsity"], seed=base["seed"], steps=base["steps"])
     return SearchSpec(base["model"], config, base["data"])
 
 
@@ -125,8 +127,8 @@ def test_finetune_spec_refuses_a_mask_hash_in_its_config():
 
 @pytest.mark.parametrize("spec", [
     _search(), replace(_search(), dev_loss_batches=3),
-    SearchSpec(BERT, SearchConfig("tamt-kd", 0.5, seed=2, steps=20, save_steps=(5, 10))),
-    SearchSpec(BERT, SearchConfig("imp", 0.9, seed=3, pruning_interval=7)),
+    SearchSpec(BERT, SearchConfig.of("tamt-kd", 0.5, seed=2, steps=20, save_steps=(5, 10))),
+    SearchSpec(BERT, SearchConfig.of("imp", 0.9, seed=3, pruning_interval=7)),
     _finetune(), _finetune(mask=None, train_size=64),
 ], ids=["tamt-mlm", "dev-loss", "tamt-kd-save-steps", "imp", "finetune", "full"])
 def test_to_dict_round_trips_through_json_to_the_same_run_id(spec):
@@ -146,7 +148,7 @@ def test_imp_yields_every_tenth_up_to_its_sparsity():
     # §4.1.3 / Tab. 2: IMP prunes 10 % every P iterations, starting with a prune at step 0, so the mask of
     # sparsity k/10 exists after (k − 1)·P iterations: 0.1 at 0, 0.2 at P, ..., 0.7 at 6P.
     P = 11
-    spec = SearchSpec(BERT, SearchConfig("imp", 0.7, seed=1, pruning_interval=P))
+    spec = SearchSpec(BERT, SearchConfig.of("imp", 0.7, seed=1, pruning_interval=P))
     assert spec.yields() == ((0.1, 0), (0.2, P), (0.3, 2 * P), (0.4, 3 * P), (0.5, 4 * P), (0.6, 5 * P),
                              (0.7, 6 * P))
     assert spec.final_mask() == MaskRef(spec.run_id, 0.7, 6 * P)
@@ -156,20 +158,20 @@ def test_imp_yields_every_tenth_up_to_its_sparsity():
 
 
 def test_tamt_yields_its_saved_steps_and_its_last_step():
-    spec = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.5, seed=1, steps=20, save_steps=(10, 5)))
+    spec = SearchSpec(BERT, SearchConfig.of("tamt-mlm", 0.5, seed=1, steps=20, save_steps=(10, 5)))
     assert spec.yields() == ((0.5, 5), (0.5, 10), (0.5, 20))
     assert spec.final_mask() == MaskRef(spec.run_id, 0.5, 20)  # the max step, not the last listed save step
     # A save step equal to the last step is not yielded twice.
-    once = SearchSpec(BERT, SearchConfig("tamt-kd", 0.5, seed=1, steps=20, save_steps=(20, 5)))
+    once = SearchSpec(BERT, SearchConfig.of("tamt-kd", 0.5, seed=1, steps=20, save_steps=(20, 5)))
     assert once.yields() == ((0.5, 5), (0.5, 20))
     # Without steps, Tab. 2's iterations for the sparsity: 0.7 → 17000.
-    default = SearchSpec(BERT, SearchConfig("tamt-kd", 0.7, seed=1))
+    default = SearchSpec(BERT, SearchConfig.of("tamt-kd", 0.7, seed=1))
     assert default.yields() == ((0.7, hparams.TAMT_STEPS[0.7]),) == ((0.7, 17000),)
 
 
 @pytest.mark.parametrize("method", ["omp", "rand"])
 def test_one_shot_methods_yield_one_mask_at_step_zero(method):
-    spec = SearchSpec(BERT, SearchConfig(method, 0.4, seed=2))
+    spec = SearchSpec(BERT, SearchConfig.of(method, 0.4, seed=2))
     assert spec.yields() == ((0.4, 0),)
     assert spec.final_mask() == MaskRef(spec.run_id, 0.4, 0)
 
@@ -212,7 +214,7 @@ def test_paper_preset_imp_finetunes_use_the_imp_run_to_090(paper_plan):
         assert search.config.method == "imp"
         assert search.config.sparsity == pytest.approx(0.9)
         # Tab. 2 / App. C: the mask of sparsity s is written after (10·s − 1)·P iterations, P = 2792.
-        assert spec.mask.step == hparams.imp_steps(spec.mask.sparsity)
+        assert spec.mask.step == prune_step(prunes(spec.mask.sparsity), hparams.IMP_PRUNING_INTERVAL)
         assert spec.mask.step == (round(spec.mask.sparsity * 10) - 1) * 2792
         seen_sparsities.add(spec.mask.sparsity)
     assert seen_sparsities == set(hparams.SPARSITIES)
@@ -248,7 +250,7 @@ def test_smoke_preset_counts(presets):
     assert next(s for s in plan.searches.values() if s.config.method == "imp").config.sparsity == 0.5
     # Fine-tunes: 3 seeds of each method's mask (random masks paired with their fine-tune seed) and of the full
     # model = 15 + 3 = 18.
-    assert dict(plan.counts()["finetune"]) == {m: 3 for m in METHOD_NAMES} | {"full": 3}
+    assert dict(plan.counts()["finetune"]) == {m: 3 for m in METHODS} | {"full": 3}
     assert len(plan) == 7 + 18
     rand = sorted((s.config.seed, plan.searches[s.mask.search_id].config.seed)
                   for s in plan.finetunes.values() if plan.method_of(s) == "rand")
@@ -264,9 +266,9 @@ def test_smoke_preset_counts(presets):
     for search in plan.searches.values():
         assert search.dev_loss_batches == 2  # the whole MLM dev split, 32 KD sequences
         if search.config.method in ("tamt-mlm", "tamt-kd"):
-            assert search.config.lr == 3e-4 and search.config.steps == 90  # the per-method override
+            assert search.config.settings.lr == 3e-4 and search.config.settings.steps == 90  # the per-method override
         if search.config.method == "imp":
-            assert search.config.lr is None and search.config.pruning_interval == 4
+            assert search.config.settings.lr is None and search.config.settings.pruning_interval == 4
 
 
 # --- 4. deduplication --------------------------------------------------------------------------------------------
@@ -342,7 +344,7 @@ _GOOD = dict(models=(BERT,), methods=("omp", "imp"), sparsities=(0.5,), mask_see
     ({"sparsities": (0.5, 0.7, 0.5)}, ["sparsities", "repeats 0.5", "list each value once"]),
     ({"tasks": ("rte", "sst2", "rte")}, ["tasks", "repeats rte", "list each value once"]),
     ({"finetune_seeds": ()}, ["finetune_seeds", "empty", "at least one value"]),
-    ({"methods": ("imp",), "sparsities": (0.5, 0.75)}, ["IMP", "0.75", "multiples of 0.1", "drop 'imp'"]),
+    ({"methods": ("imp",), "sparsities": (0.5, 0.75)}, ["IMP", "0.75", "multiple of 0.1", "drop 'imp'"]),
     ({"mask_seeds": (1, -1)}, ["mask_seeds", "non-negative integers"]),
     ({"finetune_seeds": (-2,)}, ["finetune_seeds", "non-negative integers"]),
     ({"train_sizes": (0,)}, ["train_sizes", "positive integers"]),
@@ -381,13 +383,13 @@ def test_typed_search_settings_plan_what_their_mapping_plans():
     one, two = Grid(**grid, search=typed), Grid(**grid, search=mapping)
     assert one.search == two.search and set(one.plan().run_ids()) == set(two.plan().run_ids())
     configs = {(s.config.method, s.config.sparsity): s.config for s in one.searches()}
-    assert configs[("tamt-mlm", 0.7)].steps == 60 and configs[("tamt-mlm", 0.7)].lr is None
-    assert configs[("tamt-kd", 0.5)].steps == 40 and configs[("tamt-kd", 0.5)].lr == 1e-4
-    assert configs[("imp", 0.7)].pruning_interval == 5 and configs[("imp", 0.7)].batch_size == 8
-    assert configs[("omp", 0.5)] == SearchConfig(method="omp", sparsity=0.5)  # no setting of OMP's
+    assert configs[("tamt-mlm", 0.7)].settings.steps == 60 and configs[("tamt-mlm", 0.7)].settings.lr is None
+    assert configs[("tamt-kd", 0.5)].settings.steps == 40 and configs[("tamt-kd", 0.5)].settings.lr == 1e-4
+    assert configs[("imp", 0.7)].settings.pruning_interval == 5 and configs[("imp", 0.7)].settings.batch_size == 8
+    assert configs[("omp", 0.5)] == SearchConfig.of(method="omp", sparsity=0.5)  # no setting of OMP's
     tuned = typed.with_method("tamt-kd", {"alpha": 2.0})
     assert tuned.per_method["tamt-kd"] == SearchSettings(lr=1e-4, alpha=2.0)
-    assert typed.per_method["tamt-kd"].alpha is None  # settings are values: the original is unchanged
+    assert "alpha" not in typed.per_method["tamt-kd"].given()  # settings are values: the original is unchanged
 
 
 def test_plan_with_a_finetune_whose_search_is_missing():
@@ -401,7 +403,7 @@ def test_plan_with_a_finetune_whose_search_is_missing():
 
 
 def test_plan_with_a_mask_the_search_does_not_yield():
-    search = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.5, seed=1, steps=20, save_steps=(5,)))
+    search = SearchSpec(BERT, SearchConfig.of("tamt-mlm", 0.5, seed=1, steps=20, save_steps=(5,)))
     config = FinetuneConfig(task="rte", seed=1, model=BERT)
     good = FinetuneSpec(config, search.final_mask())
     Plan.of([search, good]).validate()
@@ -618,12 +620,12 @@ def test_search_gpu_hours_follow_tab3():
     # plus 30 s to load the model and 60 s for the dev losses of each of the 3 masks it saves.
     tab3_seconds = 3 * 3600 + 54 * 60 + 58
     expected = (30 + 3 * 60 + 17_000 * (tab3_seconds / 22_000)) / 3600
-    plan = Plan.of([SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1, save_steps=(1000, 5000)))])
+    plan = Plan.of([SearchSpec(BERT, SearchConfig.of("tamt-mlm", 0.7, seed=1, save_steps=(1000, 5000)))])
     assert gpu_hours(plan)["search"]["tamt-mlm"] == pytest.approx(expected, rel=1e-12)
     # OMP trains nothing: the load and one mask's dev losses, or only the load when they are skipped.
-    omp = Plan.of([SearchSpec(BERT, SearchConfig("omp", 0.7))])
+    omp = Plan.of([SearchSpec(BERT, SearchConfig.of("omp", 0.7))])
     assert gpu_hours(omp)["search"]["omp"] == pytest.approx(90 / 3600)
-    omp = Plan.of([SearchSpec(BERT, SearchConfig("omp", 0.7), dev_loss_batches=0)])
+    omp = Plan.of([SearchSpec(BERT, SearchConfig.of("omp", 0.7), dev_loss_batches=0)])
     assert gpu_hours(omp)["search"]["omp"] == pytest.approx(THROUGHPUT["v100"].load_s / 3600)
 
 
@@ -726,10 +728,11 @@ def test_search_ids_ignore_fields_added_later_at_their_defaults():
     search."""
     import hashlib
 
-    spec = SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1))
+    spec = SearchSpec(BERT, SearchConfig.of("tamt-mlm", 0.7, seed=1))
     added_later = ("alpha", "phi", "adam_epsilon", "kd_sequence_mean")
-    config = {k: v for k, v in spec.config.to_dict().items() if k not in added_later}
+    first_record = {**FIRST_RECORD, **spec.config.to_dict()}  # every method's settings, as ids were first computed
+    config = {k: v for k, v in first_record.items() if k not in added_later}
     before = json.dumps({"stage": "search", "model": BERT, "data": None, "config": config}, sort_keys=True,
                         separators=(",", ":"))
     assert spec.run_id == hashlib.sha256(before.encode()).hexdigest()[:16]
-    assert SearchSpec(BERT, SearchConfig("tamt-mlm", 0.7, seed=1, alpha=3.0)).run_id != spec.run_id
+    assert SearchSpec(BERT, SearchConfig.of("tamt-mlm", 0.7, seed=1, alpha=3.0)).run_id != spec.run_id

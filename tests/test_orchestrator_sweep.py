@@ -129,7 +129,7 @@ def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, 
     from orchestrator import status
     from orchestrator.engine import run_sweep
     from orchestrator.grid import Grid
-    from tamt_core import ids
+    from tamt_core.methods import METHODS
 
     def plan():
         return Grid(models=(str(tiny_bert_dir),), methods=("omp", "rand"), sparsities=(0.5,), mask_seeds=(1,),
@@ -168,7 +168,7 @@ def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, 
     assert "RuntimeError: the random search cannot run here" in text and "driver: ended incomplete" in text
 
     first_ids = plan().run_ids()
-    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "omp", 2)
+    monkeypatch.setattr(METHODS["omp"], "version", 2)
     printed = io.StringIO()
     renewed = plan()
     running = threading.Event()

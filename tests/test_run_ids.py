@@ -13,7 +13,8 @@ from orchestrator.plan import Plan
 from orchestrator.specs import DenseLossSpec, MaskRef, SearchSpec, SimilaritySpec
 from tamt_core import ids
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.methods import SearchConfig
+from tamt_core.methods import METHODS
+from tamt_core.search.config import SearchConfig
 
 RECORDED = {
     "search omp 0.5": "337a0646272e5a3d", "search omp 0.7": "e1e002294070861f",
@@ -42,7 +43,7 @@ def _ids(plan: Plan) -> dict[str, str]:
     searches = {(s.config.method, s.config.sparsity): s for s in plan.searches.values()}
     omp, kd = searches[("omp", 0.7)], searches[("tamt-kd", 0.7)]
     reference = MaskRef(omp.run_id, 0.7, 0)
-    compared = MaskRef(kd.run_id, 0.7, kd.config.resolved_steps())
+    compared = MaskRef(kd.run_id, 0.7, kd.config.search_method.training_steps(kd.config))
     out["finetune_config rte"] = FinetuneConfig(task="rte", seed=1).run_id
     out["dense-loss"] = DenseLossSpec("bert-base-uncased", None, 2).run_id
     out["similarity"] = SimilaritySpec("bert-base-uncased", 0.7, (compared,), reference=reference).run_id
@@ -50,12 +51,12 @@ def _ids(plan: Plan) -> dict[str, str]:
 
 
 def test_todays_ids_are_the_ids_recorded_before_versions_existed():
-    assert all(version == ids.FIRST_VERSION for version in ids.ALGORITHM_VERSIONS.values())
+    assert all(version == ids.FIRST_VERSION for version in ids.algorithm_versions().values())
     assert _ids(_plan()) == RECORDED
 
 
 def test_raising_a_method_version_renews_exactly_its_searches_and_their_finetunes(monkeypatch):
-    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "tamt-kd", 2)
+    monkeypatch.setattr(METHODS["tamt-kd"], "version", 2)
     changed = {name for name, run_id in _ids(_plan()).items() if RECORDED[name] != run_id}
     # The similarity compares a TAMT-KD mask: its edge names the renewed search, so it is renewed too.
     assert changed == {"search tamt-kd 0.5", "search tamt-kd 0.7", "finetune tamt-kd 0.5", "finetune tamt-kd 0.7",
@@ -63,11 +64,11 @@ def test_raising_a_method_version_renews_exactly_its_searches_and_their_finetune
 
 
 def test_raising_a_stage_version_renews_that_stage_only(monkeypatch):
-    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "finetune", 2)
+    monkeypatch.setitem(ids.STAGE_VERSIONS, "finetune", 2)
     changed = {name for name, run_id in _ids(_plan()).items() if RECORDED[name] != run_id}
     assert changed == {name for name in RECORDED if name.startswith("finetune")}
-    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "finetune", 1)
-    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "dense-loss", 3)
+    monkeypatch.setitem(ids.STAGE_VERSIONS, "finetune", 1)
+    monkeypatch.setitem(ids.STAGE_VERSIONS, "dense-loss", 3)
     assert {n for n, r in _ids(_plan()).items() if RECORDED[n] != r} == {"dense-loss"}
 
 
@@ -75,17 +76,19 @@ def test_a_tamt_search_directory_and_the_sweep_share_one_id(tiny_bert_dir):
     """``tamt search --out DIR`` and a sweep's trial of the same search are one run, with one id."""
     from tamt_core.search.runner import search_identity
 
-    config = SearchConfig(method="tamt-kd", sparsity=0.5, seed=2, steps=10)
+    config = SearchConfig.of(method="tamt-kd", sparsity=0.5, seed=2, steps=10)
     spec = SearchSpec(str(tiny_bert_dir), config)
     assert search_identity(config, str(tiny_bert_dir), None)["run_id"] == spec.run_id
 
 
 def test_a_field_added_later_stays_out_of_the_id_at_its_default():
-    base = SearchConfig(method="tamt-kd", sparsity=0.7, seed=1)
+    base = SearchConfig.of(method="tamt-kd", sparsity=0.7, seed=1)
     assert SearchSpec("bert-base-uncased", base).run_id == RECORDED["search tamt-kd 0.7"]
-    released_eps = SearchConfig(method="tamt-kd", sparsity=0.7, seed=1, adam_epsilon=1e-6)
+    released_eps = SearchConfig.of(method="tamt-kd", sparsity=0.7, seed=1, adam_epsilon=1e-6)
     assert SearchSpec("bert-base-uncased", released_eps).run_id != RECORDED["search tamt-kd 0.7"]
-    assert released_eps.pretrain_hparams().adam_epsilon == 1e-6 and base.pretrain_hparams().adam_epsilon == 1e-8
+    column = METHODS["tamt-kd"].hparams
+    assert released_eps.settings.resolved(column).adam_epsilon == 1e-6
+    assert base.settings.resolved(column).adam_epsilon == 1e-8
 
 
 @pytest.mark.parametrize("config, words", [
@@ -95,5 +98,5 @@ def test_a_field_added_later_stays_out_of_the_id_at_its_default():
 ])
 def test_search_settings_that_cannot_take_effect_are_refused(config, words):
     with pytest.raises(ValueError) as error:
-        SearchConfig(**config)
+        SearchConfig.of(**config)
     assert all(word in str(error.value) for word in words), error.value

@@ -11,7 +11,8 @@ import torch
 from tamt_core.hparams import PHI
 from tamt_core.masks.masked_model import POOLER, current_mask, dense_weights, mask_parametrizations
 from tamt_core.masks import load_mask
-from tamt_core.methods import METHODS, SearchConfig
+from tamt_core.methods import METHODS
+from tamt_core.search.config import SearchConfig
 from tamt_core.methods.base import SearchContext
 from tamt_core.methods.tamt import initial_scores
 from tamt_core.models import load_pretrained, mlm_head
@@ -29,7 +30,7 @@ def _run(model_dir, config, log_every=1):
     logs = []
     run = SearchRun({}, store=None, mask_dir=Path("unused"), log=logs.append, device=torch.device("cpu"),
                     log_every=log_every)
-    context = SearchContext(pretrained, torch.device("cpu"), pretraining_data(pretrained, None, config), run)
+    context = SearchContext(pretrained, torch.device("cpu"), pretraining_data(pretrained, None, config.seed), run)
     found = list(METHODS[config.method].search(context, config))
     return found, logs, pretrained.model
 
@@ -37,7 +38,7 @@ def _run(model_dir, config, log_every=1):
 def test_imp_emits_each_sparsity_at_its_step_and_restarts_the_lr(tiny_bert_dir):
     """Check vectors 7 and 10: mask of sparsity s at (10s − 1)·P; the LR returns to its base after each prune."""
     period = 3
-    found, logs, _ = _run(tiny_bert_dir, SearchConfig(method="imp", sparsity=0.4, pruning_interval=period,
+    found, logs, _ = _run(tiny_bert_dir, SearchConfig.of(method="imp", sparsity=0.4, pruning_interval=period,
                                                       schedule_steps=30, **SMALL))
     assert [(f.step, f.sparsity) for f in found] == [(0, 0.1), (3, 0.2), (6, 0.3), (9, 0.4)]
     lrs = [entry["lr"] for entry in logs]
@@ -52,7 +53,7 @@ def test_imp_emits_each_sparsity_at_its_step_and_restarts_the_lr(tiny_bert_dir):
 def test_imp_rewinds_kept_weights_to_theta0_unless_asked_not_to(tiny_bert_dir, rewind):
     """Check vector 9: with rewinding (paper §4.1.3) weights equal θ0 after a prune; without, they stay trained."""
     theta0 = {n: w.detach().clone() for n, w in dense_weights(load_pretrained(str(tiny_bert_dir)).model).items()}
-    config = SearchConfig(method="imp", sparsity=0.2, pruning_interval=2, rewind=rewind, lr=1e-3, **SMALL)
+    config = SearchConfig.of(method="imp", sparsity=0.2, pruning_interval=2, rewind=rewind, lr=1e-3, **SMALL)
     _, _, model = _run(tiny_bert_dir, config)
     query = "encoder.layer.0.attention.self.query.weight"
     assert torch.equal(dense_weights(model)[query], theta0[query]) is rewind
@@ -66,7 +67,7 @@ def test_imp_rewinds_kept_weights_to_theta0_unless_asked_not_to(tiny_bert_dir, r
 
 def test_imp_pooler_mask_is_magnitude_mask_of_theta0(tiny_bert_dir):
     """Check vector 8: the pooler gets no gradient, so its IMP mask ranks θ0's magnitudes."""
-    found, _, model = _run(tiny_bert_dir, SearchConfig(method="imp", sparsity=0.3, pruning_interval=2, rewind=False,
+    found, _, model = _run(tiny_bert_dir, SearchConfig.of(method="imp", sparsity=0.3, pruning_interval=2, rewind=False,
                                                        lr=1e-3, **SMALL))
     pooler = dense_weights(model)[POOLER].abs()
     kept = found[-1].tensors[POOLER]
@@ -77,7 +78,7 @@ def test_imp_pooler_mask_is_magnitude_mask_of_theta0(tiny_bert_dir):
 def test_tamt_keeps_exact_sparsity_at_every_step_and_pooler_fixed(tiny_bert_dir, method):
     """Check vectors 14-16 and 18: after every re-set each matrix has int(s·n) zeros (ties aside, only the
     embedding may have more); the pooler, which gets no gradient, keeps its init mask."""
-    config = SearchConfig(method=method, sparsity=0.7, steps=6, save_steps=(0, 2, 4), lr=5e-3, **SMALL)
+    config = SearchConfig.of(method=method, sparsity=0.7, steps=6, save_steps=(0, 2, 4), lr=5e-3, **SMALL)
     found, _, _model = _run(tiny_bert_dir, config)
     assert [f.step for f in found] == [0, 2, 4, 6]
     init = found[0].tensors
@@ -91,7 +92,7 @@ def test_tamt_keeps_exact_sparsity_at_every_step_and_pooler_fixed(tiny_bert_dir,
 
 
 def test_tamt_init_mask_is_eq5(tiny_bert_dir):
-    found, _, _model = _run(tiny_bert_dir, SearchConfig(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,),
+    found, _, _model = _run(tiny_bert_dir, SearchConfig.of(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,),
                                                        **SMALL))
     scores = initial_scores(dense_weights(load_pretrained(str(tiny_bert_dir)).model), 0.6)
     assert all(torch.equal(found[0].tensors[n], s > PHI) for n, s in scores.items())
@@ -104,18 +105,18 @@ def test_tamt_alpha_and_phi_set_the_initial_scores_and_threshold(tiny_bert_dir):
     weights = dense_weights(load_pretrained(str(tiny_bert_dir)).model)
     scores = initial_scores(weights, 0.6, alpha=1.5, phi=0.004)
     assert {round(v, 6) for s in scores.values() for v in s.unique().tolist()} == {0.0, 0.006}
-    config = SearchConfig(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,), alpha=1.5, phi=0.004, **SMALL)
+    config = SearchConfig.of(method="tamt-mlm", sparsity=0.6, steps=1, save_steps=(0,), alpha=1.5, phi=0.004, **SMALL)
     found, _, _ = _run(tiny_bert_dir, config)
     assert all(torch.equal(found[0].tensors[n], s > 0) for n, s in scores.items())
     with pytest.raises(ValueError, match="alpha must be > 1"):
-        SearchConfig(method="tamt-mlm", sparsity=0.5, alpha=1.0)
+        SearchConfig.of(method="tamt-mlm", sparsity=0.5, alpha=1.0)
     with pytest.raises(ValueError, match="omp has none"):
-        SearchConfig(method="omp", sparsity=0.5, phi=0.1)
+        SearchConfig.of(method="omp", sparsity=0.5, phi=0.1)
 
 
 def test_tamt_mlm_trains_scores_and_head_but_not_weights_or_decoder(tiny_bert_dir):
     """Check vector 19: trainable = scores + MLM head transform/bias; encoder weights and tied decoder frozen."""
-    _, _, model = _run(tiny_bert_dir, SearchConfig(method="tamt-mlm", sparsity=0.5, steps=1, **SMALL))
+    _, _, model = _run(tiny_bert_dir, SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=1, **SMALL))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     scores = {n for n in trainable if n.endswith(".scores")}
     assert len(scores) == len(mask_parametrizations(model)) == 14
@@ -127,7 +128,7 @@ def test_tamt_mlm_trains_scores_and_head_but_not_weights_or_decoder(tiny_bert_di
 
 
 def test_tamt_kd_trains_scores_only(tiny_bert_dir):
-    _, _, model = _run(tiny_bert_dir, SearchConfig(method="tamt-kd", sparsity=0.5, steps=1, **SMALL))
+    _, _, model = _run(tiny_bert_dir, SearchConfig.of(method="tamt-kd", sparsity=0.5, steps=1, **SMALL))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith(".scores") for n in trainable)
 
@@ -155,12 +156,12 @@ def test_sparsity_drifts_between_resets_and_is_exact_after_one(tiny_bert_dir):
 
 
 def test_run_search_writes_mask_files_with_metadata(tiny_bert_dir, tmp_path):
-    paths = run_search(SearchConfig(method="rand", sparsity=0.5, seed=3), tmp_path, model=str(tiny_bert_dir)).paths
+    paths = run_search(SearchConfig.of(method="rand", sparsity=0.5, seed=3), tmp_path, model=str(tiny_bert_dir)).paths
     mask = load_mask(paths[0])
     assert mask.meta["method"] == "rand" and mask.meta["seed"] == 3 and mask.meta["sparsity"] == 0.5
     assert mask.meta["model_fingerprint"] == load_pretrained(str(tiny_bert_dir)).fingerprint
     assert mask.sparsity == pytest.approx(0.5, abs=1e-6)
-    again = load_mask(run_search(SearchConfig(method="rand", sparsity=0.5, seed=3), tmp_path / "again",
+    again = load_mask(run_search(SearchConfig.of(method="rand", sparsity=0.5, seed=3), tmp_path / "again",
                                  model=str(tiny_bert_dir)).paths[0])
     assert again.content_hash == mask.content_hash  # reproducible from the seed
 
@@ -170,7 +171,7 @@ def test_every_registered_method_writes_masks_of_its_sparsity(method, tiny_bert_
     """Registering a method gets it run here: each writes loadable masks with the requested sparsity."""
     options = {"imp": dict(pruning_interval=1, **SMALL), "tamt-mlm": dict(steps=2, **SMALL),
                "tamt-kd": dict(steps=2, **SMALL)}.get(method, {})
-    config = SearchConfig(method=method, sparsity=0.3, **options)
+    config = SearchConfig.of(method=method, sparsity=0.3, **options)
     paths = run_search(config, tmp_path, model=str(tiny_bert_dir)).paths
     final = load_mask(paths[-1])
     assert final.meta["method"] == method and final.meta["sparsity"] == pytest.approx(0.3)
@@ -190,21 +191,21 @@ def test_imp_builds_a_fresh_optimizer_after_every_prune(tiny_bert_dir, monkeypat
         return optimizer, schedule
 
     monkeypatch.setattr(imp, "adamw_with_schedule", counting)
-    _run(tiny_bert_dir, SearchConfig(method="imp", sparsity=0.4, pruning_interval=2, **SMALL))
+    _run(tiny_bert_dir, SearchConfig.of(method="imp", sparsity=0.4, pruning_interval=2, **SMALL))
     assert len(built) == 3 and len({id(o) for o in built}) == 3
     # each optimizer took exactly P steps: its Adam step count never carries over from the previous interval
     assert all(int(next(iter(o.state.values()))["step"]) == 2 for o in built)
 
 
 def test_same_seed_reproduces_a_tamt_run(tiny_bert_dir, tmp_path):
-    config = SearchConfig(method="tamt-kd", sparsity=0.5, steps=3, lr=1e-2, seed=5, **SMALL)
+    config = SearchConfig.of(method="tamt-kd", sparsity=0.5, steps=3, lr=1e-2, seed=5, **SMALL)
     first = load_mask(run_search(config, tmp_path / "a", model=str(tiny_bert_dir)).paths[-1])
     second = load_mask(run_search(config, tmp_path / "b", model=str(tiny_bert_dir)).paths[-1])
     assert first.content_hash == second.content_hash
 
 
 def test_roberta_tamt_mlm_trains_lm_head_but_not_its_tied_decoder(tiny_roberta_dir):
-    found, _, model = _run(tiny_roberta_dir, SearchConfig(method="tamt-mlm", sparsity=0.5, steps=2, **SMALL))
+    found, _, model = _run(tiny_roberta_dir, SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=2, **SMALL))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".scores")}
     assert trainable == {"lm_head.bias", "lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
                          "lm_head.layer_norm.bias"}

@@ -19,7 +19,8 @@ from tamt_core.checkpoints import CheckpointError, CorruptCheckpointError, Train
 from tamt_core.data.pretrain import mlm_collator
 from tamt_core.masks.masked_model import ScoreMask, apply_score_masks, dense_weights, mask_parametrizations
 from tamt_core.masks import load_mask
-from tamt_core.methods import METHODS, SearchConfig
+from tamt_core.methods import METHODS
+from tamt_core.search.config import SearchConfig
 from tamt_core.methods.base import SearchContext
 from tamt_core.methods.tamt import initial_scores
 from tamt_core.models import load_pretrained
@@ -83,14 +84,14 @@ def test_search_killed_between_checkpoints_resumes_to_the_uninterrupted_masks(me
     assert not list((killed / CHECKPOINTS_DIR).glob("step-*")), "a finished search keeps no checkpoint"
 
     log_size = (killed / LOG_FILE).stat().st_size
-    again = run_search(SearchConfig(**{**config, "save_steps": tuple(config.get("save_steps", ()))}), killed,
+    again = run_search(SearchConfig.of(**config), killed,
                        model=str(tiny_bert_dir))
     assert again == resumed and (killed / LOG_FILE).stat().st_size == log_size  # complete: nothing ran
 
 
 def _interrupted_tamt(tiny_bert_dir: Path, out: Path, stop_at: int) -> SearchConfig:
     """A TAMT-MLM search in this process, stopped by an exception after ``stop_at`` (checkpoints at 5, 10, 15)."""
-    config = SearchConfig(method="tamt-mlm", sparsity=0.5, steps=20, save_steps=(5, 10, 15), lr=1e-2, **SMALL)
+    config = SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=20, save_steps=(5, 10, 15), lr=1e-2, **SMALL)
 
     def stop(metrics: dict) -> None:
         if metrics["step"] >= stop_at:
@@ -119,7 +120,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_the_one_before_used(tiny_bert_dir
 
 def test_a_checkpoint_of_another_search_is_refused_before_training(tiny_bert_dir, tmp_path):
     _interrupted_tamt(tiny_bert_dir, tmp_path / "first", stop_at=12)
-    other = SearchConfig(method="tamt-mlm", sparsity=0.6, steps=20, lr=1e-2, **SMALL)
+    other = SearchConfig.of(method="tamt-mlm", sparsity=0.6, steps=20, lr=1e-2, **SMALL)
     second = tmp_path / "second"
     with pytest.raises(CheckpointError, match="belongs to another search.*move that checkpoint away"):
         run_search(other, second, model=str(tiny_bert_dir),
@@ -206,10 +207,10 @@ def test_a_model_saved_in_bf16_loads_in_fp32_and_its_scores_move(tiny_bert_dir, 
 
     assert {p.dtype for p in task_model(get_task("sst2"), str(tmp_path / "bf16"), 1).parameters()} == {torch.float32}
 
-    config = SearchConfig(method="tamt-mlm", sparsity=0.5, steps=3, lr=5e-5, **SMALL)
+    config = SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=3, lr=5e-5, **SMALL)
     init = initial_scores(dense_weights(pretrained.model), 0.5)
     run = SearchRun({}, store=None, mask_dir=tmp_path, log=lambda metrics: None, device=torch.device("cpu"))
-    context = SearchContext(pretrained, torch.device("cpu"), pretraining_data(pretrained, None, config), run)
+    context = SearchContext(pretrained, torch.device("cpu"), pretraining_data(pretrained, None, config.seed), run)
     list(METHODS["tamt-mlm"].search(context, config))
     masks = mask_parametrizations(pretrained.model)
     assert all(masks[name].scores.dtype == torch.float32 for name in init)

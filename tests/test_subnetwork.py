@@ -8,13 +8,13 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from tamt_core.subnetwork import export_subnetwork, load_for_mask, pretrain_losses
 from tamt_core.masks import MaskFileError, load_mask
-from tamt_core.methods import SearchConfig
+from tamt_core.search.config import SearchConfig
 from tamt_core.search import run_search
 
 
 @pytest.fixture(scope="module")
 def omp_mask_file(tiny_bert_dir, tmp_path_factory):
-    return run_search(SearchConfig(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
+    return run_search(SearchConfig.of(method="omp", sparsity=0.6), tmp_path_factory.mktemp("omp"),
                       model=str(tiny_bert_dir)).paths[0]
 
 
@@ -61,6 +61,7 @@ def test_mse_kd_dev_loss_pads_every_sequence_to_the_block_as_the_released_eval_d
     length. So it cannot depend on how the sequences are batched: 4 batches of 1 give the 2 batches of 2's value.
     (Padding to each batch's longest row instead, the batches of 2 average over extra padding positions.)"""
     from tamt_core.models import load_pretrained
+    from tamt_core.methods import METHODS
     from tamt_core.search.runner import pretraining_data
 
     omp = {"omp": load_mask(omp_mask_file)}
@@ -70,8 +71,8 @@ def test_mse_kd_dev_loss_pads_every_sequence_to_the_block_as_the_released_eval_d
     # The training data of --kd-include-padding is padded the same way: to the block, not the longest row.
     pretrained = load_pretrained(str(tiny_bert_dir))
     for padded in (True, False):
-        config = SearchConfig(method="tamt-kd", sparsity=0.5, block_size=64, kd_include_padding=padded)
-        data = pretraining_data(pretrained, None, config)("kd")
+        config = SearchConfig.of(method="tamt-kd", sparsity=0.5, block_size=64, kd_include_padding=padded)
+        data = METHODS["tamt-kd"].training_data(pretraining_data(pretrained, None, config.seed), config)
         batch = data.collate([data.dataset[i] for i in range(2)])
         longest = max(len(data.dataset[i]["input_ids"]) for i in range(2))
         assert batch["input_ids"].shape[1] == (64 if padded else longest)

@@ -18,6 +18,7 @@ from orchestrator.grid import Grid
 from orchestrator.provenance import provenance
 from orchestrator.specs import lineage
 from orchestrator.storage import Storage
+from tamt_core.methods import METHODS
 from tamt_core import ids
 
 ERROR = ("Traceback (most recent call last):\n  File \"trial.py\", line 1, in execute\n"
@@ -56,7 +57,7 @@ def store(tmp_path, monkeypatch):
     old_finetune = _write(storage, finetunes["tamt-mlm"], [old_search], method="tamt-mlm", sparsity=0.5,
                           mask_seed=1, mask_run_id=old_search["run_id"], task="rte", finetune_seed=1,
                           select_metric="accuracy", best_score=60.0)
-    monkeypatch.setitem(ids.ALGORITHM_VERSIONS, "tamt-mlm", 2)
+    monkeypatch.setattr(METHODS["tamt-mlm"], "version", 2)
     plan = _plan()
     searches, finetunes = _by_method(plan)
     omp = _write(storage, searches["omp"], method="omp", sparsity=0.5, mask_seed=1)
@@ -65,7 +66,7 @@ def store(tmp_path, monkeypatch):
                           select_metric="accuracy", best_score=65.0)
     _write(storage, finetunes["full"], method="full", sparsity=0.0, task="rte", finetune_seed=1,
                           select_metric="accuracy", best_score=70.0)
-    ledger.write_plan(storage, "main_results", plan_record(plan), {"tamt": "0.1.0"}, dict(ids.ALGORITHM_VERSIONS))
+    ledger.write_plan(storage, "main_results", plan_record(plan), {"tamt": "0.1.0"}, ids.algorithm_versions())
     ledger.record_failure(storage, searches["rand"].run_id, sweep="main_results", stage="search",
                           label="search rand s0.5 seed1", error=ERROR)
     ledger.write_heartbeat(storage, "main_results", time.time() - 60, [searches["tamt-mlm"].run_id])

@@ -42,10 +42,11 @@ def test_main_results_paper_plan():
     # TAMT at 50-80 % runs on to 25K steps and saves Tab. 2's step and Fig. 5's; Fig. 3 fine-tunes Tab. 2's step.
     for search in p.searches.values():
         if search.config.method == "tamt-kd" and search.config.sparsity == 0.7:
-            assert search.config.resolved_steps() == 25_000
-            assert set(search.config.save_steps) == {17_000, *hparams.TAMT_COST_STEPS}
+            assert search.config.settings.steps == 25_000
+            assert set(search.config.settings.save_steps) == {17_000, *hparams.TAMT_COST_STEPS}
         if search.config.method == "tamt-mlm" and search.config.sparsity == 0.3:
-            assert search.config.resolved_steps() == 6_000 and search.config.save_steps == ()
+            assert search.config.search_method.training_steps(search.config) == 6_000
+            assert search.config.settings.save_steps == ()
     steps = {spec.mask.step for spec in p.finetunes.values()
              if spec.mask is not None and p.method_of(spec) == "tamt-mlm" and spec.mask.sparsity == 0.7}
     assert steps == {17_000}
@@ -68,10 +69,10 @@ def test_pretrain_cost_paper_plan():
     assert by_method(p, "search") == {"tamt-mlm": 9, "tamt-kd": 9, "imp": 18}
     # TAMT 9 runs × 7 steps × 5 tasks × 3 = 945 per objective; IMP 18 runs × 3 sparsities × 15 = 810.
     assert by_method(p, "finetune") == {"tamt-mlm": 945, "tamt-kd": 945, "imp": 810}
-    intervals = Counter(s.config.pruning_interval for s in p.searches.values() if s.config.method == "imp")
+    intervals = Counter(s.config.settings.pruning_interval for s in p.searches.values() if s.config.method == "imp")
     assert intervals == {interval: 3 for interval in hparams.IMP_COST_INTERVALS}
-    imp_steps = {(spec.mask.sparsity, spec.mask.step) for spec in p.finetunes.values()
-                 if p.method_of(spec) == "imp" and p.searches[spec.mask.search_id].config.pruning_interval == 200}
+    imp_steps = {(spec.mask.sparsity, spec.mask.step) for spec in p.finetunes.values() if p.method_of(spec) == "imp"
+                 and p.searches[spec.mask.search_id].config.settings.pruning_interval == 200}
     assert imp_steps == {(0.6, 1_000), (0.7, 1_200), (0.8, 1_400)}  # (10·s − 1)·P, reference-impl §10.3
 
 
@@ -202,8 +203,9 @@ def test_search_settings_file_overrides_tamt_settings(tmp_path):
     grids = [with_search_settings(g, read_search_settings(str(best))) for g in presets["smoke"]()]
     tuned = plan_of(grids)
     configs = [s.config for s in tuned.searches.values() if s.config.method == "tamt-mlm"]
-    assert configs and all((c.lr, c.alpha, c.phi) == (3e-4, 4.0, 0.02) for c in configs)
-    assert all(s.config.alpha == hparams.ALPHA for s in tuned.searches.values() if s.config.method == "tamt-kd")
+    assert configs and all((c.settings.lr, c.settings.alpha, c.settings.phi) == (3e-4, 4.0, 0.02) for c in configs)
+    assert all(s.config.settings.alpha == hparams.ALPHA
+               for s in tuned.searches.values() if s.config.method == "tamt-kd")
     assert set(tuned.searches) != set(plan("main_results", "smoke").searches)  # tuned runs are other runs
 
 

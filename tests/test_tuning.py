@@ -26,7 +26,8 @@ DRIVER = Path(__file__).with_name("study_driver.py")
 def test_study_trials_are_searches_with_the_sampled_setting():
     study = TamtStudy(name="s", model="m", method="tamt-kd", sparsity=0.7, trials=3, search={"steps": 100})
     spec = study.spec({"lr": 1e-4, "alpha": 3.0, "phi": 0.02})
-    assert (spec.config.method, spec.config.lr, spec.config.alpha, spec.config.phi, spec.config.steps) == \
+    settings = spec.config.settings
+    assert (spec.config.method, settings.lr, settings.alpha, settings.phi, settings.steps) == \
         ("tamt-kd", 1e-4, 3.0, 0.02, 100)
     assert study.objective == "kd_dev_loss" and spec.run_id == study.spec(study.params_of(
         {"lr": 1e-4, "alpha": 3.0, "phi": 0.02, "study": {}})).run_id

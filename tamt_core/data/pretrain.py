@@ -56,6 +56,14 @@ _KD_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int
 _KD_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+@dataclass(frozen=True)
+class PretrainData:
+    """A tokenised pre-training split and the collate function that turns rows into model inputs."""
+
+    dataset: object
+    collate: Callable
+
+
 class DatasetUnavailableError(RuntimeError):
     """The pre-training corpus can be neither read locally nor loaded from the hub; the message says what to do."""
 

@@ -1,18 +1,21 @@
-"""Registry of subnetwork-search methods: one small module each, one interface (``methods.base``)."""
+"""The registry of subnetwork-search methods: one small module each (:mod:`.base` says what a method declares).
 
-from tamt_core.methods.base import METHOD_NAMES, FoundMask, SearchConfig, SearchMethod
+A method is registered by its line below; everything else (configs, sweep grids, the command line, estimates,
+the tables and figures) asks the registry.
+"""
+
+from tamt_core.methods.base import FoundMask, SearchContext, SearchMethod
 from tamt_core.methods.imp import IMP
 from tamt_core.methods.omp import OMP
 from tamt_core.methods.random_mask import RandomPruning
 from tamt_core.methods.tamt import TAMT
 
-METHODS: dict[str, SearchMethod] = {
-    "omp": OMP(),
-    "rand": RandomPruning(),
-    "imp": IMP(),
-    "tamt-mlm": TAMT("mlm"),
-    "tamt-kd": TAMT("kd"),
-}
-assert tuple(METHODS) == METHOD_NAMES
+METHODS: dict[str, SearchMethod] = {method.name: method for method in (
+    OMP(),
+    RandomPruning(),
+    IMP(),
+    TAMT("mlm"),
+    TAMT("kd"),
+)}
 
-__all__ = ["METHODS", "METHOD_NAMES", "FoundMask", "SearchConfig", "SearchMethod"]
+__all__ = ["METHODS", "FoundMask", "SearchContext", "SearchMethod"]

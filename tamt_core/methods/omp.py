@@ -7,12 +7,16 @@ Each masked matrix loses exactly ``round(s·n)`` of its smallest-|W| entries, as
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from tamt_core.masks.masked_model import dense_weights
-from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.masks.pruning import n_zeros, prune_smallest
+from tamt_core.methods.base import FoundMask, OneShot, SearchContext
+
+if TYPE_CHECKING:
+    from tamt_core.search.config import SearchConfig
 
 
 def omp_mask(weights: Mapping[str, torch.Tensor], sparsity: float, rounding: str = "half_even"
@@ -22,8 +26,11 @@ def omp_mask(weights: Mapping[str, torch.Tensor], sparsity: float, rounding: str
             for name, w in weights.items()}
 
 
-class OMP:
+class OMP(OneShot):
     name = "omp"
+    version = 1
+    seeded = False  # the smallest |θ0| are the smallest whatever the seed
+    first_record = True
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
         yield FoundMask(0, config.sparsity, omp_mask(dense_weights(context.pretrained.model), config.sparsity))

@@ -7,12 +7,16 @@ canonical matrix order, so a seed reproduces its mask on any machine (check vect
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from tamt_core.masks.masked_model import dense_weights
-from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
 from tamt_core.masks.pruning import n_zeros
+from tamt_core.methods.base import FoundMask, OneShot, SearchContext
+
+if TYPE_CHECKING:
+    from tamt_core.search.config import SearchConfig
 
 
 def random_mask(weights: Mapping[str, torch.Tensor], sparsity: float, seed: int) -> dict[str, torch.Tensor]:
@@ -26,8 +30,10 @@ def random_mask(weights: Mapping[str, torch.Tensor], sparsity: float, seed: int)
     return out
 
 
-class RandomPruning:
+class RandomPruning(OneShot):
     name = "rand"
+    version = 1
+    first_record = True
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
         weights = dense_weights(context.pretrained.model)

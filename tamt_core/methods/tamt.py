@@ -11,30 +11,83 @@ the released code does (reference-impl §5.3-5.4).
 * TAMT-KD trains M̄ only, lr 2e-5, weight decay 0.01 (Tab. 1; decay from the released scripts), on Eq. 6 against
   the unmasked model as teacher, in eval mode.
 
-The loop resumes from its last checkpoint and runs data-parallel through its :class:`SearchRun` (``context.run``);
-one process or N, it computes the same steps (:mod:`tamt_core.parallel`).
+The loop is the trained searches' one loop (:func:`tamt_core.methods.trained.train`): it resumes from its last
+checkpoint and runs data-parallel; one process or N, it computes the same steps (:mod:`tamt_core.parallel`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from tamt_core import hparams
-from tamt_core.checkpoints import TrainedTensors
-from tamt_core.device import autocast
+from tamt_core.checkpoints import Stateful, TrainedTensors
 from tamt_core.losses import encoder_layer_states, kd_loss, loss_denominator, mlm_loss
 from tamt_core.masks.masked_model import (apply_score_masks, base_model, current_mask, dense_weights,
-                                          mask_parametrizations)
-from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
+                                         mask_parametrizations)
+from tamt_core.masks.pruning import ROUNDINGS, n_zeros
+from tamt_core.methods.base import FoundMask, SearchContext, setting
 from tamt_core.methods.omp import omp_mask
-from tamt_core.models import mlm_head
-from tamt_core.masks.pruning import n_zeros
 from tamt_core.methods.threshold import BandedThresholds, reset_due
-from tamt_core.training import BatchStream, adamw_with_schedule, steps_per_epoch, to_device, update
+from tamt_core.methods.trained import TrainingSettings, schedule_length, train
+from tamt_core.models import mlm_head
+from tamt_core.training import BatchStream, adamw_with_schedule
+
+if TYPE_CHECKING:
+    from tamt_core.data.pretrain import PretrainData
+    from tamt_core.search.config import SearchConfig
+
+
+@dataclass(frozen=True)
+class TamtSettings(TrainingSettings):
+    """TAMT-MLM's settings (Tab. 1 for the optimizer, Tab. 2 for the length, §4.1.3 for α and φ)."""
+
+    steps: int | None = setting(None, "training iterations (default: Tab. 2 for the sparsity)")
+    save_steps: tuple[int, ...] = setting((), "steps whose masks are saved besides the last one (Fig. 5 takes "
+                                              "masks along one run), e.g. 1000,2000,5000")
+    threshold_period: int = setting(1, "re-set the threshold every N steps (1: exact sparsity at every step; the "
+                                       f"released code: {hparams.REFERENCE_THRESHOLD_PERIOD['mlm']} MLM, "
+                                       f"{hparams.REFERENCE_THRESHOLD_PERIOD['kd']} KD)")
+    zero_rounding: str = setting("floor", "zeros per matrix: int(s·n) (floor, the released code) or round(s·n) "
+                                          "(half_even, as OMP)", choices=ROUNDINGS)
+    alpha: float = setting(hparams.ALPHA, "OMP-kept scores start at alpha·phi (Eq. 5, §4.1.3: 2)")
+    phi: float = setting(hparams.PHI, "the starting threshold (Eq. 3, §4.1.3: 1e-2)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps is not None and self.steps < 1:
+            raise hparams.SettingError("steps", f"steps must be a positive integer, got {self.steps}")
+        if self.threshold_period < 1:
+            raise hparams.SettingError("threshold_period", f"threshold_period must be ≥ 1, got {self.threshold_period}")
+        if self.zero_rounding not in ROUNDINGS:
+            raise hparams.SettingError("zero_rounding", f"zero_rounding must be one of {ROUNDINGS}, got "
+                                                        f"{self.zero_rounding!r}")
+        if not (self.alpha > 1.0 and self.phi > 0.0):
+            raise hparams.SettingError("alpha", f"alpha must be > 1 and phi > 0 (Eq. 5: kept scores start at α·φ "
+                                                f"above the threshold φ), got alpha={self.alpha}, phi={self.phi}")
+        if any(s < 0 for s in self.save_steps):
+            raise hparams.SettingError("save_steps", f"save_steps must be ≥ 0, got {self.save_steps}")
+
+
+@dataclass(frozen=True)
+class TamtKdSettings(TamtSettings):
+    """TAMT-KD's settings: TAMT's, and how Eq. 6 averages."""
+
+    kd_include_padding: bool = setting(False, "average the KD loss over padding positions too, as the released "
+                                              "code did")
+    kd_sequence_mean: bool = setting(False, "average Eq. 6 per sequence, then over the batch, as the paper writes "
+                                            "it (default: over all tokens; docs/fidelity.md)")
+
+
+def tabulated_steps(sparsity: float) -> int | None:
+    """Tab. 2's TAMT iterations at exactly ``sparsity`` (up to float rounding), or ``None``."""
+    return next((steps for tabulated, steps in hparams.TAMT_STEPS.items()
+                 if math.isclose(tabulated, sparsity, abs_tol=1e-9)), None)
 
 
 def initial_scores(weights: dict[str, torch.Tensor], sparsity: float, rounding: str = "floor", *,
@@ -62,8 +115,8 @@ class ThresholdController:
 
 @dataclass
 class TamtTraining:
-    """What one TAMT run trains and steps: the masked model, the teacher (KD), the threshold controller, the
-    trainable tensors, their optimizer and schedule, and the batch stream: the parts the checkpoint saves."""
+    """One TAMT run: the masked model, the teacher (KD), the threshold controller, the trainable tensors, their
+    optimizer and schedule, and the batch stream (what the checkpoint saves), and when τ is re-set and masks saved."""
 
     model: torch.nn.Module
     teacher: torch.nn.Module | None
@@ -72,90 +125,126 @@ class TamtTraining:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     batches: BatchStream
+    hp: hparams.PretrainHParams
+    steps: int
+    save_steps: frozenset[int]
+    objective: str
+    sparsity: float
+    settings: TamtSettings
 
-    def checkpointed(self) -> dict[str, object]:
+    def checkpointed(self) -> dict[str, Stateful]:
         return {"trained": TrainedTensors(self.model), "optimizer": self.optimizer, "schedule": self.schedule,
                 "batches": self.batches, "thresholds": self.thresholds.search}
+
+    def initial_masks(self) -> list[FoundMask]:
+        return [FoundMask(0, self.sparsity, current_mask(self.model))] if 0 in self.save_steps else []
+
+    def denominator(self, global_batch: dict[str, torch.Tensor]) -> int:
+        if self.objective == "mlm":
+            return loss_denominator(global_batch, "mlm")
+        return loss_denominator(global_batch, "kd", self.settings.kd_include_padding, self.settings.kd_sequence_mean)
+
+    def loss(self, batch: dict[str, torch.Tensor], denominator: int | None) -> torch.Tensor:
+        """Eq. 4's straight-through gradients reach the scores through the MLM loss or Eq. 6's KD loss."""
+        if self.objective == "mlm":
+            return mlm_loss(self.model, batch, denominator)
+        with torch.no_grad():
+            targets = encoder_layer_states(self.teacher, batch)
+        return kd_loss(encoder_layer_states(base_model(self.model), batch), targets, batch.get("attention_mask"),
+                       include_padding=self.settings.kd_include_padding, per_sequence=self.settings.kd_sequence_mean,
+                       denominator=denominator)
+
+    def after_update(self, step: int) -> list[FoundMask]:
+        """τ re-set when due, and always before a saved mask (reference-impl §5.3-5.4), while the gradients say
+        which matrices the loss reaches."""
+        saved = step in self.save_steps
+        if reset_due(step, self.settings.threshold_period, self.objective) or saved:
+            self.thresholds.reset()
+        return [FoundMask(step, self.sparsity, current_mask(self.model))] if saved else []
+
+    def step_metrics(self, step: int) -> dict[str, float]:
+        return {}
 
 
 class TAMT:
     """TAMT with objective ``mlm`` or ``kd``."""
 
+    version = 1
+    reads_corpus = True
+    seeded = True
+    yields_lower_sparsities = False
+    first_record = True
+
     def __init__(self, objective: str) -> None:
         self.objective = objective
-        self.name = f"tamt-{objective}"
+        self.name = self.pace = f"tamt-{objective}"
+        self.settings = TamtSettings if objective == "mlm" else TamtKdSettings
+        self.hparams = hparams.TAMT_MLM if objective == "mlm" else hparams.TAMT_KD  # Tab. 1's column
+
+    def steps(self, config: SearchConfig) -> int:
+        """Training iterations: as set, or Tab. 2's for the sparsity (a tabulated one: checked by :meth:`check`)."""
+        return config.settings.steps if config.settings.steps is not None else tabulated_steps(config.sparsity)
+
+    def check(self, config: SearchConfig) -> None:
+        if config.settings.steps is None and tabulated_steps(config.sparsity) is None:
+            raise hparams.SettingError("steps", f"Tab. 2 gives TAMT's iterations at sparsities "
+                                                f"{sorted(hparams.TAMT_STEPS)} only, not {config.sparsity}; set steps "
+                                                "for it")
+        late = sorted(s for s in config.settings.save_steps if s > self.steps(config))
+        if late:
+            raise hparams.SettingError("save_steps", f"save_steps {late} lie beyond the run's {self.steps(config)} "
+                                                     "steps; drop them or raise steps")
+
+    def yields(self, config: SearchConfig) -> tuple[tuple[float, int], ...]:
+        """The mask of every saved step and of the last one (§4.1.3; Fig. 5 takes masks along one run)."""
+        return tuple((config.sparsity, step) for step in sorted(set(config.settings.save_steps) | {self.steps(config)}))
+
+    def training_steps(self, config: SearchConfig) -> int:
+        return self.steps(config)
+
+    def batch_size(self, config: SearchConfig) -> int | None:
+        return config.settings.resolved(self.hparams).batch_size
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
-        steps = config.resolved_steps()
-        save_steps = set(config.save_steps) | {steps}
-        run, ranks = context.run, context.run.ranks
-        training = self.setup(context.pretrained.model.to(context.device), context.train_data(self.objective),
-                              config)
-        start = run.resume(training.checkpointed())
-        if start == 0 and 0 in save_steps:
-            yield FoundMask(0, config.sparsity, current_mask(training.model))
-        training.model.train()
-        with ranks.summed_gradients(training.trainable) as gradients_summed:
-            for step in range(start + 1, steps + 1):
-                global_batch = next(training.batches)
-                denominator = (loss_denominator(global_batch, self.objective, config.kd_include_padding,
-                                                config.kd_sequence_mean) if ranks.parallel else None)
-                batch = to_device(ranks.shard(global_batch), context.device)
-                loss = self.train_step(training, batch, config, denominator, gradients_summed)
-                if reset_due(step, config.threshold_period, self.objective) or step in save_steps:
-                    training.thresholds.reset()
-                training.optimizer.zero_grad(set_to_none=True)
-                if step in save_steps:
-                    yield FoundMask(step, config.sparsity, current_mask(training.model))
-                run.end_step(step, loss, lr=training.schedule.get_last_lr()[0], last=step == steps,
-                             mask_saved=step in save_steps)
+        data = self.training_data(context.train_data, config)
+        yield from train(self.setup(context.pretrained.model.to(context.device), data, config), context)
 
-    def setup(self, model: torch.nn.Module, data, config: SearchConfig) -> TamtTraining:
+    def training_data(self, train_data: Callable[..., PretrainData], config: SearchConfig) -> PretrainData:
+        """The objective's data in blocks of ``block_size``. With ``kd_include_padding``, KD sequences are padded to
+        the block length, as the released KD trainer padded every sequence and averaged over all positions
+        (reference-impl §6.1-6.2): with padding counted, the padded length is part of the loss."""
+        settings = config.settings
+        pad_to = settings.block_size if self.objective == "kd" and settings.kd_include_padding else None
+        return train_data(self.objective, block_size=settings.block_size, pad_to=pad_to)
+
+    def setup(self, model: torch.nn.Module, data: PretrainData, config: SearchConfig) -> TamtTraining:
         """§3.4 on ``model`` (on its device): score masks initialised from OMP (Eq. 5) over frozen weights; the
         scores trainable, and for MLM the head except the decoder tied to the frozen embedding (§3.4.3); for KD
         a frozen copy of the dense encoder as teacher (Eq. 6); AdamW with Tab. 1's linear decay over 2 epochs of
-        ``data`` (a :class:`~tamt_core.data.pretrain.PretrainData`), or the run's own length when longer."""
-        hp = config.pretrain_hparams()
-        batch_size = config.batch_size or hp.batch_size
-        total_steps = config.schedule_steps or max(hp.max_epochs * steps_per_epoch(len(data.dataset), batch_size),
-                                                   config.resolved_steps())
+        ``data``, or the run's own length when longer."""
+        settings = config.settings
+        hp = settings.resolved(self.hparams)
+        steps = self.steps(config)
         teacher = copy.deepcopy(base_model(model)).eval().requires_grad_(False) if self.objective == "kd" else None
         thresholds, trainable = self.trainable_scores(model, config)
-        optimizer, schedule = adamw_with_schedule(
-            trainable, lr=config.lr or hp.lr, weight_decay=hp.weight_decay if config.weight_decay is None
-            else config.weight_decay, eps=hp.adam_epsilon, total_steps=total_steps)
+        optimizer, schedule = adamw_with_schedule(trainable, lr=hp.lr, weight_decay=hp.weight_decay,
+                                                  eps=hp.adam_epsilon,
+                                                  total_steps=schedule_length(settings, hp, len(data.dataset), steps))
         return TamtTraining(model, teacher, thresholds, trainable, optimizer, schedule,
-                            BatchStream(data.dataset, data.collate, batch_size, config.seed))
+                            BatchStream(data.dataset, data.collate, hp.batch_size, config.seed), hp, steps,
+                            frozenset(settings.save_steps) | {steps}, self.objective, config.sparsity, settings)
 
     def trainable_scores(self, model: torch.nn.Module, config: SearchConfig
                          ) -> tuple[ThresholdController, list[torch.nn.Parameter]]:
         """Score masks on ``model``'s matrices, initialised from OMP (Eq. 5, τ = φ), every weight frozen; returns
-        the threshold controller and the tensors TAMT trains (``bench/bench_step_time.py`` times them too)."""
+        the threshold controller and the tensors TAMT trains."""
+        settings = config.settings
         embedding = dense_weights(model)["embeddings.word_embeddings.weight"]
-        apply_score_masks(model, initial_scores(dense_weights(model), config.sparsity, config.zero_rounding,
-                                                alpha=config.alpha, phi=config.phi), threshold=config.phi)
-        thresholds = ThresholdController(model, config.sparsity, config.zero_rounding)
+        apply_score_masks(model, initial_scores(dense_weights(model), config.sparsity, settings.zero_rounding,
+                                                alpha=settings.alpha, phi=settings.phi), threshold=settings.phi)
+        thresholds = ThresholdController(model, config.sparsity, settings.zero_rounding)
         model.requires_grad_(False)
         trainable = [m.scores.requires_grad_(True) for m in thresholds.masks.values()]
         if self.objective == "mlm":  # the head is trainable, except the decoder tied to the frozen embedding
             trainable += [p.requires_grad_(True) for p in mlm_head(model).parameters() if p is not embedding]
         return thresholds, trainable
-
-    def train_step(self, training: TamtTraining, batch: dict[str, torch.Tensor], config: SearchConfig,
-                   denominator: int | None = None, gradients_summed=lambda: None) -> torch.Tensor:
-        """One step on ``batch`` (on the model's device): the objective's loss (Eq. 4's straight-through
-        gradients reach the scores) and the update; τ's re-set and ``zero_grad`` are the loop's."""
-        with autocast(next(training.model.parameters()).device):
-            loss = self._loss(training.model, training.teacher, batch, config, denominator)
-        update(loss, training.trainable, training.optimizer, training.schedule, config.max_grad_norm,
-               gradients_summed)
-        return loss
-
-    def _loss(self, model, teacher, batch, config: SearchConfig, denominator: int | None) -> torch.Tensor:
-        if self.objective == "mlm":
-            return mlm_loss(model, batch, denominator)
-        with torch.no_grad():
-            targets = encoder_layer_states(teacher, batch)
-        return kd_loss(encoder_layer_states(base_model(model), batch), targets, batch.get("attention_mask"),
-                       include_padding=config.kd_include_padding, per_sequence=config.kd_sequence_mean,
-                       denominator=denominator)

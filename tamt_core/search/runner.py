@@ -23,28 +23,21 @@ from typing import Any
 
 import torch
 
-from tamt_core.outputs import claim_directory, write_json
+from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointDirectory, CheckpointStore
 from tamt_core.data import pretrain
+from tamt_core.data.pretrain import PretrainData
 from tamt_core.device import pick_device
 from tamt_core.masks import save_mask
-from tamt_core.methods import METHODS
-from tamt_core.methods.base import FoundMask, SearchConfig, SearchContext
+from tamt_core.methods import FoundMask, SearchContext
 from tamt_core.models import Pretrained, load_config, load_pretrained
+from tamt_core.outputs import claim_directory, write_json
 from tamt_core.parallel import Ranks, dropout_seed
-from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointDirectory, CheckpointStore
+from tamt_core.search.config import SearchConfig
 from tamt_core.search.resumable import SearchRun
 
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE, RESULT_FILE, LOG_FILE, CHECKPOINTS_DIR = "search.json", "result.json", "log.jsonl", "checkpoints"
-
-
-@dataclass(frozen=True)
-class PretrainData:
-    """A tokenised pre-training split and the collate function that turns rows into model inputs."""
-
-    dataset: object
-    collate: Callable
 
 
 @dataclass(frozen=True)
@@ -102,19 +95,17 @@ def read_log(directory: Path) -> list[dict[str, Any]]:
     return [entries[step] for step in sorted(entries)]
 
 
-def pretraining_data(pretrained: Pretrained, source: str | None, config: SearchConfig) -> Callable[[str], PretrainData]:
-    """Lazily tokenised WikiText (or the smoke corpus): MLM blocks or KD sequences (reference-impl §4.6, §6.2)."""
+def pretraining_data(pretrained: Pretrained, source: str | None, seed: int) -> Callable[..., PretrainData]:
+    """Lazily tokenised WikiText (or the smoke corpus) for the method to ask for: MLM blocks or KD sequences of its
+    block size (reference-impl §4.6, §6.2), corrupted and ordered by the search's ``seed``."""
 
-    def load(objective: str) -> PretrainData:
+    def load(objective: str, *, block_size: int, pad_to: int | None = None) -> PretrainData:
         lines = pretrain.load_wikitext(source)["train"]
         tokenizer = pretrained.tokenizer
         if objective == "mlm":
-            blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=config.block_size)
-            return PretrainData(blocks, pretrain.mlm_collator(tokenizer, seed=config.seed))
-        sequences = pretrain.kd_sequences(lines, tokenizer, max_seq_len=config.block_size, seed=config.seed)
-        # The released trainer padded every KD sequence to the block length and averaged over all positions
-        # (reference-impl §6.1-6.2): with padding counted, the padded length is part of the loss.
-        pad_to = config.block_size if config.kd_include_padding else None
+            blocks = pretrain.mlm_blocks(lines, tokenizer, block_size=block_size)
+            return PretrainData(blocks, pretrain.mlm_collator(tokenizer, seed=seed))
+        sequences = pretrain.kd_sequences(lines, tokenizer, max_seq_len=block_size, seed=seed)
         return PretrainData(sequences, pretrain.kd_collator(tokenizer, pad_to=pad_to))
 
     return load
@@ -139,8 +130,11 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     identity = search_identity(config, model, data)  # cheap: rejects unknown or non-BERT models before any weight
     ranks = Ranks.current()
     torch_device = pick_device(device)
-    if config.needs_data:
-        ranks.check_batch_size(config.batch_size or config.pretrain_hparams().batch_size)
+    method = config.search_method
+    batch_size = method.batch_size(config)
+    if batch_size is not None:
+        ranks.check_batch_size(batch_size)
+    if method.reads_corpus:
         pretrain.load_wikitext(data)  # fails with the files to provide when the corpus is missing
     if ranks.writes:
         claim_directory(out_dir, IDENTITY_FILE, identity, kind="search", describe=_describe)
@@ -155,11 +149,11 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
                     store=checkpoints or CheckpointDirectory(out_dir / CHECKPOINTS_DIR), mask_dir=out_dir,
                     log=progress, ranks=ranks, device=torch_device, seed=config.seed,
                     checkpoint_every_s=checkpoint_every_s, log_every=log_every)
-    context = SearchContext(pretrained, torch_device, pretraining_data(pretrained, data, config), run)
+    context = SearchContext(pretrained, torch_device, pretraining_data(pretrained, data, config.seed), run)
     devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from torch's RNG: seed it, leave the caller's alone
         torch.manual_seed(dropout_seed(config.seed, ranks.rank))
-        for found in METHODS[config.method].search(context, config):
+        for found in method.search(context, config):
             if ranks.writes:
                 _write_mask(config, found, pretrained, out_dir, run)
     result = SearchResult(out_dir, tuple(WrittenMask(**m) for m in run.masks))
