@@ -187,7 +187,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
 
 def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args: argparse.Namespace, *,
          use_gpu: bool, out: TextIO) -> int:
-    from orchestrator.engine import Resources, run_sweep
+    from orchestrator.resources import Resources
+    from orchestrator.sweep import run_sweep
     from orchestrator.tuning import run_study
 
     resources = Resources(search_cpu=args.cpus_per_trial, finetune_cpu=args.cpus_per_trial,
