@@ -132,7 +132,7 @@ def test_a_sweep_ends_with_its_results_and_the_runs_view_of_mlflow(tmp_path, pla
     import io
     import json
 
-    from orchestrator.cli import print_results
+    from sweeps.common import print_results
     from orchestrator.tracking import runs_view
 
     storage = Storage.at(tmp_path / "runs")
