@@ -1,9 +1,9 @@
 """Run a plan on Ray: every unfinished trial, in Tune experiments whose searcher hands out trials as their inputs exist.
 
-:func:`run_sweep` is the driver of a sweep: it checks everything that can be checked before Ray starts
-(:func:`prepare`), records the plan for ``python -m sweeps status``, runs the trials in windows
-(:mod:`orchestrator.scheduler`) on Ray Tune (:mod:`orchestrator.ray_session`) with MLflow, the ledger and the
-progress line watching (:mod:`orchestrator.callbacks`), and returns what happened (:class:`SweepReport`).
+:func:`run_sweep` is a sweep's driver. It checks what can be checked before Ray starts (:func:`prepare`), records
+the plan for ``python -m sweeps status`` (:func:`plan_record`), runs the trials in windows
+(:mod:`orchestrator.scheduler`) as Ray Tune experiments (:mod:`orchestrator.ray_session`) watched by MLflow, the
+ledger and the progress line (:mod:`orchestrator.callbacks`), and returns what happened (:class:`SweepReport`).
 Tune keeps doing what it does well: placing trials on nodes with the resources they ask for
 (:mod:`orchestrator.resources`), retrying a failed trial (``FailureConfig``), stopping cleanly on Ctrl-C. Which
 trials are already done is read from the results table, not from Tune's experiment state, so a rerun (even of a grid
