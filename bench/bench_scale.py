@@ -49,7 +49,7 @@ def big_grid():
 
 
 def plan_part() -> dict:
-    from orchestrator.engine import plan_record, stale_rows
+    from orchestrator.sweep import plan_record, stale_rows
 
     before = rss_mib()
     started = time.perf_counter()
@@ -96,7 +96,8 @@ def driver_part(trials: int, window: int, samples_csv: Path | None = None) -> di
 
     import tamt_table
 
-    from orchestrator.engine import Resources, run_sweep
+    from orchestrator.resources import Resources
+    from orchestrator.sweep import run_sweep
     from orchestrator.plan import Plan
     from orchestrator.specs import FinetuneSpec
     from orchestrator.storage import Storage
@@ -235,7 +236,7 @@ def startup_part(rows: int = 100_000, children: int = 20_000) -> dict:
 
     from orchestrator import ledger, results
     from orchestrator.compaction import Compactor
-    from orchestrator.engine import plan_record, stale_rows
+    from orchestrator.sweep import plan_record, stale_rows
     from orchestrator.plan import Plan
     from orchestrator.specs import FinetuneSpec
     from orchestrator.storage import Storage

@@ -1,6 +1,8 @@
 """The command line every sweep script shares: pick a preset, check everything, dry-run or run, say where it all is.
 
-A sweep script declares ``{"paper": [Grid, ...], "smoke": [Grid, ...]}`` and calls :func:`sweep_main`.
+A sweep script declares ``{"paper": [Grid, ...], "smoke": [Grid, ...]}`` and calls :func:`sweep_main` (through
+``sweeps.common.sweep_main``, which hands in the analysis's results table to print when a sweep ends: the
+orchestrator writes the table and never imports the package that reads it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from orchestrator.tracking import runs_view
 Declaration = Grid | MaskSimilarity | Plan | TamtStudy
 """What a preset lists: grids, similarity trials and plans (anything with a ``plan()``), or tuning studies."""
 Presets = Mapping[str, Callable[[], Sequence[Declaration]]]
+ResultsPrinter = Callable[[Storage, TextIO], None]
+"""Prints the results so far in a storage, at the end of a sweep (``sweeps.common.print_results``)."""
 
 
 def plan_of(declarations: Sequence[Declaration]) -> Plan:
@@ -140,10 +144,12 @@ def union(parts: Mapping[str, Presets]) -> Presets:
 
 
 def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *, description: str = "",
-               out: TextIO | None = None, parts: Mapping[str, Presets] | None = None) -> int:
+               out: TextIO | None = None, parts: Mapping[str, Presets] | None = None,
+               results: ResultsPrinter | None = None) -> int:
     """Entry point of ``sweeps/<name>.py``; returns the process exit code (2: bad input, 1: failed trials).
 
-    ``parts`` (``python -m sweeps``): the sweeps that ``presets`` unites, broken down in a dry run.
+    ``parts`` (``python -m sweeps``): the sweeps that ``presets`` unites, broken down in a dry run. ``results``:
+    what prints the results table after the summary of a sweep that ran; ``None`` prints none.
     """
     out = out or sys.stdout
     args = build_parser(name, description, presets).parse_args(argv)
@@ -175,7 +181,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
             for study in studies:
                 print_study(study, out)
             return 0
-        return _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out)
+        return _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out,
+                    results=results)
     except (PlanError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -186,8 +193,9 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
 
 
 def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args: argparse.Namespace, *,
-         use_gpu: bool, out: TextIO) -> int:
-    from orchestrator.engine import Resources, run_sweep
+         use_gpu: bool, out: TextIO, results: ResultsPrinter | None) -> int:
+    from orchestrator.resources import Resources
+    from orchestrator.sweep import run_sweep
     from orchestrator.tuning import run_study
 
     resources = Resources(search_cpu=args.cpus_per_trial, finetune_cpu=args.cpus_per_trial,
@@ -203,7 +211,7 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                            checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
                            out=out)
-        print_where(report, out)
+        print_where(report, out, results)
         complete = report.complete
     for study in studies:
         report = run_study(study, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
@@ -288,14 +296,15 @@ def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO
     print(f"  total {total:.1f} GPU-h ({THROUGHPUT['v100'].source})", file=out)
 
 
-def print_where(report, out: TextIO) -> None:
+def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> None:
     storage = report.storage
     status = "complete" if report.complete else ("interrupted" if report.interrupted else "incomplete")
     print(f"[tamt] sweep {status}: {len(report.succeeded)} trials ran, {report.skipped} were already done, "
           f"{len(report.failed)} failed, {len(report.blocked)} blocked by a failed search", file=out)
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error.splitlines()[0] if error else ''}", file=out)
-    print_results(storage, out)
+    if results is not None:
+        results(storage, out)
     print(f"  results table: {storage.table_path()}  (orchestrator.results.read({storage.uri!r}))", file=out)
     print(f"  masks and run files: {storage.path('runs')}/<run_id>/", file=out)
     serve, page = runs_view(report.mlflow_uri, report.experiment_id)
@@ -303,14 +312,3 @@ def print_where(report, out: TextIO) -> None:
     print(f"  figures and the full results table: python -m analysis.figures --runs {storage.uri} --out figures/",
           file=out)
 
-
-def print_results(storage: Storage, out: TextIO) -> None:
-    """The results so far in ``storage``: method × sparsity, mean ± std over seeds per task, the full model
-    (``analysis.results_table``), with its marks; nothing when no fine-tune has finished."""
-    from analysis import results_table, table
-
-    try:
-        built = results_table.build(table.newest(table.load(storage.uri))[0])
-    except (table.TableError, KeyError, ValueError):
-        return
-    print(results_table.text(built), file=out)

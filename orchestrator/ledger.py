@@ -48,7 +48,7 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
 
 def write_plan(storage: Storage, name: str, trials: list[dict[str, Any]], provenance: dict[str, str],
                algorithm_versions: dict[str, int]) -> None:
-    """Record the plan of sweep ``name``: ``trials`` as :func:`orchestrator.engine.plan_record` lists them, the
+    """Record the plan of sweep ``name``: ``trials`` as :func:`orchestrator.sweep.plan_record` lists them, the
     code that planned them (``provenance``) and its ``algorithm_versions``."""
     _write_json(storage, storage.path("sweeps", f"{name}.json"), {
         "sweep": name, "planned_at": time.time(), "provenance": provenance,

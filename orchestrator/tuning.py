@@ -23,17 +23,19 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from tamt_table import write_atomically
 
 from orchestrator import results
-from orchestrator.engine import Progress, Resources, attached, connect, default_concurrency, fit, prepare
+from orchestrator.callbacks import Progress
 from orchestrator.plan import Plan
+from orchestrator.ray_session import attached, fit, ray_session
+from orchestrator.resources import Resources, default_concurrency
 from orchestrator.storage import Storage, StorageError
 from orchestrator.study import TamtStudy
+from orchestrator.sweep import prepare
 from orchestrator.tracking import MlflowTracker
 from orchestrator.trial import TrialSettings, run_trial, worker_setup
 
@@ -94,7 +96,7 @@ def study_trial(config: dict[str, Any]) -> None:
 
 
 class StudyCounts(tune.Callback):
-    """What :class:`~orchestrator.engine.Progress` reads from a searcher, counted from Tune's trial events."""
+    """What :class:`~orchestrator.callbacks.Progress` reads from a searcher, counted from Tune's trial events."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -151,8 +153,7 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
         counts = StudyCounts(todo)
         tracker = MlflowTracker(uri, study.name, {"study": json.dumps(study.to_dict(), sort_keys=True)},
                                 spec_of=lambda config: study.spec(study.params_of(config)))
-        started_here = connect(ray_address, ray_init)
-        try:
+        with ray_session(ray_address, ray_init):
             resources = resources.on_cluster(True, attached(ray_address))
             settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
             fit(tune.with_resources(study_trial, resources.for_trial(study.spec(study.midpoint()).to_dict())),
@@ -162,9 +163,6 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
                 callbacks=[counts, tracker, Progress(counts, todo, done, progress_every_s, out)])
             tracker.finish()
             ran = len(counts.succeeded)
-        finally:
-            if started_here:
-                ray.shutdown()
         ostudy = load_study(study, storage)
     best = write_best(study, ostudy, storage)
     return StudyReport(study, len(completed(ostudy)), ran, recovered, best,

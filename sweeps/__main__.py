@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator import compaction
 
         return compaction.main(argv[1:])
-    from orchestrator.cli import sweep_main, union
+    from orchestrator.cli import union
+    from sweeps.common import sweep_main
 
     everything = "--all" in argv
     rest = [arg for arg in argv if arg != "--all"]

@@ -6,15 +6,20 @@ a TAMT run at 50-80 % goes on to the last step of Fig. 5 (25K), saving Tab. 2's 
 every IMP run prunes to 90 %. So main_results, pretrain_correlation, pretrain_cost, mask_similarity and low_data
 name identical searches, and a storage they share runs each once. The smoke presets follow the same pattern on
 the built-in model in minutes.
+
+Every script starts through :func:`sweep_main`, which ends a sweep with the analysis's results table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TextIO
 
+from orchestrator import cli
 from orchestrator.grid import Grid
 from orchestrator.search_settings import PerSparsity, SearchSettings
+from orchestrator.storage import Storage
 from tamt_core import hparams
 from tamt_core.models import BUILTIN_MODEL_NAME
 
@@ -79,3 +84,17 @@ def smoke_grid(**axes: Any) -> Grid:
 def with_interval(grid: Grid, pruning_interval: int) -> Grid:
     """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
     return replace(grid, search=grid.search.updated(pruning_interval=pruning_interval))
+
+
+def print_results(storage: Storage, out: TextIO) -> None:
+    """The results so far in ``storage``: method × sparsity, mean ± std over seeds per task, the full model, with
+    the marks (:func:`analysis.results_table.print_so_far`); nothing when no fine-tune has finished. The analysis is
+    imported here, once a sweep has run, not when a script starts (it draws on pandas and matplotlib)."""
+    from analysis.results_table import print_so_far
+
+    print_so_far(storage.uri, out)
+
+
+def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, **options: Any) -> int:
+    """:func:`orchestrator.cli.sweep_main` (same arguments), ending a sweep with :func:`print_results`."""
+    return cli.sweep_main(name, presets, argv, results=print_results, **options)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main
-from sweeps.common import SMOKE_FINETUNE, SMOKE_TRAIN_SIZE, paper_grid, smoke_grid
+from sweeps.common import SMOKE_FINETUNE, SMOKE_TRAIN_SIZE, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 
 METHODS = ("omp", "imp", "tamt-mlm", "tamt-kd")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main
-from sweeps.common import BERT, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid
+from sweeps.common import BERT, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 from tamt_core.methods import METHODS
 from tamt_core.tasks import TASKS

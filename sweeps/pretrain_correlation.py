@@ -11,8 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main
-from sweeps.common import SMOKE_COST_STEPS, SMOKE_SPARSITIES, paper_grid, smoke_grid
+from sweeps.common import SMOKE_COST_STEPS, SMOKE_SPARSITIES, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 from tamt_core.tasks import TASKS
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main
-from sweeps.common import SMOKE_COST_STEPS, SMOKE_IMP_INTERVALS, paper_grid, smoke_grid, with_interval
+from sweeps.common import SMOKE_COST_STEPS, SMOKE_IMP_INTERVALS, paper_grid, smoke_grid, sweep_main, with_interval
 from tamt_core import hparams
 
 PRESETS = {

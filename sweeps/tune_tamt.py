@@ -13,9 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from orchestrator.cli import sweep_main
 from orchestrator.study import TamtStudy
-from sweeps.common import BERT, SMOKE_BATCHES, WIKITEXT
+from sweeps.common import BERT, SMOKE_BATCHES, WIKITEXT, sweep_main
 from tamt_core.models import BUILTIN_MODEL_NAME
 
 TRIALS = 24

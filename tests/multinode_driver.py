@@ -48,7 +48,7 @@ def nodes(address: str, count: int, timeout_s: float) -> int:
 
 
 def sweep(settings: dict) -> int:
-    from orchestrator.engine import run_sweep
+    from orchestrator.sweep import run_sweep
     from orchestrator.storage import Storage
 
     report = run_sweep(grid(settings).plan(), name="multinode", storage=Storage.at(settings["storage"]),

@@ -12,7 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.engine import WINDOW_TRIALS, Resources, run_sweep
+from orchestrator.resources import Resources
+from orchestrator.scheduler import WINDOW_TRIALS
+from orchestrator.sweep import run_sweep
 from orchestrator.grid import Grid
 from orchestrator.storage import Storage
 

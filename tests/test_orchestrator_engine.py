@@ -8,7 +8,8 @@ import pytest
 from ray.tune.search import Searcher
 
 from orchestrator import results
-from orchestrator.engine import PlanSearcher, Progress
+from orchestrator.callbacks import Progress
+from orchestrator.scheduler import PlanSearcher
 from orchestrator.grid import Grid
 from orchestrator.storage import Storage
 from orchestrator.tracking import MlflowTracker
@@ -131,7 +132,7 @@ def test_a_sweep_ends_with_its_results_and_the_runs_view_of_mlflow(tmp_path, pla
     import io
     import json
 
-    from orchestrator.cli import print_results
+    from sweeps.common import print_results
     from orchestrator.tracking import runs_view
 
     storage = Storage.at(tmp_path / "runs")
@@ -159,7 +160,7 @@ def test_a_sweep_ends_with_its_results_and_the_runs_view_of_mlflow(tmp_path, pla
 
 
 def test_unknown_model_is_refused_before_any_trial(tmp_path):
-    from orchestrator.engine import prepare
+    from orchestrator.sweep import prepare
     from orchestrator.plan import PlanError
 
     plan = Grid(models=(str(tmp_path / "no-such-model"),), methods=("omp",), sparsities=(0.5,), mask_seeds=(1,),
@@ -247,7 +248,7 @@ def test_a_sweep_starts_ray_with_the_worker_logging_hook_and_keeps_the_callers_r
     import ray
 
     from orchestrator import ray_logging
-    from orchestrator.engine import connect
+    from orchestrator.ray_session import connect
 
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

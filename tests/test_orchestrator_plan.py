@@ -478,7 +478,7 @@ def test_non_empty_directory_that_is_not_a_store(tmp_path):
 
 
 def test_resources_with_nothing_to_hold():
-    from orchestrator.engine import Resources
+    from orchestrator.resources import Resources
 
     with pytest.raises(PlanError, match="--cpus-per-trial > 0"):
         Resources(search_cpu=0, search_gpu=0)
@@ -495,7 +495,7 @@ def test_workers_per_search_is_checked_before_anything_runs():
     """--workers-per-search 0 or a fraction is refused; so are more (or bigger) workers than the cluster holds at
     its largest, counted node by node; a search driver holds no CPU, and sits on preemption-safe nodes when the
     cluster declares them."""
-    from orchestrator.engine import SEARCH_DRIVER_MEMORY, Resources, check_search_capacity
+    from orchestrator.resources import SEARCH_DRIVER_MEMORY, Resources, check_search_capacity
 
     for workers in (0, -1, 1.5):
         with pytest.raises(PlanError, match="--workers-per-search must be a whole number ≥ 1"):
@@ -518,7 +518,7 @@ def test_workers_per_search_is_checked_before_anything_runs():
 
 
 def test_remote_storage_needs_a_tracking_server(tmp_path):
-    from orchestrator.engine import prepare
+    from orchestrator.sweep import prepare
     from orchestrator.tracking import TrackingError
 
     storage = Storage(f"file://{tmp_path}/remote")
@@ -529,7 +529,7 @@ def test_remote_storage_needs_a_tracking_server(tmp_path):
 
 
 def test_local_storage_prepare_passes_and_defaults_to_sqlite(tmp_path):
-    from orchestrator.engine import prepare
+    from orchestrator.sweep import prepare
 
     plan = _grid(models=(BUILTIN_MODEL_NAME,)).plan()  # prepare() reads each model's config: one that is here
     finished, uri = prepare(plan, Storage.at(tmp_path / "store"), None)

@@ -62,7 +62,7 @@ def ray_session():
 
 
 def test_sweep_runs_every_trial_once_then_resumes_and_extends(ray_session, tmp_path, tiny_bert_dir):
-    from orchestrator.engine import run_sweep
+    from orchestrator.sweep import run_sweep
     from orchestrator.grid import Grid
 
     def grid(seeds):
@@ -127,7 +127,7 @@ def test_a_sweep_leaves_its_plan_heartbeat_and_failures_for_status(ray_session, 
     import threading
 
     from orchestrator import status
-    from orchestrator.engine import run_sweep
+    from orchestrator.sweep import run_sweep
     from orchestrator.grid import Grid
     from tamt_core.methods import METHODS
 
@@ -202,7 +202,7 @@ def test_a_plan_larger_than_a_window_runs_every_trial_once_in_dependency_order(r
     """Windows of three trials: a fine-tune whose search ran in an earlier window runs in a later one, and one whose
     search failed is blocked there, never handed out. Tune's result grid, which finds no per-trial metrics files
     (its loggers are off), does not warn about each trial at the end of a window."""
-    from orchestrator.engine import run_sweep
+    from orchestrator.sweep import run_sweep
     from orchestrator.grid import Grid
 
     plan = Grid(models=(str(tiny_bert_dir),), methods=("omp", "rand"), sparsities=(0.5,), mask_seeds=(1,),
@@ -401,7 +401,7 @@ def test_a_search_whose_worker_is_killed_resumes_from_its_checkpoint(ray_session
     the fine-tune of its mask runs after it, and the table has each run id once."""
     import threading
 
-    from orchestrator.engine import run_sweep
+    from orchestrator.sweep import run_sweep
 
     plan = _search_grid(tiny_bert_dir, steps=120).plan()
     (search_id,) = plan.searches
@@ -464,7 +464,8 @@ def test_a_two_worker_search_writes_the_one_worker_masks(ray_session, tmp_path, 
     """--workers-per-search 2 (gloo on CPUs) splits each global batch of 4 over two workers. With dropout off, the
     one thing each worker draws on its own, the masks are the one-worker search's, measured equal to the bit
     (similarity 1.0, equal content hashes); docs/orchestrator.md gives the effect of dropout."""
-    from orchestrator.engine import Resources, run_sweep
+    from orchestrator.resources import Resources
+    from orchestrator.sweep import run_sweep
     from tamt_core.masks import load_mask, similarity
 
     grid = _search_grid(tiny_bert_without_dropout_dir, steps=20, save_steps=(10,), batch_size=4)

@@ -1,9 +1,10 @@
-"""Project-level rules: the science core stays free of Ray/MLflow, the analysis reads tables only; the cluster
-config is valid for Ray."""
+"""Project-level rules: the science core stays free of Ray/MLflow, the analysis reads tables only, the orchestrator
+never imports the analysis; the cluster config is valid for Ray."""
 
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,19 @@ def test_analysis_imports_no_training_code():
             "{'torch', 'transformers', 'ray', 'mlflow', 'optuna', 'tamt_core', 'orchestrator'}); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_orchestrator_imports_no_analysis():
+    """orchestrator/ writes the table and analysis/ reads it: no orchestrator module imports the analysis, not even
+    inside a function (the results table a sweep prints at its end is handed in by sweeps/)."""
+    sources = sorted((ROOT / "orchestrator").rglob("*.py"))
+    modules = [".".join(path.relative_to(ROOT).with_suffix("").parts) for path in sources if path.stem != "__init__"]
+    code = (f"import sys, {', '.join(modules)}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'analysis'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    for path in sources:
+        assert not re.search(r"^\s*(from|import)\s+analysis\b", path.read_text(), re.MULTILINE), path
 
 
 def test_cluster_yaml_passes_ray_validation():

@@ -13,7 +13,7 @@ import pytest
 
 from analysis import figures, table
 from orchestrator import ledger, results, status
-from orchestrator.engine import plan_record, stale_rows
+from orchestrator.sweep import plan_record, stale_rows
 from orchestrator.grid import Grid
 from orchestrator.provenance import provenance
 from orchestrator.specs import lineage

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from orchestrator import results
-from orchestrator.engine import run_sweep
+from orchestrator.sweep import run_sweep
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.storage import Storage
 from orchestrator.tracking import RUN_ID_TAG
