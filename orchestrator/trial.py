@@ -28,8 +28,7 @@ from tamt_core.console import quiet_libraries
 from tamt_core.subnetwork import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
-from tamt_core.masks.masked_model import NotBertFamilyError
-from tamt_core.models import ModelUnavailableError, load_config
+from tamt_core.models import ModelUnavailableError, check_model
 from tamt_core.search.runner import IDENTITY_FILE
 from tamt_core.search import SearchResult, run_search
 from tamt_core.checkpoints import CheckpointStore
@@ -73,8 +72,8 @@ def check_models(specs: Iterable[Spec]) -> None:
     """
     for model in sorted({spec.model for spec in specs}):
         try:
-            load_config(model)
-        except (ModelUnavailableError, NotBertFamilyError) as error:
+            check_model(model)
+        except ModelUnavailableError as error:
             raise PlanError(str(error)) from error
 
 

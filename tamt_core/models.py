@@ -84,6 +84,19 @@ def load_config(model: str | None) -> tuple[str, str, PretrainedConfig]:
     return name, source, config
 
 
+def check_model(model: str | None) -> str:
+    """The name of ``model`` (a hub id, a directory, ``None`` for the built-in one) if tamt can search and fine-tune
+    it: its config is read, no weights, and names a BERT-family encoder. What a sweep checks before any trial.
+
+    Raises:
+        ModelUnavailableError: it cannot be loaded, or it is not BERT-family; the message names the fix.
+    """
+    try:
+        return load_config(model)[0]
+    except NotBertFamilyError as error:
+        raise ModelUnavailableError(str(error)) from error
+
+
 def load_pretrained(model: str | None = None, *, with_mlm_head: bool = True) -> Pretrained:
     """Load θ0 with an MLM head (for search and pre-training losses) or as a bare encoder (for export).
 

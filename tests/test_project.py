@@ -45,6 +45,23 @@ def test_orchestrator_imports_no_analysis():
         assert not re.search(r"^\s*(from|import)\s+analysis\b", path.read_text(), re.MULTILINE), path
 
 
+MODEL_INTERNALS = ("transformers", "tamt_core.masks.masked_model", "tamt_core.losses", "tamt_core.training",
+                   "tamt_core.parallel", "tamt_core.data", "tamt_core.methods.trained", "tamt_core.methods.imp",
+                   "tamt_core.methods.tamt", "tamt_core.methods.omp", "tamt_core.methods.random_mask",
+                   "tamt_core.finetune.loop", "tamt_core.finetune.evaluation")
+"""What trains a model: the orchestrator reaches it through tamt_core's entry points (``run_search``, ``finetune``,
+``pretrain_losses``, the mask files, the methods' registry), never directly."""
+
+
+def test_orchestrator_imports_no_model_internals():
+    imports = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import|import\s+([\w.]+))", re.MULTILINE)
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        for match in imports.finditer(path.read_text()):
+            module = match.group(1) or match.group(2)
+            assert not any(module == inner or module.startswith(inner + ".") for inner in MODEL_INTERNALS), \
+                f"{path.name} imports {module}"
+
+
 def test_cluster_yaml_passes_ray_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
