@@ -67,14 +67,15 @@ class SweepLedger(tune.Callback):
     """Keeps what ``python -m sweeps status`` reads in the storage (:mod:`orchestrator.ledger`): the driver's
     heartbeat with the trials running now, and the error of each trial that fails for good."""
 
-    def __init__(self, storage: Storage, sweep: str, started_at: float) -> None:
-        self.storage, self.sweep, self.started_at = storage, sweep, started_at
+    def __init__(self, storage: Storage, sweep: str, started_at: float, cluster: dict[str, float]) -> None:
+        self.storage, self.sweep, self.started_at, self.cluster = storage, sweep, started_at, cluster
         self.last_beat = time.monotonic()
         self.running: list[str] = []
 
     def beat(self, ended: str | None = None) -> None:
         self.last_beat = time.monotonic()
-        ledger.write_heartbeat(self.storage, self.sweep, self.started_at, [] if ended else self.running, ended)
+        ledger.write_heartbeat(self.storage, self.sweep, self.started_at, [] if ended else self.running, ended,
+                               self.cluster)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if time.monotonic() - self.last_beat >= ledger.HEARTBEAT_EVERY_S:

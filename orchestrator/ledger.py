@@ -4,8 +4,8 @@ it stands from the storage alone (any machine, read-only, while the sweep runs o
     sweeps/<name>.json           the sweep's plan as of its last start: every trial's stage, method, label, the
                                  searches it waits for, its estimated GPU seconds and the ids its rows had under
                                  older algorithm versions (:func:`write_plan`)
-    sweeps/<name>.driver.json    the driver's heartbeat: host, pid, when it started, its last beat, the trials it
-                                 runs now, and when it ended (:func:`write_heartbeat`)
+    sweeps/<name>.driver.json    the driver's heartbeat: host, pid, the Ray cluster it runs on, when it started,
+                                 its last beat, the trials it runs now, and when it ended (:func:`write_heartbeat`)
     failures/<run_id>.json       the last error of a trial that failed for good, after its retries
                                  (:func:`record_failure`); cleared when a sweep runs that trial again
 
@@ -68,12 +68,13 @@ def read_plans(storage: Storage) -> dict[str, dict[str, Any]]:
 
 
 def write_heartbeat(storage: Storage, name: str, started_at: float, running: list[str],
-                    ended: str | None = None) -> None:
-    """The driver of sweep ``name`` is alive and runs ``running`` (run ids); ``ended`` (``complete``,
-    ``interrupted``, ``failed``) when it stops."""
+                    ended: str | None = None, cluster: dict[str, float] | None = None) -> None:
+    """The driver of sweep ``name`` is alive, on a Ray cluster of ``cluster`` (nodes, CPUs, GPUs), and runs
+    ``running`` (run ids); ``ended`` (``complete``, ``interrupted``, ``failed``) when it stops."""
     _write_json(storage, storage.path("sweeps", f"{name}.driver.json"), {
         "sweep": name, "host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
-        "beat_at": time.time(), "every_s": HEARTBEAT_EVERY_S, "running": sorted(running), "ended": ended})
+        "beat_at": time.time(), "every_s": HEARTBEAT_EVERY_S, "running": sorted(running), "ended": ended,
+        "cluster": cluster or {}})
 
 
 def read_heartbeat(storage: Storage, name: str) -> dict[str, Any] | None:

@@ -149,3 +149,10 @@ def default_concurrency(resources: Resources, attached: bool) -> int:
     fits = [available.get(key.upper(), 0.0) / amount for key, amount in request.items() if amount > 0]
     capacity = max(1, int(min(fits))) if fits else 1
     return max(capacity, AUTOSCALING_DEMAND) if attached else capacity
+
+
+def cluster_size() -> dict[str, float]:
+    """The connected Ray cluster now: its alive nodes and their CPUs and GPUs (what the ledger records of a run)."""
+    alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return {"nodes": len(alive), "cpus": sum(node.get("CPU", 0.0) for node in alive),
+            "gpus": sum(node.get("GPU", 0.0) for node in alive)}

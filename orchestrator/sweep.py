@@ -33,7 +33,7 @@ from orchestrator.memory import release_freed_memory
 from orchestrator.plan import Plan
 from orchestrator.provenance import package_versions, source_revision
 from orchestrator.ray_session import attached, fit, ray_session
-from orchestrator.resources import Resources, default_concurrency
+from orchestrator.resources import Resources, cluster_size, default_concurrency
 from orchestrator.scheduler import WINDOW_TRIALS, PlanSearcher, SweepCounts, next_window
 from orchestrator.specs import FinetuneSpec, SearchSpec, Spec
 from orchestrator.storage import Storage
@@ -152,7 +152,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                                          attached(ray_address))
         settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
         counts = SweepCounts(len(todo))
-        sweep_ledger = SweepLedger(storage, name, time.time())
+        sweep_ledger = SweepLedger(storage, name, time.time(), cluster_size())
         sweep_ledger.beat()
         tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
         report.experiment_id = tracker.experiment_id
