@@ -67,8 +67,12 @@ class SweepLedger(tune.Callback):
     """Keeps what ``python -m sweeps status`` reads in the storage (:mod:`orchestrator.ledger`): the driver's
     heartbeat with the trials running now, and the error of each trial that fails for good."""
 
-    def __init__(self, storage: Storage, sweep: str, started_at: float, cluster: dict[str, float]) -> None:
+    def __init__(self, storage: Storage, sweep: str, started_at: float, cluster: dict[str, float],
+                 reasons: dict[str, str] | None = None) -> None:
+        """``reasons``: why the driver stopped a trial itself (run id → text, the watchdog's), put first in its
+        failure record."""
         self.storage, self.sweep, self.started_at, self.cluster = storage, sweep, started_at, cluster
+        self.reasons = {} if reasons is None else reasons
         self.last_beat = time.monotonic()
         self.running: list[str] = []
 
@@ -89,5 +93,6 @@ class SweepLedger(tune.Callback):
         written = Path(trial.error_file) if trial.error_file else None  # Tune's text of the error, on this node
         error = (written.read_text() if written is not None and written.is_file()
                  else f"trial {trial.trial_id} failed; see {trial.local_path}")
+        reason = self.reasons.get(trial.config["run_id"])
         ledger.record_failure(self.storage, trial.config["run_id"], sweep=self.sweep, stage=spec.stage,
-                              label=run_name(spec), error=str(error))
+                              label=run_name(spec), error=str(error) if reason is None else f"{reason}\n{error}")

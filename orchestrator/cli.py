@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 from tamt_core.console import quiet_libraries
 from tamt_core.methods import METHODS
 
+from orchestrator.control import STOP_GRACE_S, StallLimits
 from orchestrator.estimate import THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
@@ -105,6 +107,16 @@ def check_address_answers(address: str | None, timeout_s: float = 3.0) -> None:
                         f"{source} the sweep runs on a private local Ray.") from error
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {value:g}")
+    return value
+
+
 def build_parser(name: str, description: str, presets: Presets) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description)
     parser.add_argument("--preset", choices=sorted(presets),
@@ -129,6 +141,13 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                         help="retries of a failed trial, and restarts of a search's workers (node loss, OOM)")
     parser.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
                         help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask)")
+    parser.add_argument("--stop-grace", type=_seconds, default=STOP_GRACE_S, metavar="SECONDS",
+                        help="on SIGTERM (a time limit, a preemption, scancel), how long running trials get to "
+                             f"checkpoint before the sweep exits (default {STOP_GRACE_S:.0f}); rerun to go on")
+    parser.add_argument("--stall-limit", type=_seconds, metavar="SECONDS",
+                        help="stop and retry a trial without progress for this long (default per kind: searches "
+                             f"{StallLimits().search:.0f}, fine-tunes {StallLimits().finetune:.0f}, measurements "
+                             f"{StallLimits().measurement:.0f}; 0 turns the watchdog off)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--search-settings", metavar="FILE",
                         help="JSON {method: {setting: value}} laid over the preset's search settings, e.g. the "
@@ -206,12 +225,16 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
         raise PlanError(f"--max-concurrent must be ≥ 1, got {args.max_concurrent}")
     ray_init = {"num_cpus": args.num_cpus} if args.num_cpus else {}
     complete = True
+    stall_limits = StallLimits() if args.stall_limit is None else StallLimits.every(args.stall_limit)
     if len(plan):
         report = run_sweep(plan, name=name, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                            checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
-                           out=out)
+                           out=out, stop_grace_s=args.stop_grace,
+                           stall_limits=stall_limits)
         print_where(report, out, results)
+        if report.signalled:
+            return 128 + signal.SIGTERM
         complete = report.complete
     for study in studies:
         report = run_study(study, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
@@ -301,6 +324,10 @@ def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> N
     status = "complete" if report.complete else ("interrupted" if report.interrupted else "incomplete")
     print(f"[tamt] sweep {status}: {len(report.succeeded)} trials ran, {report.skipped} were already done, "
           f"{len(report.failed)} failed, {len(report.blocked)} blocked by a failed search", file=out)
+    if report.signalled:
+        print("[tamt] stopped on SIGTERM: the running trials checkpointed"
+              + (f" ({report.cut_off} did not in time and resume from their last periodic checkpoint)"
+                 if report.cut_off else "") + "; rerun the same command (or requeue the job) to go on", file=out)
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error.splitlines()[0] if error else ''}", file=out)
     if results is not None:

@@ -76,10 +76,10 @@ def _without_tune_loggers() -> Iterator[None]:
 
 def fit(trainable: Callable[[dict], None], searcher: Searcher, *, num_samples: int, name: str, storage: Storage,
         max_concurrent: int, max_failures: int, callbacks: list[tune.Callback],
-        param_space: dict[str, Any] | None = None, trial_names: Callable[[Any], str] | None = None
-        ) -> tune.ResultGrid:
+        param_space: dict[str, Any] | None = None, trial_names: Callable[[Any], str] | None = None,
+        stopper: tune.Stopper | None = None) -> tune.ResultGrid:
     """One Tune experiment of a sweep or a study: ``num_samples`` trials that ``searcher`` suggests, actors reused,
-    retried ``max_failures`` times, under ``<storage>/ray/<name>``.
+    retried ``max_failures`` times, under ``<storage>/ray/<name>``; ``stopper`` may end it early.
 
     Tune's own per-trial loggers are left out: a trial's results go to the table and to MLflow, and each
     TensorBoard writer stayed in the driver's memory after its trial ended (about 50 KiB per trial,
@@ -89,7 +89,7 @@ def fit(trainable: Callable[[dict], None], searcher: Searcher, *, num_samples: i
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples, reuse_actors=True,
                                     max_concurrent_trials=max_concurrent,
                                     trial_name_creator=trial_names, trial_dirname_creator=trial_names),
-        run_config=tune.RunConfig(name=name, storage_path=storage.ray_storage_path(), verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage.ray_storage_path(), verbose=0, stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=callbacks))
     with _without_tune_loggers():
         return tuner.fit()

@@ -11,7 +11,7 @@ progress line and the report.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -28,9 +28,11 @@ class PlanSearcher(Searcher):
     run.
     """
 
-    def __init__(self, plan: Plan, todo: list[str], settings: TrialSettings) -> None:
+    def __init__(self, plan: Plan, todo: list[str], settings: TrialSettings,
+                 hold: Callable[[], bool] = lambda: False) -> None:
+        """``hold()`` true: hand out nothing more (the sweep is stopping)."""
         super().__init__()
-        self.plan, self.settings = plan, settings
+        self.plan, self.settings, self.hold = plan, settings, hold
         self.ready: deque[str] = deque()
         self.missing: dict[str, set[str]] = {}  # run id → unfinished searches it waits for
         self.dependents: dict[str, list[str]] = {}  # search run id → trials waiting for it
@@ -49,6 +51,8 @@ class PlanSearcher(Searcher):
         self.blocked: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.hold():
+            return None
         if self.ready:
             run_id = self.ready.popleft()
             self.run_of_trial[trial_id] = run_id

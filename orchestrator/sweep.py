@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tamt_core.ids import FIRST_VERSION, algorithm_versions
 from orchestrator import ledger, results
 from orchestrator.callbacks import Progress, SweepLedger
 from orchestrator.compaction import Compactor
+from orchestrator.control import STOP_GRACE_S, Drain, StallLimits, SweepControl, Watchdog, on_sigterm
 from orchestrator.estimate import THROUGHPUT, trial_seconds
 from orchestrator.memory import release_freed_memory
 from orchestrator.plan import Plan
@@ -83,6 +85,10 @@ class SweepReport:
     failed: dict[str, str] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
     interrupted: bool = False
+    signalled: bool = False
+    """Stopped on SIGTERM (a time limit, a preemption, ``scancel``): the running trials were asked to checkpoint."""
+    cut_off: int = 0
+    """Of those, how many had not checkpointed when the grace period ended."""
     experiment_id: str | None = None
     """The MLflow experiment of the sweep's runs (known once a trial ran)."""
 
@@ -114,7 +120,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
               checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
               out: TextIO | None = None, trainable: Callable[[dict], None] = tune_trial,
-              window_trials: int = WINDOW_TRIALS) -> SweepReport:
+              window_trials: int = WINDOW_TRIALS, stop_grace_s: float = STOP_GRACE_S,
+              stall_limits: StallLimits = StallLimits()) -> SweepReport:
     """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
 
     ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
@@ -123,6 +130,9 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     through ``tamt_core`` (:func:`orchestrator.trial.tune_trial`), ``bench/bench_orchestration.py`` swaps in a
     sleep to time the orchestration alone. The trials run as consecutive Tune experiments of ``window_trials``
     (:data:`WINDOW_TRIALS`); within one, a trial starts as soon as the searches it reads have finished.
+
+    On SIGTERM the running trials checkpoint and the sweep returns within ``stop_grace_s`` (``report.signalled``);
+    a trial without progress for longer than its ``stall_limits`` is stopped and retried (:mod:`orchestrator.control`).
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
     todo = [run_id for run_id in [*plan.searches, *plan.measurements, *plan.finetunes] if run_id not in finished]
@@ -150,9 +160,12 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     with ray_session(ray_address, ray_init):
         resources = resources.on_cluster(any(trains(plan.get(run_id).to_dict()) for run_id in todo),
                                          attached(ray_address))
-        settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
+        control_name = f"tamt-control-{uuid.uuid4().hex[:12]}"
+        control = SweepControl.options(name=control_name).remote()
+        settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures, control_name)
+        drain, watchdog = Drain(control, stop_grace_s), Watchdog(control, stall_limits)
         counts = SweepCounts(len(todo))
-        sweep_ledger = SweepLedger(storage, name, time.time(), cluster_size())
+        sweep_ledger = SweepLedger(storage, name, time.time(), cluster_size(), watchdog.reasons)
         sweep_ledger.beat()
         tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
         report.experiment_id = tracker.experiment_id
@@ -167,24 +180,31 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                 window = next_window(plan, remaining, counts, window_trials)
                 if not window:
                     break
-                searcher = PlanSearcher(plan, window, settings)
+                searcher = PlanSearcher(plan, window, settings, hold=lambda: drain.requested)
                 counts.start(searcher)
-                grid = fit(trainable, searcher, num_samples=len(window),
-                           name=f"{name}-{stamp}" + (f"-w{number}" if len(todo) > window_trials else ""),
-                           storage=storage, max_concurrent=max_concurrent, max_failures=max_failures,
-                           callbacks=[tracker, sweep_ledger, progress], trial_names=_trial_name)
+                with on_sigterm(drain.request):
+                    grid = fit(trainable, searcher, num_samples=len(window),
+                               name=f"{name}-{stamp}" + (f"-w{number}" if len(todo) > window_trials else ""),
+                               storage=storage, max_concurrent=max_concurrent, max_failures=max_failures,
+                               callbacks=[tracker, sweep_ledger, progress, drain, watchdog],
+                               trial_names=_trial_name, stopper=drain)
                 for result in grid:
                     if result.error is not None:
                         run_id = result.config.get("run_id") if result.config else None
                         report.failed[run_id or "?"] = f"{type(result.error).__name__}: {result.error}"[:2000]
-                interrupted = searcher.unsuggested > 0 or grid.num_terminated + grid.num_errors < len(grid)
+                interrupted = (drain.requested or searcher.unsuggested > 0
+                               or grid.num_terminated + grid.num_errors < len(grid))
                 del grid  # this window's trials and results go now, not when the next window's replace them
                 release_freed_memory()
                 if interrupted:
                     report.interrupted = True
                     break
                 counts.close()
-            tracker.finish("FINISHED")
+            if drain.requested:
+                report.signalled, report.cut_off = True, len(drain.unstopped)
+                tracker.finish("KILLED", timeout_s=min(10.0, stop_grace_s / 4))
+            else:
+                tracker.finish("FINISHED")
         except KeyboardInterrupt:
             report.interrupted = True
             tracker.finish("KILLED", timeout_s=10.0)
@@ -196,7 +216,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
             sweep_ledger.beat(ended="interrupted" if report.interrupted
                               else "complete" if report.complete else "incomplete")
             compactor.stop()
-            compactor.compact_once()
+            if not drain.requested:  # stopping on a signal leaves the merge to the next run: the grace is short
+                compactor.compact_once()
     return report
 
 

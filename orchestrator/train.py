@@ -107,10 +107,12 @@ class RayTrainCheckpoints:
         return Path(tempfile.mkdtemp(prefix=f"checkpoint-{step:08d}-", dir=self.scratch))
 
     def publish(self, staging: Path | None, step: int, metrics: dict[str, Any]) -> None:
+        """Report the checkpoint; uploaded in the background, except the last one of a run that stops: the driver
+        ends the experiment once it is committed."""
         checkpoint = None if staging is None else Checkpoint.from_directory(str(staging))
+        mode = CheckpointUploadMode.SYNC if metrics.get("stopped") else CheckpointUploadMode.ASYNC
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:08d}",
-                         checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
-                         delete_local_checkpoint_after_upload=checkpoint is not None)
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=checkpoint is not None)
 
     def set_aside(self, state_file: Path) -> Path:
         checkpoint = state_file.parent

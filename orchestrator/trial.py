@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +32,7 @@ from tamt_core.masks import Mask, load_mask, similarity
 from tamt_core.models import ModelUnavailableError, check_model
 from tamt_core.search.runner import IDENTITY_FILE
 from tamt_core.search import SearchResult, run_search
-from tamt_core.checkpoints import CheckpointStore
+from tamt_core.checkpoints import CheckpointStore, RunStopped
 
 from orchestrator import results
 from orchestrator.plan import PlanError
@@ -44,12 +45,23 @@ Report = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
+class Hooks:
+    """How a running trial talks to its driver (:mod:`orchestrator.control`): ``progress`` after each step,
+    evaluation or compared pair (the watchdog watches it), ``stop_requested`` read after each step (a sweep stopping
+    on SIGTERM; the trial then checkpoints and raises :class:`~tamt_core.checkpoints.RunStopped`)."""
+
+    progress: Callable[..., None] = lambda *_: None
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
 class TrialSettings:
     """How trials run, as opposed to what they compute (not part of any run id).
 
     ``checkpoint_every_s`` is the period of fine-tune and search checkpoints; ``workers_per_search`` Train
     workers, each holding ``search_cpu`` CPUs and ``search_gpu`` GPUs, run a search that trains, restarted up to
-    ``max_failures`` times after a worker or node failure.
+    ``max_failures`` times after a worker or node failure. ``control`` names the sweep's
+    :class:`~orchestrator.control.SweepControl` actor (``None`` outside a sweep).
     """
 
     storage: str
@@ -59,6 +71,7 @@ class TrialSettings:
     search_cpu: float = 1.0
     search_gpu: float = 0.0
     max_failures: int = 3
+    control: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +92,14 @@ def check_models(specs: Iterable[Spec]) -> None:
 
 def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics: None,
             node: str | None = None, scratch_root: Path | None = None,
-            checkpoints: CheckpointStore | None = None) -> dict[str, Any]:
+            checkpoints: CheckpointStore | None = None, hooks: Hooks = Hooks()) -> dict[str, Any]:
     """Run ``spec`` to completion (resuming what an earlier attempt left) and publish its row; returns the row.
 
     ``scratch_root`` is where remote-storage trials work locally (default: the system temp directory);
     ``checkpoints`` is where a search keeps its checkpoints (default: in its run directory).
+
+    Raises:
+        RunStopped: ``hooks.stop_requested`` turned true; the trial checkpointed, and running it again resumes.
     """
     storage = Storage.at(settings.storage)
     if results.has_row(storage, spec.run_id):  # a retry after the row was published: nothing to do
@@ -94,10 +110,10 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
     started = time.time()
     attempts = _record_attempt(run_dir.local, spec, node)
     if spec.stage == "search":
-        row = _search(spec, settings, run_dir, checkpoints)
+        row = _search(spec, settings, run_dir, checkpoints, hooks)
     else:
         run = {"finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
-        row = run(spec, settings, run_dir, report)
+        row = run(spec, settings, run_dir, report, hooks)
     algorithm_versions, cell = lineage(spec, {ref.search_id: results.read_row(storage, ref.search_id)
                                               for ref in mask_refs(spec)})
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
@@ -118,12 +134,13 @@ def _record_attempt(directory: Path, spec: Spec, node: str) -> int:
 
 
 def _search(spec: SearchSpec, settings: TrialSettings, run_dir: RunDirectory,
-            checkpoints: CheckpointStore | None = None) -> dict[str, Any]:
+            checkpoints: CheckpointStore | None = None, hooks: Hooks = Hooks()) -> dict[str, Any]:
     masks_dir = run_dir.local / "masks"
     if masks_dir.exists() and not (masks_dir / IDENTITY_FILE).exists():
         shutil.rmtree(masks_dir)  # files of an attempt that kept no identity (and so no checkpoint): start over
     result = run_search(spec.config, masks_dir, model=spec.model, data=spec.data, device=settings.device,
-                        checkpoints=checkpoints, checkpoint_every_s=settings.checkpoint_every_s)
+                        checkpoints=checkpoints, checkpoint_every_s=settings.checkpoint_every_s,
+                        log_step=hooks.progress, stop_requested=hooks.stop_requested)
     return search_row(spec, settings, result)
 
 
@@ -152,7 +169,8 @@ def search_row(spec: SearchSpec, settings: TrialSettings, result: SearchResult) 
             "steps": final["step"], "device": settings.device, "info": {"search_config": config.to_dict()}}
 
 
-def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report) -> dict[str, Any]:
+def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report,
+              hooks: Hooks) -> dict[str, Any]:
     storage = run_dir.storage
     mask = mask_entry = search_row = None
     if spec.mask is not None:
@@ -168,7 +186,8 @@ def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory
     result = finetune(config, run_dir.local / "finetune", mask=mask,
                       mask_path=None if mask_entry is None else f"runs/{spec.mask.search_id}/{mask_entry['file']}",
                       device=settings.device, on_evaluation=on_evaluation,
-                      checkpoint_every_s=settings.checkpoint_every_s)
+                      checkpoint_every_s=settings.checkpoint_every_s, on_step=hooks.progress,
+                      stop_requested=hooks.stop_requested)
     best = result.best
     row = {"model": spec.model, "task": config.task, "finetune_seed": config.seed, "train_size": config.train_size,
            "select_metric": result.select_metric, "best_score": result.best_score,
@@ -193,8 +212,8 @@ def _mask_entry(search_row: dict[str, Any], ref: MaskRef) -> dict[str, Any]:
     return next(m for m in search_row["masks"] if round(m["sparsity"], 4) == ref.sparsity and m["step"] == ref.step)
 
 
-def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report  # noqa: ARG001 (one signature for every stage)
-                ) -> dict[str, Any]:
+def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report,  # noqa: ARG001 (one signature for every stage)
+                hooks: Hooks) -> dict[str, Any]:  # noqa: ARG001
     losses = pretrain_losses({"dense": None}, model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
                              device=settings.device)["dense"]
     report({"mlm_dev_loss": losses["mlm_loss"], "kd_dev_loss": losses["kd_loss"]})
@@ -202,8 +221,8 @@ def _dense_loss(spec: DenseLossSpec, settings: TrialSettings, run_dir: RunDirect
             "kd_dev_loss": losses["kd_loss"], "device": settings.device}
 
 
-def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirectory, report: Report  # noqa: ARG001 (one signature for every stage)
-                ) -> dict[str, Any]:
+def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirectory, report: Report,  # noqa: ARG001 (one signature for every stage)
+                hooks: Hooks) -> dict[str, Any]:
     """Every pair of ``spec.pairs()``; masks are loaded once, and with a reference each other mask is dropped after
     its pair, so memory holds two masks however long the list (a BERT-base mask is 109M booleans)."""
     search_rows: dict[str, dict[str, Any]] = {}
@@ -228,6 +247,7 @@ def _similarity(spec: SimilaritySpec, settings: TrialSettings, run_dir: RunDirec
         if spec.reference is not None:
             loaded.pop(b)
         report({"step": done, "similarity": value})
+        hooks.progress()
     return {"model": spec.model, "sparsity": spec.sparsity, "pairs": pairs, "steps": len(pairs)}
 
 
@@ -244,15 +264,29 @@ def worker_setup() -> str:
 
 def run_trial(spec: Spec, settings: TrialSettings, report: Report, node: str) -> dict[str, Any]:
     """Run one trial inside a Ray Tune trial; returns its row. A search that trains runs as a Ray Train job, which
-    this function drives and waits for; every other trial runs here."""
+    this function drives and waits for (its rank-0 worker talks to the driver); every other trial runs here, with
+    its link to the driver (:class:`~orchestrator.control.TrialLink`).
+
+    A trial the driver asks to stop checkpoints, reports ``stopped`` and waits for the driver to end it.
+    """
+    from orchestrator.control import TrialLink
     from orchestrator.train import fit_search, trains
 
-    if not trains(spec.to_dict()):
-        return execute(spec, settings, report, node=node)
     storage = Storage.at(settings.storage)
-    if not results.has_row(storage, spec.run_id):
-        fit_search(spec, settings, search_worker)
-    return results.read_row(storage, spec.run_id)
+    if trains(spec.to_dict()):
+        if not results.has_row(storage, spec.run_id):
+            fit_search(spec, settings, search_worker)
+        return results.read_row(storage, spec.run_id)
+    link = TrialLink(settings.control, spec.run_id)
+    try:
+        return execute(spec, settings, report, node=node, hooks=Hooks(link.progress, link.stop.is_set))
+    except RunStopped as stopped:
+        report({"stopped": 1, "step": stopped.step})
+        link.close()
+        threading.Event().wait()  # the driver ends the experiment once every running trial has stopped
+        raise
+    finally:
+        link.close()
 
 
 def tune_trial(config: dict[str, Any]) -> None:
@@ -269,6 +303,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
 def search_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker of a search: rank 0 runs the trial (masks, checkpoints, row); the others train beside it."""
+    from orchestrator.control import TrialLink
     from orchestrator.train import RayTrainCheckpoints, worker_device, world_rank
 
     node = worker_setup()
@@ -280,8 +315,16 @@ def search_worker(config: dict[str, Any]) -> None:
     run_dir = RunDirectory(storage, spec.run_id)
     checkpoints = RayTrainCheckpoints(Path(tempfile.gettempdir()) / "tamt-train" / spec.run_id / f"rank{rank}",
                                       set_aside_dir=run_dir.local / "set-aside")
-    if rank == 0:
-        execute(spec, settings, node=node, checkpoints=checkpoints)
-    else:
-        run_search(spec.config, run_dir.local / "masks", model=spec.model, data=spec.data, device=settings.device,
-                   checkpoints=checkpoints, checkpoint_every_s=settings.checkpoint_every_s)
+    link = TrialLink(settings.control if rank == 0 else None, spec.run_id)  # the others stop at rank 0's word
+    try:
+        if rank == 0:
+            execute(spec, settings, node=node, checkpoints=checkpoints, hooks=Hooks(link.progress, link.stop.is_set))
+        else:
+            run_search(spec.config, run_dir.local / "masks", model=spec.model, data=spec.data,
+                       device=settings.device, checkpoints=checkpoints,
+                       checkpoint_every_s=settings.checkpoint_every_s)
+    except RunStopped:
+        link.close()
+        threading.Event().wait()  # the checkpoint is reported (stopped); the driver ends the experiment
+    finally:
+        link.close()

@@ -20,7 +20,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from collections.abc import Iterator
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
-    from tamt_core.checkpoints import CheckpointError
+    from tamt_core.checkpoints import CheckpointError, RunStopped
     from tamt_core.outputs import OutputDirectoryError
     from tamt_core.data.pretrain import DatasetUnavailableError
     from tamt_core.masks import MaskFileError
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
+    except RunStopped as stopped:  # SIGTERM: a time limit, scancel
+        print(f"tamt: {stopped}: rerun the same command", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except hparams.SettingError as error:  # the config names its field; here it is a flag
         print(f"tamt: error: {error} (--{error.setting.replace('_', '-')})", file=sys.stderr)
         return 2
@@ -200,12 +205,24 @@ def _search(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for method in METHODS.values() for name in setting_names(method.settings)
              if hasattr(args, name)}
     config = SearchConfig.of(args.method, args.sparsity, args.seed, **given)  # refuses a flag its method lacks
-    with _process_group(args.device) as device:
+    with _process_group(args.device) as device, _stop_on_sigterm() as stop:
         result = run_search(config, args.out, model=args.model, data=args.data, device=device,
-                            checkpoint_every_s=args.checkpoint_every)
+                            checkpoint_every_s=args.checkpoint_every, stop_requested=stop.is_set)
     for path in result.paths:
         print(path)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM (a scheduler's time limit or preemption, ``scancel``) asks the run to write a checkpoint and stop,
+    instead of ending the process where it is; the same command resumes."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -298,8 +315,9 @@ def _finetune(args: argparse.Namespace) -> int:
                             mask_hash=None if mask is None else mask.content_hash, train_size=args.train_size,
                             subset_unit=args.subset_unit, select_metric=args.select_metric, lr=args.lr,
                             batch_size=args.batch_size, epochs=args.epochs, eval_every=args.eval_every)
-    result = finetune(config, args.out, mask=mask, mask_path=None if mask is None else str(args.mask.resolve()),
-                      device=args.device, keep_checkpoint=args.keep_checkpoint)
+    with _stop_on_sigterm() as stop:
+        result = finetune(config, args.out, mask=mask, mask_path=None if mask is None else str(args.mask.resolve()),
+                          device=args.device, keep_checkpoint=args.keep_checkpoint, stop_requested=stop.is_set)
     best = result.best
     print(json.dumps({"run_id": result.run_id, "task": config.task, "select_metric": result.select_metric,
                       "best_score": result.best_score, "best_step": None if best is None else best.step,

@@ -484,3 +484,77 @@ def test_a_two_worker_search_writes_the_one_worker_masks(ray_session, tmp_path, 
         masks = [load_mask(tmp_path / f"workers-{w}" / "runs" / search_id / e["file"])
                  for w, e in ((1, entry_one), (2, entry_two))]
         assert similarity(*masks) == 1.0 and entry_one["mask_hash"] == entry_two["mask_hash"]
+
+
+def test_sigterm_checkpoints_the_running_search_and_the_rerun_resumes_it(tmp_path, tiny_bert_dir):
+    """SIGTERM to the driver mid-search (a time limit, a preemption, ``scancel --signal=TERM --batch``): the search
+    checkpoints at its next sync point, the driver exits 143 well within the grace period, and the rerun resumes the
+    search from that checkpoint and runs every trial exactly once."""
+    search = {"steps": 400, "batch_size": 2, "block_size": 32, "lr": 1e-2}
+    settings = dict(methods=["tamt-mlm"], search=search, seeds=[1], tasks=["rte"], full_model=False,
+                    checkpoint_every_s=3600.0, stop_grace_s=90.0)
+    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, **settings)
+    plan = planned(tiny_bert_dir, **settings)
+    (search_id,) = plan.searches
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        log = storage / "runs" / search_id / "masks" / "log.jsonl"
+        while not (log.exists() and _logged_steps(storage, search_id)[-1:] >= [30]):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        _kill_leftovers(temp_dir)
+    assert proc.returncode == 143, err[-3000:]
+    assert took < 90.0, f"the driver took {took:.0f} s to stop"
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["signalled"] and report["cut_off"] == 0 and not report["failed"], report
+    stopped_at = _logged_steps(storage, search_id)[-1]
+    assert 30 <= stopped_at < 400 and any((storage / "ray" / f"search-{search_id}").glob("checkpoint-*"))
+    assert not list((storage / "failures").glob("*.json")), "a stopped trial is not a failed one"
+    print(f"SIGTERM to exit: {took:.1f} s")
+
+    command, _, temp_dir = _driver(tmp_path, tiny_bert_dir, **settings)
+    report = run_driver(command, temp_dir)
+    assert report["complete"], report
+    steps = _logged_steps(storage, search_id)
+    assert steps == sorted(set(steps)) and steps[-1] == 400, "the rerun resumed at the checkpoint: no step twice"
+    assert_table_matches(storage, plan)
+    assert attempts(storage)[search_id] == 2 and all(count == 1 for run_id, count in attempts(storage).items()
+                                                     if run_id != search_id)
+
+
+@pytest.mark.parametrize("hung, complete", [(1, True), (2, False)], ids=["retried", "failed-stalled"])
+def test_a_trial_without_progress_is_stopped_and_retried_then_failed_as_stalled(tmp_path, tiny_bert_dir, hung,
+                                                                                 complete):
+    """A trial that hangs without progress (the driver's test hook: its first attempts sleep) is stopped by the
+    watchdog after its stall limit and retried; once its retries are spent it fails with the reason "stalled",
+    which ``status`` shows, and the trials that wait for it are blocked."""
+    settings = dict(methods=["omp"], seeds=[1], tasks=["rte"], full_model=False, stall_limit_s=8.0,
+                    max_failures=1, blocked_attempts=hung)
+    command, storage, temp_dir = _driver(tmp_path, tiny_bert_dir, **settings)
+    plan = planned(tiny_bert_dir, **settings)
+    (search_id,) = plan.searches
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_leftovers(temp_dir)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["complete"] is complete, report
+    tries = (storage / "hung" / search_id).read_text().splitlines()
+    assert len(tries) == 2, "one retry after the stall"
+    assert time.monotonic() - started < 240
+    if complete:
+        assert_table_matches(storage, plan)
+        return
+    assert search_id in report["failed"] and len(plan.finetunes) == 1
+    failure = json.loads((storage / "failures" / f"{search_id}.json").read_text())
+    assert failure["error"].startswith("stalled: no progress for"), failure["error"][:300]
+    status = subprocess.run([sys.executable, "-m", "sweeps", "status", "--storage", str(storage)], env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert "stalled: no progress for" in status.stdout and "blocked 1" in status.stdout, status.stdout

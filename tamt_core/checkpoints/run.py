@@ -14,13 +14,17 @@ depend on the loop:
   that carries rank 0's verdict on whether a checkpoint is due, so every rank checkpoints at the same step.
 * **Checkpoint cadence.** A checkpoint is due every ``checkpoint_every_s`` seconds, or at once when the store has a
   preemption notice; :meth:`ResumableRun.save` writes one (rank 0 writes, every rank takes part).
+* **Stopping on request.** ``stop_requested`` (a scheduler's SIGTERM, a sweep that drains) is read at sync points,
+  in the same collective; the loop then writes a checkpoint and raises :class:`RunStopped`, and running it again
+  resumes there. The loss window is saved with a checkpoint, so a run stopped between two sync points logs the
+  losses the uninterrupted run logs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,15 @@ LOG_EVERY = 10
 written."""
 FILES_DIR = "masks"
 """Where a checkpoint keeps the files saved with it (a search's masks so far)."""
+
+
+class RunStopped(Exception):
+    """The run wrote a checkpoint at ``step`` and stopped, as asked (``stop_requested``); running it again resumes
+    there."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped on request after a checkpoint at step {step}; run it again to resume there")
+        self.step = step
 
 
 class Stopwatch:
@@ -74,12 +87,14 @@ class ResumableRun:
         ranks: the data-parallel processes; the default is one process.
         checkpoint_every_s: the period of time-based checkpoints.
         kind: what the run is, for messages (``search``, ``fine-tune``).
+        stop_requested: whether to checkpoint and stop (read at each sync point; cheap: called often).
     """
 
     def __init__(self, identity: Mapping[str, Any], store: CheckpointStore | None, *, device: torch.device,
-                 ranks: Ranks = Ranks(), checkpoint_every_s: float = CHECKPOINT_EVERY_S, kind: str = "run") -> None:
+                 ranks: Ranks = Ranks(), checkpoint_every_s: float = CHECKPOINT_EVERY_S, kind: str = "run",
+                 stop_requested: Callable[[], bool] = lambda: False) -> None:
         self.identity, self.store, self.ranks, self.kind = dict(identity), store, ranks, kind
-        self.checkpoint_every_s = checkpoint_every_s
+        self.checkpoint_every_s, self.stop_requested = checkpoint_every_s, stop_requested
         self.clock = Stopwatch()
         self._loss_sum = torch.zeros((), device=device)
         self._window = 0
@@ -110,6 +125,8 @@ class ResumableRun:
                 continue
             found = state_file, progress
             self.clock = Stopwatch(progress.get("train_s", progress.get("train_seconds", 0.0)))
+            loss_sum, self._window = progress.get("loss_window", (0.0, 0))
+            self._loss_sum.fill_(loss_sum)
             break
         else:
             if unreadable:
@@ -130,18 +147,19 @@ class ResumableRun:
         self._loss_sum += loss.detach().float()
         self._window += 1
 
-    def sync(self) -> tuple[float, bool]:
-        """A sync point: the mean loss of the window (over every rank) and whether a checkpoint is due (the period
-        has passed on rank 0, or the store has a preemption notice); one host synchronisation, one collective.
-        Empties the window."""
+    def sync(self) -> tuple[float, bool, bool]:
+        """A sync point: the mean loss of the window (over every rank), whether a checkpoint is due (the period has
+        passed on rank 0, or the store has a preemption notice) and whether to stop (any rank was asked to); one
+        host synchronisation, one collective. Empties the window."""
         due = float(self.ranks.writes and time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s)
         if self.store is not None and self.store.urgent():
             due = 1.0
-        loss_sum, due = self.ranks.all_sum(torch.stack([self._loss_sum, self._loss_sum.new_tensor(due)])).tolist()
+        flags = self._loss_sum.new_tensor([due, float(self.stop_requested())])
+        loss_sum, due, stop = self.ranks.all_sum(torch.cat([self._loss_sum.view(1), flags])).tolist()
         mean = loss_sum / max(self._window, 1)
         self._loss_sum.zero_()
         self._window = 0
-        return mean, bool(due) and self.store is not None
+        return mean, bool(due) and self.store is not None, bool(stop) and self.store is not None
 
     def save(self, step: int, components: Mapping[str, Stateful], progress: Mapping[str, Any],
              metrics: dict[str, Any] | None = None, files: Iterable[Path] = ()) -> None:
@@ -152,8 +170,9 @@ class ResumableRun:
         staging = None
         if self.ranks.writes:
             staging = self.store.staging(step)
-            save_state(staging / STATE_FILE, states, {"step": step, "train_s": self.clock.elapsed,
-                                                      "identity": self.identity, **progress})
+            save_state(staging / STATE_FILE, states, {
+                "step": step, "train_s": self.clock.elapsed, "identity": self.identity,
+                "loss_window": [float(self._loss_sum), self._window], **progress})
             files = list(files)
             if files:
                 (staging / FILES_DIR).mkdir()

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from tamt_core import hparams
-from tamt_core.checkpoints import CheckpointFile, ResumableRun, RngStreams, Stateful, TrainedTensors
+from tamt_core.checkpoints import CheckpointFile, ResumableRun, RngStreams, RunStopped, Stateful, TrainedTensors
 from tamt_core.device import autocast, pick_device
 from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
 from tamt_core.finetune.data import TaskData, load_task_data, train_batches
@@ -96,13 +96,17 @@ class _Training:
 
 def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None, mask_path: str | None = None,
              device: str | None = None, on_evaluation: Callable[[Evaluation], None] | None = None,
-             checkpoint_every_s: float = CHECKPOINT_EVERY_S, keep_checkpoint: bool = False) -> FinetuneResult:
+             checkpoint_every_s: float = CHECKPOINT_EVERY_S, keep_checkpoint: bool = False,
+             on_step: Callable[[int], None] = lambda step: None,
+             stop_requested: Callable[[], bool] = lambda: False) -> FinetuneResult:
     """Fine-tune θ0 ⊙ M (or θ0 when ``mask`` is ``None``) on ``config.task`` and return the best evaluation.
 
     Checks everything (the config, the directory, the mask against the model's names, shapes and weights, the
     data and the subset size) before the first step. Resumes from ``out_dir``'s checkpoint when there is one (an
     unreadable one is set aside). ``on_evaluation`` is called after each evaluation, once the checkpoint (if due)
     is written. ``keep_checkpoint`` keeps the final state (fine-tuned weights, optimizer) instead of deleting it.
+    ``on_step`` is called after every step; when ``stop_requested()`` turns true (read after every step), the run
+    checkpoints and raises :class:`~tamt_core.checkpoints.RunStopped`, and calling it again resumes there.
     """
     out_dir = Path(out_dir)
     if (mask is None) != (config.mask_hash is None) or (mask is not None and mask.content_hash != config.mask_hash):
@@ -132,10 +136,14 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         for batch in train_batches(t.data.train, t.collate, t.hp.batch_size, config.seed, epoch, done_in_epoch):
             run.add_loss(train_step(t.model, to_device(batch, t.device), t.params, t.optimizer, t.schedule))
             step += 1
+            on_step(step)
+            if step < t.total_steps and stop_requested():
+                run.save(step, t.checkpointed(), {"curve": [asdict(e) for e in curve]})
+                raise RunStopped(step)
             if step % t.eval_every:
                 continue
             train_seconds = run.clock.pause()  # evaluating is not training
-            train_loss, checkpoint_due = run.sync()
+            train_loss, checkpoint_due, _ = run.sync()
             evaluation = Evaluation(step, step / t.steps_per_epoch, train_loss,
                                     evaluate_task(t.model, t.task, t.data, t.collate, t.device))
             curve.append(evaluation)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointStore, ResumableRun, Stateful
+from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointStore, ResumableRun, RunStopped, Stateful
 from tamt_core.checkpoints.run import FILES_DIR
 from tamt_core.parallel import RankRngStreams, Ranks
 
@@ -38,13 +38,15 @@ class SearchRun:
         ranks: the data-parallel processes; the default is one process.
         device: where the loop trains (its RNG stream is checkpointed).
         seed: the search's seed (reseeds dropout when resuming on another number of ranks).
+        stop_requested: whether to checkpoint at the next sync point and stop (:class:`RunStopped`).
     """
 
     def __init__(self, identity: Mapping[str, Any], *, store: CheckpointStore | None, mask_dir: Path,
                  log: Callable[[dict[str, Any]], None], ranks: Ranks = Ranks(), device: torch.device,
-                 seed: int = 0, checkpoint_every_s: float = CHECKPOINT_EVERY_S, log_every: int = LOG_EVERY) -> None:
+                 seed: int = 0, checkpoint_every_s: float = CHECKPOINT_EVERY_S, log_every: int = LOG_EVERY,
+                 stop_requested: Callable[[], bool] = lambda: False) -> None:
         self.run = ResumableRun(identity, store, device=device, ranks=ranks, checkpoint_every_s=checkpoint_every_s,
-                                kind="search")
+                                kind="search", stop_requested=stop_requested)
         self.mask_dir, self.log, self.ranks, self.log_every = mask_dir, log, ranks, log_every
         self.rng = RankRngStreams(device, ranks, seed)
         self.masks: list[dict[str, Any]] = []  # the mask files written so far, in order (``WrittenMask`` fields)
@@ -91,16 +93,24 @@ class SearchRun:
 
         ``mask_saved`` forces a sync point and a checkpoint (the masks written so far go into it); the last step
         is a sync point without a checkpoint, since the finished search needs none.
+
+        Raises:
+            RunStopped: a stop was requested; the checkpoint of this step is written (the last step finishes).
         """
         self.run.add_loss(loss)
         self.run.clock.start()
         if not (last or mask_saved or step % self.log_every == 0):
             return
-        mean_loss, due = self.run.sync()
+        mean_loss, due, stop = self.run.sync()
         metrics = {"step": step, "loss": mean_loss, "lr": lr, "train_s": self.run.clock.seconds(), **extra}
         if self.ranks.writes:
             self.log(metrics)
-        if self.run.store is not None and not last and (mask_saved or due):
+        if last:
+            return
+        if stop:
+            self.checkpoint(step, {**metrics, "stopped": 1})
+            raise RunStopped(step)
+        if self.run.store is not None and (mask_saved or due):
             self.checkpoint(step, metrics)
 
     def mask_written(self, path: Path, **found: Any) -> None:

@@ -114,13 +114,14 @@ def pretraining_data(pretrained: Pretrained, source: str | None, seed: int) -> C
 def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None, data: str | None = None,
                device: str | None = None, log_step: Callable[[dict], None] | None = None,
                checkpoints: CheckpointStore | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-               log_every: int = LOG_EVERY) -> SearchResult:
+               log_every: int = LOG_EVERY, stop_requested: Callable[[], bool] = lambda: False) -> SearchResult:
     """Search masks with ``config`` on ``model`` (hub id, directory or None = built-in) into ``out_dir``.
 
     Resumes from the newest checkpoint in ``checkpoints`` (default: ``out_dir/checkpoints``), written at every
     saved mask and every ``checkpoint_every_s`` seconds. The loss is logged every ``log_every`` steps (each log is
     one host synchronisation); ``log_step`` receives each logged step's metrics besides ``log.jsonl`` and the
-    console.
+    console. When ``stop_requested()`` turns true, the search checkpoints at its next logged step and raises
+    :class:`~tamt_core.checkpoints.RunStopped`; calling it again resumes there.
 
     Raises:
         ValueError, ModelUnavailableError, DatasetUnavailableError, OutputDirectoryError, CheckpointError: bad
@@ -148,7 +149,7 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     run = SearchRun({"run_id": identity["run_id"], "model_fingerprint": pretrained.fingerprint},
                     store=checkpoints or CheckpointDirectory(out_dir / CHECKPOINTS_DIR), mask_dir=out_dir,
                     log=progress, ranks=ranks, device=torch_device, seed=config.seed,
-                    checkpoint_every_s=checkpoint_every_s, log_every=log_every)
+                    checkpoint_every_s=checkpoint_every_s, log_every=log_every, stop_requested=stop_requested)
     context = SearchContext(pretrained, torch_device, pretraining_data(pretrained, data, config.seed), run)
     devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from torch's RNG: seed it, leave the caller's alone
