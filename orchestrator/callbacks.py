@@ -69,8 +69,8 @@ class SweepLedger(tune.Callback):
 
     def __init__(self, storage: Storage, sweep: str, started_at: float, cluster: dict[str, float],
                  reasons: dict[str, str] | None = None) -> None:
-        """``reasons``: why the driver stopped a trial itself (run id → text, the watchdog's), put first in its
-        failure record."""
+        """``reasons``: why the driver stopped a trial itself (run id → text, the watchdog's), the last line of its
+        failure record (the line ``status`` shows)."""
         self.storage, self.sweep, self.started_at, self.cluster = storage, sweep, started_at, cluster
         self.reasons = {} if reasons is None else reasons
         self.last_beat = time.monotonic()
@@ -95,4 +95,4 @@ class SweepLedger(tune.Callback):
                  else f"trial {trial.trial_id} failed; see {trial.local_path}")
         reason = self.reasons.get(trial.config["run_id"])
         ledger.record_failure(self.storage, trial.config["run_id"], sweep=self.sweep, stage=spec.stage,
-                              label=run_name(spec), error=str(error) if reason is None else f"{reason}\n{error}")
+                              label=run_name(spec), error=str(error) if reason is None else f"{error}\n{reason}")
