@@ -170,14 +170,17 @@ def render(status: SweepStatus, now: float, out: TextIO) -> None:
                                        "uncommitted changes" if source.get("git_dirty") == "true" else "") if part)
     print(f"\nsweep {status.name} (planned {_clock(status.planned_at)}{'; ' + code if code else ''})", file=out)
     beat = status.heartbeat
+    cluster = (beat or {}).get("cluster") or {}
+    on = (f" on a Ray cluster of {cluster['nodes']} nodes ({cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs)"
+          if cluster.get("nodes") else "")
     if status.driver == "running":
-        print(f"  driver: running on {beat['host']} (pid {beat['pid']}) since {_clock(beat['started_at'])}, last "
-              f"heard {_ago(now - beat['beat_at'])} ago", file=out)
+        print(f"  driver: running on {beat['host']} (pid {beat['pid']}){on} since {_clock(beat['started_at'])}, "
+              f"last heard {_ago(now - beat['beat_at'])} ago", file=out)
     elif status.driver == "lost":
         print(f"  driver: silent since {_clock(beat['beat_at'])} ({_ago(now - beat['beat_at'])}) without ending: "
               f"killed, or its machine lost; rerun the sweep to go on (finished trials are kept)", file=out)
     elif beat is not None:
-        print(f"  driver: {status.driver} at {_clock(beat['beat_at'])}", file=out)
+        print(f"  driver: {status.driver} at {_clock(beat['beat_at'])}{on}", file=out)
     print(f"  {'stage':11s} {'planned':>7s} " + " ".join(f"{state:>{max(len(state), 5)}s}" for state in STATES)
           + f" {'stale':>5s} {'GPU-h done':>10s} {'GPU-h left':>10s}", file=out)
     for name, stage in [*status.stages.items(), ("total", status.total)]:
