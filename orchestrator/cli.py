@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tamt_core.console import quiet_libraries
+from tamt_core.device import PRECISIONS
 from tamt_core.methods import METHODS
 
 from orchestrator.control import STOP_GRACE_S, StallLimits
@@ -52,6 +53,19 @@ def with_search_settings(declaration: Declaration, settings: Mapping[str, Mappin
         return replace(declaration, search=search)
     if isinstance(declaration, MaskSimilarity):
         return replace(declaration, grids=tuple(with_search_settings(g, settings) for g in declaration.grids))
+    return declaration
+
+
+def with_precision(declaration: Declaration, precision: str) -> Declaration:
+    """``declaration`` computing in ``precision`` (``bf16``, ``fp32``): its searches that train and its fine-tunes;
+    their run ids are those of that precision (:mod:`tamt_core.device`)."""
+    if isinstance(declaration, Grid):
+        return replace(declaration, search=declaration.search.updated(precision=precision),
+                       finetune={**declaration.finetune, "precision": precision})
+    if isinstance(declaration, MaskSimilarity):
+        return replace(declaration, grids=tuple(with_precision(g, precision) for g in declaration.grids))
+    if isinstance(declaration, TamtStudy):
+        return replace(declaration, search={**declaration.search, "precision": precision})
     return declaration
 
 
@@ -141,6 +155,12 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                         help="retries of a failed trial, and restarts of a search's workers (node loss, OOM)")
     parser.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
                         help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="bf16 or fp32 (the paper's) for the searches that train and the fine-tunes; default bf16 "
+                             "on a GPU, fp32 on the CPU; a precision named here is part of the trials' run ids")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels in every search and fine-tune: on GPUs a rerun or a resumed "
+                             "trial then repeats its numbers exactly, as on CPUs (slower; docs/fidelity.md)")
     parser.add_argument("--stop-grace", type=_seconds, default=STOP_GRACE_S, metavar="SECONDS",
                         help="on SIGTERM (a time limit, a preemption, scancel), how long running trials get to "
                              f"checkpoint before the sweep exits (default {STOP_GRACE_S:.0f}); rerun to go on")
@@ -189,6 +209,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         if args.search_settings:
             settings = read_search_settings(args.search_settings)
             declarations = [with_search_settings(d, settings) for d in declarations]
+        if args.precision:
+            declarations = [with_precision(d, args.precision) for d in declarations]
         studies = [d for d in declarations if isinstance(d, TamtStudy)]
         plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
         storage = Storage.at(args.storage)
@@ -230,8 +252,8 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
         report = run_sweep(plan, name=name, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                            checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
-                           out=out, stop_grace_s=args.stop_grace,
-                           stall_limits=stall_limits)
+                           out=out, stop_grace_s=args.stop_grace, stall_limits=stall_limits,
+                           deterministic=args.deterministic)
         print_where(report, out, results)
         if report.signalled:
             return 128 + signal.SIGTERM
@@ -240,7 +262,7 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
         report = run_study(study, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                            checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
-                           out=out)
+                           out=out, deterministic=args.deterministic)
         print_study_report(report, out)
         complete = complete and report.completed >= study.trials
     return 0 if complete else 1

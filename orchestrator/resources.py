@@ -79,10 +79,10 @@ class Resources:
         return driver if self.search_driver_resource is None else {**driver, self.search_driver_resource: 0.01}
 
     def trial_settings(self, storage: Storage, checkpoint_every_s: float, device: str | None,
-                       max_failures: int, control: str | None = None) -> TrialSettings:
+                       max_failures: int, control: str | None = None, deterministic: bool = False) -> TrialSettings:
         return TrialSettings(storage.uri, checkpoint_every_s, device, workers_per_search=self.workers_per_search,
                              search_cpu=self.search_cpu, search_gpu=self.search_gpu, max_failures=max_failures,
-                             control=control)
+                             control=control, deterministic=deterministic)
 
     def on_cluster(self, plan_trains: bool, attached: bool) -> Resources:
         """These resources placed on the connected cluster: search drivers on the nodes that declare

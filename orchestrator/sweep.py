@@ -121,7 +121,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
               out: TextIO | None = None, trainable: Callable[[dict], None] = tune_trial,
               window_trials: int = WINDOW_TRIALS, stop_grace_s: float = STOP_GRACE_S,
-              stall_limits: StallLimits = StallLimits()) -> SweepReport:
+              stall_limits: StallLimits = StallLimits(), deterministic: bool = False) -> SweepReport:
     """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
 
     ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
@@ -133,6 +133,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
 
     On SIGTERM the running trials checkpoint and the sweep returns within ``stop_grace_s`` (``report.signalled``);
     a trial without progress for longer than its ``stall_limits`` is stopped and retried (:mod:`orchestrator.control`).
+    ``deterministic`` runs the trials with deterministic kernels (:func:`tamt_core.device.deterministic`).
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
     todo = [run_id for run_id in [*plan.searches, *plan.measurements, *plan.finetunes] if run_id not in finished]
@@ -162,7 +163,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                                          attached(ray_address))
         control_name = f"tamt-control-{uuid.uuid4().hex[:12]}"
         control = SweepControl.options(name=control_name).remote()
-        settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures, control_name)
+        settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures, control_name,
+                                            deterministic)
         drain, watchdog = Drain(control, stop_grace_s), Watchdog(control, stall_limits)
         counts = SweepCounts(len(todo))
         sweep_ledger = SweepLedger(storage, name, time.time(), cluster_size(), watchdog.reasons)

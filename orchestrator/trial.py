@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tamt_core.console import quiet_libraries
+from tamt_core.device import deterministic
 from tamt_core.subnetwork import pretrain_losses
 from tamt_core.finetune import finetune
 from tamt_core.masks import Mask, load_mask, similarity
@@ -61,7 +62,8 @@ class TrialSettings:
     ``checkpoint_every_s`` is the period of fine-tune and search checkpoints; ``workers_per_search`` Train
     workers, each holding ``search_cpu`` CPUs and ``search_gpu`` GPUs, run a search that trains, restarted up to
     ``max_failures`` times after a worker or node failure. ``control`` names the sweep's
-    :class:`~orchestrator.control.SweepControl` actor (``None`` outside a sweep).
+    :class:`~orchestrator.control.SweepControl` actor (``None`` outside a sweep). ``deterministic`` runs searches
+    and fine-tunes with deterministic kernels (:func:`tamt_core.device.deterministic`).
     """
 
     storage: str
@@ -72,6 +74,7 @@ class TrialSettings:
     search_gpu: float = 0.0
     max_failures: int = 3
     control: str | None = None
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,15 +112,17 @@ def execute(spec: Spec, settings: TrialSettings, report: Report = lambda metrics
     node = node or socket.gethostname()
     started = time.time()
     attempts = _record_attempt(run_dir.local, spec, node)
-    if spec.stage == "search":
-        row = _search(spec, settings, run_dir, checkpoints, hooks)
-    else:
-        run = {"finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
-        row = run(spec, settings, run_dir, report, hooks)
+    with deterministic(settings.deterministic):
+        if spec.stage == "search":
+            row = _search(spec, settings, run_dir, checkpoints, hooks)
+        else:
+            run = {"finetune": _finetune, "dense-loss": _dense_loss, "similarity": _similarity}[spec.stage]
+            row = run(spec, settings, run_dir, report, hooks)
     algorithm_versions, cell = lineage(spec, {ref.search_id: results.read_row(storage, ref.search_id)
                                               for ref in mask_refs(spec)})
+    computed = {key: str(value) for key in ("precision", "deterministic") if (value := row.pop(key, None)) is not None}
     row.update(run_id=spec.run_id, stage=spec.stage, spec=spec.to_dict(), wall_s=time.time() - started,
-               attempts=attempts, node=node, versions=provenance(spec.algorithm), cell_id=cell,
+               attempts=attempts, node=node, versions={**provenance(spec.algorithm), **computed}, cell_id=cell,
                algorithm_versions=algorithm_versions,
                finished_at=datetime.fromtimestamp(int(time.time()), tz=UTC))
     run_dir.push()
@@ -151,7 +156,7 @@ def search_row(spec: SearchSpec, settings: TrialSettings, result: SearchResult) 
     losses = {}
     if spec.dev_loss_batches != 0:
         losses = pretrain_losses(dict(loaded), model=spec.model, data=spec.data, max_batches=spec.dev_loss_batches,
-                                 device=settings.device)
+                                 device=settings.device, precision=result.precision)
     masks = []
     for written in result.masks:
         mask = loaded[written.file]
@@ -166,7 +171,8 @@ def search_row(spec: SearchSpec, settings: TrialSettings, result: SearchResult) 
             "sparsity": config.sparsity, "mask_seed": config.seed, "mask_step": final["step"],
             "mask_hash": final["mask_hash"], "mask_file": final["file"], "masks": masks,
             "mlm_dev_loss": final["mlm_dev_loss"], "kd_dev_loss": final["kd_dev_loss"],
-            "steps": final["step"], "device": settings.device, "info": {"search_config": config.to_dict()}}
+            "steps": final["step"], "device": settings.device, "info": {"search_config": config.to_dict()},
+            "precision": result.precision, "deterministic": result.deterministic}
 
 
 def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory, report: Report,
@@ -196,7 +202,8 @@ def _finetune(spec: FinetuneSpec, settings: TrialSettings, run_dir: RunDirectory
            "curve": [{"step": e.step, "epoch": e.epoch, "train_loss": e.train_loss, "metrics": e.metrics}
                      for e in result.curve],
            "steps": result.info.get("steps"), "train_examples": result.info.get("train_examples"),
-           "device": result.info.get("device"), "info": result.info, "method": "full"}
+           "device": result.info.get("device"), "info": result.info, "method": "full",
+           "precision": result.info.get("precision"), "deterministic": result.info.get("deterministic")}
     if search_row is not None:
         row.update(method=search_row["method"], objective=search_row["objective"], sparsity=spec.mask.sparsity,
                    mask_seed=search_row["mask_seed"], mask_step=spec.mask.step, mask_run_id=spec.mask.search_id,
@@ -320,9 +327,10 @@ def search_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             execute(spec, settings, node=node, checkpoints=checkpoints, hooks=Hooks(link.progress, link.stop.is_set))
         else:
-            run_search(spec.config, run_dir.local / "masks", model=spec.model, data=spec.data,
-                       device=settings.device, checkpoints=checkpoints,
-                       checkpoint_every_s=settings.checkpoint_every_s)
+            with deterministic(settings.deterministic):
+                run_search(spec.config, run_dir.local / "masks", model=spec.model, data=spec.data,
+                           device=settings.device, checkpoints=checkpoints,
+                           checkpoint_every_s=settings.checkpoint_every_s)
     except RunStopped:
         link.close()
         threading.Event().wait()  # the checkpoint is reported (stopped); the driver ends the experiment

@@ -134,7 +134,7 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
               resources: Resources = Resources(), max_concurrent: int | None = None, max_failures: int = 3,
               checkpoint_every_s: float = 300.0, device: str | None = None, ray_address: str | None = None,
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
-              out: TextIO | None = None) -> StudyReport:
+              out: TextIO | None = None, deterministic: bool = False) -> StudyReport:
     """Run the study's missing trials on Ray Tune with Optuna's TPE; safe to rerun after any interruption."""
     out = out or sys.stdout
     _, uri = prepare(Plan.of([study.spec(study.midpoint())]), storage, mlflow_uri)  # storage, MLflow, model
@@ -155,7 +155,8 @@ def run_study(study: TamtStudy, *, storage: Storage, mlflow_uri: str | None = No
                                 spec_of=lambda config: study.spec(study.params_of(config)))
         with ray_session(ray_address, ray_init):
             resources = resources.on_cluster(True, attached(ray_address))
-            settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures)
+            settings = resources.trial_settings(storage, checkpoint_every_s, device, max_failures,
+                                                deterministic=deterministic)
             fit(tune.with_resources(study_trial, resources.for_trial(study.spec(study.midpoint()).to_dict())),
                 searcher, num_samples=todo, name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage=storage,
                 max_concurrent=max_concurrent or default_concurrency(resources, attached=attached(ray_address)),

@@ -31,6 +31,7 @@ from pathlib import Path
 from tamt_core import hparams
 from tamt_core.checkpoints import CHECKPOINT_EVERY_S
 from tamt_core.console import quiet_libraries
+from tamt_core.device import PRECISIONS, deterministic
 from tamt_core.methods import METHODS
 from tamt_core.methods.base import setting_names
 from tamt_core.search.config import SearchConfig
@@ -53,6 +54,10 @@ def _sparsity(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) (0.7 = 70 % zeros), got {value}")
     return value
+
+
+DETERMINISTIC_HELP = ("deterministic kernels (torch's deterministic algorithms, cuBLAS workspace, math attention): on "
+                      "a GPU a rerun or a resumed run repeats its numbers exactly, as on the CPU; slower")
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(search)
     search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
                                          "local rank's GPU)")
+    search.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     search.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
                         help="IMP/TAMT: checkpoint at most this often, and at every saved mask (default "
                              f"{CHECKPOINT_EVERY_S:.0f}); rerun the same command to continue an interrupted search")
@@ -159,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, help="default: Tab. 1 (32; SQuAD 16)")
     tune.add_argument("--eval-every", type=int, help="default: Tab. 1 (50; MNLI 500; SQuAD 1000)")
     tune.add_argument("--keep-checkpoint", action="store_true", help="keep the fine-tuned state at the end")
+    tune.add_argument("--precision", choices=PRECISIONS,
+                      help="bf16 or fp32 (the paper's); default bf16 on a GPU, fp32 on the CPU")
+    tune.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     tune.add_argument("--device")
 
     demo = commands.add_parser("demo", help="OMP vs TAMT-MLM at 70 %% on the built-in model, losses side by side")
@@ -205,7 +214,7 @@ def _search(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for method in METHODS.values() for name in setting_names(method.settings)
              if hasattr(args, name)}
     config = SearchConfig.of(args.method, args.sparsity, args.seed, **given)  # refuses a flag its method lacks
-    with _process_group(args.device) as device, _stop_on_sigterm() as stop:
+    with _process_group(args.device) as device, _stop_on_sigterm() as stop, deterministic(args.deterministic):
         result = run_search(config, args.out, model=args.model, data=args.data, device=device,
                             checkpoint_every_s=args.checkpoint_every, stop_requested=stop.is_set)
     for path in result.paths:
@@ -314,8 +323,9 @@ def _finetune(args: argparse.Namespace) -> int:
     config = FinetuneConfig(task=args.task, seed=args.seed, model=model, data=args.data,
                             mask_hash=None if mask is None else mask.content_hash, train_size=args.train_size,
                             subset_unit=args.subset_unit, select_metric=args.select_metric, lr=args.lr,
-                            batch_size=args.batch_size, epochs=args.epochs, eval_every=args.eval_every)
-    with _stop_on_sigterm() as stop:
+                            batch_size=args.batch_size, epochs=args.epochs, eval_every=args.eval_every,
+                            precision=args.precision)
+    with _stop_on_sigterm() as stop, deterministic(args.deterministic):
         result = finetune(config, args.out, mask=mask, mask_path=None if mask is None else str(args.mask.resolve()),
                           device=args.device, keep_checkpoint=args.keep_checkpoint, stop_requested=stop.is_set)
     best = result.best

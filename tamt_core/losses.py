@@ -18,22 +18,34 @@ from tamt_core.training import to_device
 KD_DISTANCES = ("cosine", "mse")
 
 
+MLM_POSITIONS = "mlm_positions"
+"""The batch key of the corrupted positions' flat indices, found on the CPU (:func:`with_mlm_positions`)."""
+
+
+def with_mlm_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` (on the CPU) with the flat indices of its corrupted positions (labels ≠ −100): found on the host
+    before the batch moves, the MLM loss then selects them without waiting for the device to count them."""
+    return {**batch, MLM_POSITIONS: torch.nonzero(batch["labels"].reshape(-1) != -100).squeeze(1)}
+
+
 def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor], denominator: int | None = None) -> torch.Tensor:
     """Cross-entropy over the corrupted positions only (labels ≠ −100), averaged over them as HF's MLM loss.
 
     The vocabulary projection runs on the selected positions alone (~15 % of tokens): the same loss, without
-    computing logits nobody reads. With ``denominator`` (the corrupted positions of a whole global batch of which
-    ``batch`` is one rank's share, :mod:`tamt_core.parallel`) the loss is this share's sum over that count, so the
-    ranks' losses add up to the global batch's mean.
+    computing logits nobody reads. The positions come with the batch (:func:`with_mlm_positions`, found on the CPU),
+    or are found here, which on a GPU waits for the device. With ``denominator`` (the corrupted positions of a whole
+    global batch of which ``batch`` is one rank's share, :mod:`tamt_core.parallel`) the loss is this share's sum
+    over that count, so the ranks' losses add up to the global batch's mean.
     """
     hidden = base_model(model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                token_type_ids=batch.get("token_type_ids")).last_hidden_state
-    labels = batch["labels"]
-    selected = labels != -100
-    logits = mlm_head(model)(hidden[selected])
-    if denominator is None:
-        return F.cross_entropy(logits.float(), labels[selected])
-    return F.cross_entropy(logits.float(), labels[selected], reduction="sum") / denominator
+    positions = batch.get(MLM_POSITIONS)
+    if positions is None:
+        positions = torch.nonzero(batch["labels"].reshape(-1) != -100).squeeze(1)
+    labels = batch["labels"].reshape(-1).index_select(0, positions)
+    logits = mlm_head(model)(hidden.flatten(0, 1).index_select(0, positions))
+    total = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return total / (positions.numel() if denominator is None else denominator)
 
 
 def loss_denominator(batch: dict[str, torch.Tensor], objective: str, include_padding: bool = False,
@@ -87,21 +99,23 @@ def kd_loss(student_states, teacher_states, attention_mask: torch.Tensor | None,
 
 
 @torch.no_grad()
-def evaluate_mlm(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+def evaluate_mlm(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
+                 precision: str | None = None) -> float:
     """MLM dev loss: mean over batches of the batch-mean cross-entropy (as HF's Trainer, reference-impl §9)."""
     was_training = model.training
     model.eval()
     losses = []
     for batch in batches:
-        with autocast(device):
-            losses.append(float(mlm_loss(model, to_device(batch, device))))
+        with autocast(device, precision):
+            losses.append(float(mlm_loss(model, to_device(with_mlm_positions(batch), device))))
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
 @torch.no_grad()
 def evaluate_kd(student: nn.Module, teacher: nn.Module, batches: list[dict[str, torch.Tensor]],
-                device: torch.device, *, distance: str = "cosine", include_padding: bool = False) -> float:
+                device: torch.device, precision: str | None = None, *, distance: str = "cosine",
+                include_padding: bool = False) -> float:
     """KD dev loss of Eq. 6 (or MSE), both models in eval mode, mean over batches."""
     was_training = student.training
     student.eval()
@@ -109,7 +123,7 @@ def evaluate_kd(student: nn.Module, teacher: nn.Module, batches: list[dict[str, 
     losses = []
     for batch in batches:
         batch = to_device(batch, device)
-        with autocast(device):
+        with autocast(device, precision):
             loss = kd_loss(encoder_layer_states(base_model(student), batch),
                            encoder_layer_states(base_model(teacher), batch), batch.get("attention_mask"),
                            distance=distance, include_padding=include_padding)

@@ -36,13 +36,14 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
                     objectives: tuple[str, ...] = OBJECTIVES, kd_distance: str = "cosine",
                     seed: int = hparams.DEV_LOSS_SEED,
                     batch_size: int = hparams.DEV_LOSS_BATCH_SIZE, block_size: int = hparams.TAMT_MLM.max_length,
-                    max_batches: int | None = None,
-                    device: str | None = None) -> dict[str, dict[str, float]]:
+                    max_batches: int | None = None, device: str | None = None,
+                    precision: str | None = None) -> dict[str, dict[str, float]]:
     """``{label: {"mlm_loss": ..., "kd_loss": ...}}`` for each mask (``None`` = the dense model).
 
     All masks must belong to the same model; data is tokenised and corrupted once and shared by all of them.
     ``kd_distance="mse"`` is the released eval scripts' KD dev loss, computed as they did: sequences padded to
-    ``block_size`` and every position averaged, padding included (reference-impl §9).
+    ``block_size`` and every position averaged, padding included (reference-impl §9). ``precision`` as the search
+    that found the masks computed (:mod:`tamt_core.device`).
     """
     unknown = set(objectives) - set(OBJECTIVES)
     if unknown:
@@ -77,9 +78,9 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
             apply_fixed_mask(model_, mask.tensors)
         row = {}
         if mlm_batches is not None:
-            row["mlm_loss"] = evaluate_mlm(model_, mlm_batches, torch_device)
+            row["mlm_loss"] = evaluate_mlm(model_, mlm_batches, torch_device, precision)
         if kd_batches is not None:
-            row["kd_loss"] = evaluate_kd(model_, teacher, kd_batches, torch_device, distance=kd_distance,
+            row["kd_loss"] = evaluate_kd(model_, teacher, kd_batches, torch_device, precision, distance=kd_distance,
                                          include_padding=released_mse)
         if mask is not None:
             row["sparsity"] = mask.sparsity

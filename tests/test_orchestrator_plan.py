@@ -729,7 +729,7 @@ def test_search_ids_ignore_fields_added_later_at_their_defaults():
     import hashlib
 
     spec = SearchSpec(BERT, SearchConfig.of("tamt-mlm", 0.7, seed=1))
-    added_later = ("alpha", "phi", "adam_epsilon", "kd_sequence_mean")
+    added_later = ("alpha", "phi", "adam_epsilon", "kd_sequence_mean", "precision")
     first_record = {**FIRST_RECORD, **spec.config.to_dict()}  # every method's settings, as ids were first computed
     config = {k: v for k, v in first_record.items() if k not in added_later}
     before = json.dumps({"stage": "search", "model": BERT, "data": None, "config": config}, sort_keys=True,

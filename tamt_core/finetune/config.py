@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tamt_core import hparams
+from tamt_core.device import check_precision
 from tamt_core.ids import run_id
 from tamt_core.models import BUILTIN_MODEL_NAME
 from tamt_core.tasks import get_task, metric_names
@@ -23,7 +24,9 @@ class FinetuneConfig:
     (:data:`tamt_core.hparams.FINETUNE`). ``mask_hash`` is the mask's content hash (``None``: the full model).
     ``data`` is ``None`` for the built-in smoke data, else a hub id or directory (:mod:`tamt_core.data.downstream`).
     ``train_size`` draws the low-data subset of Fig. 7; for SQuAD it counts questions, or features (384-token
-    windows) with ``subset_unit="features"`` as the released code did (reference-impl §7.4).
+    windows) with ``subset_unit="features"`` as the released code did (reference-impl §7.4). ``precision``:
+    ``bf16`` or ``fp32`` (the paper's); ``None`` computes in bf16 on a GPU and fp32 on the CPU
+    (:mod:`tamt_core.device`), and stays out of the run id, as configs did before it existed.
     """
 
     task: str
@@ -38,6 +41,7 @@ class FinetuneConfig:
     batch_size: int | None = None
     epochs: int | None = None
     eval_every: int | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -56,6 +60,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise hparams.SettingError(name, f"{name} must be positive, got {value}")
+        check_precision(self.precision)
 
     @property
     def hparams(self) -> hparams.FinetuneHParams:
@@ -66,7 +71,9 @@ class FinetuneConfig:
                        metric=self.select_metric or tab1.metric)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, without ``precision`` while it is unset: the payload of the run id (ids from before the
+        field existed stay as they were)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "precision" and v is None)}
 
     @property
     def run_id(self) -> str:

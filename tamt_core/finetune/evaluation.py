@@ -64,18 +64,18 @@ def head_in_fp32(head: nn.Module) -> None:
 # --- evaluation ------------------------------------------------------------------------------------------------
 
 
-def _forward(model: nn.Module, dataset: datasets.Dataset, collate: Callable,
-             device: torch.device) -> Iterator[tuple[Any, list[int]]]:
+def _forward(model: nn.Module, dataset: datasets.Dataset, collate: Callable, device: torch.device,
+             precision: str | None) -> Iterator[tuple[Any, list[int]]]:
     """Model outputs over ``dataset`` batch by batch, in order, with each row's unpadded length."""
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
     loader = DataLoader(dataset.select_columns(columns), batch_size=EVAL_BATCH_SIZE, collate_fn=collate)
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, precision):
         for batch in loader:
             yield model(**to_device(batch, device)), batch["attention_mask"].sum(dim=1).tolist()
 
 
 def evaluate_task(model: nn.Module, task: Task, data: TaskData, collate: Callable,
-                  device: torch.device) -> dict[str, float]:
+                  device: torch.device, precision: str | None = None) -> dict[str, float]:
     """The dev metrics of Tab. 1 for the current weights (MNLI: matched and mismatched)."""
     was_training = model.training
     model.eval()
@@ -83,7 +83,7 @@ def evaluate_task(model: nn.Module, task: Task, data: TaskData, collate: Callabl
         if task.kind == "span":
             features = data.dev[""]
             starts, ends = [], []
-            for out, lengths in _forward(model, features, collate, device):
+            for out, lengths in _forward(model, features, collate, device, precision):
                 for start, end, n in zip(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(),
                                          lengths):
                     starts.append(start[:n])
@@ -93,8 +93,8 @@ def evaluate_task(model: nn.Module, task: Task, data: TaskData, collate: Callabl
             return squad_metrics(predictions, references)
         metrics: dict[str, float] = {}
         for suffix, dev in data.dev.items():
-            logits = np.concatenate([out.logits.float().cpu().numpy() for out, _ in _forward(model, dev, collate,
-                                                                                               device)])
+            logits = np.concatenate([out.logits.float().cpu().numpy()
+                                     for out, _ in _forward(model, dev, collate, device, precision)])
             predictions = logits[:, 0] if task.kind == "regression" else logits.argmax(axis=1)
             scores = glue_metrics(task.name, predictions, np.asarray(dev["labels"]))
             metrics.update({f"{k}_{suffix}" if suffix else k: v for k, v in scores.items()})

@@ -17,7 +17,7 @@ from transformers import DataCollatorWithPadding
 
 from tamt_core import hparams
 from tamt_core.checkpoints import CheckpointFile, ResumableRun, RngStreams, RunStopped, Stateful, TrainedTensors
-from tamt_core.device import autocast, pick_device
+from tamt_core.device import autocast, pick_device, resolve_precision
 from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
 from tamt_core.finetune.data import TaskData, load_task_data, train_batches
 from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
@@ -57,13 +57,14 @@ def _describe(identity: dict[str, Any]) -> str:
 
 
 def train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter],
-               optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
+               optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+               precision: str | None = None) -> torch.Tensor:
     """One optimizer step on a batch already on the model's device (the searches' update, clipped at Tab. 1's norm);
     returns the (detached) loss.
 
     A separate function so ``bench/bench_finetune.py`` times exactly the step the loop takes.
     """
-    with autocast(next(model.parameters()).device):
+    with autocast(next(model.parameters()).device, precision):
         loss = model(**batch).loss
     update(loss, params, optimizer, schedule, hparams.FINETUNE_MAX_GRAD_NORM)
     optimizer.zero_grad(set_to_none=True)
@@ -78,6 +79,7 @@ class _Training:
     task: Task
     hp: hparams.FinetuneHParams
     device: torch.device
+    precision: str
     data: TaskData
     collate: DataCollatorWithPadding
     model: nn.Module
@@ -107,6 +109,8 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
     is written. ``keep_checkpoint`` keeps the final state (fine-tuned weights, optimizer) instead of deleting it.
     ``on_step`` is called after every step; when ``stop_requested()`` turns true (read after every step), the run
     checkpoints and raises :class:`~tamt_core.checkpoints.RunStopped`, and calling it again resumes there.
+    The result records the precision it computed in and whether deterministic kernels were on (a caller turns them
+    on with :func:`tamt_core.device.deterministic`).
     """
     out_dir = Path(out_dir)
     if (mask is None) != (config.mask_hash is None) or (mask is not None and mask.content_hash != config.mask_hash):
@@ -134,7 +138,8 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
     while step < t.total_steps:
         epoch, done_in_epoch = divmod(step, t.steps_per_epoch)
         for batch in train_batches(t.data.train, t.collate, t.hp.batch_size, config.seed, epoch, done_in_epoch):
-            run.add_loss(train_step(t.model, to_device(batch, t.device), t.params, t.optimizer, t.schedule))
+            run.add_loss(train_step(t.model, to_device(batch, t.device), t.params, t.optimizer, t.schedule,
+                                    t.precision))
             step += 1
             on_step(step)
             if step < t.total_steps and stop_requested():
@@ -145,7 +150,7 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
             train_seconds = run.clock.pause()  # evaluating is not training
             train_loss, checkpoint_due, _ = run.sync()
             evaluation = Evaluation(step, step / t.steps_per_epoch, train_loss,
-                                    evaluate_task(t.model, t.task, t.data, t.collate, t.device))
+                                    evaluate_task(t.model, t.task, t.data, t.collate, t.device, t.precision))
             curve.append(evaluation)
             _log_evaluation(t.task, evaluation, best_evaluation(curve, t.hp.metric), t.hp.metric, t.total_steps,
                             step * t.hp.batch_size / max(train_seconds, 1e-9))
@@ -162,7 +167,8 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
         "mask_method": None if mask is None else mask.meta.get("method"),
         "train_examples": len(t.data.train), "steps": t.total_steps, "eval_every": t.eval_every,
         "chance": chance_metrics(t.task, t.data),
-        "hparams": asdict(t.hp), "device": str(t.device), "train_seconds": train_seconds,
+        "hparams": asdict(t.hp), "device": str(t.device), "precision": t.precision,
+        "deterministic": torch.are_deterministic_algorithms_enabled(), "train_seconds": train_seconds,
         "train_examples_per_s": t.total_steps * t.hp.batch_size / max(train_seconds, 1e-9)})
     if keep_checkpoint:
         run.save(step, t.checkpointed(), {"curve": [asdict(e) for e in curve]})
@@ -197,8 +203,9 @@ def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _T
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, schedule = adamw_with_schedule(params, lr=hp.lr, weight_decay=hparams.FINETUNE_WEIGHT_DECAY,
                                               eps=hparams.FINETUNE_ADAM_EPSILON, total_steps=total_steps)
-    return _Training(task, hp, torch_device, data, DataCollatorWithPadding(tokenizer), model, params, optimizer,
-                     schedule, steps_per_epoch, total_steps, eval_every)
+    return _Training(task, hp, torch_device, resolve_precision(config.precision, torch_device), data,
+                     DataCollatorWithPadding(tokenizer), model, params, optimizer, schedule, steps_per_epoch,
+                     total_steps, eval_every)
 
 
 def _log_evaluation(task: Task, evaluation: Evaluation, best: Evaluation | None, metric: str, total_steps: int,

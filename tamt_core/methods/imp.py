@@ -22,7 +22,8 @@ import torch
 
 from tamt_core import hparams
 from tamt_core.checkpoints import Stateful, TrainedTensors
-from tamt_core.losses import loss_denominator, mlm_loss
+from tamt_core.device import resolve_precision
+from tamt_core.losses import loss_denominator, mlm_loss, with_mlm_positions
 from tamt_core.masks.masked_model import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
 from tamt_core.masks.pruning import prune_smallest
 from tamt_core.methods.base import FoundMask, SearchContext, setting
@@ -87,6 +88,7 @@ class ImpTraining:
     batches: BatchStream
     hp: hparams.PretrainHParams
     steps: int
+    precision: str
     schedule_steps: int
     first_mask: dict[str, torch.Tensor]
     settings: ImpSettings
@@ -105,6 +107,9 @@ class ImpTraining:
 
     def denominator(self, global_batch: dict[str, torch.Tensor]) -> int:
         return loss_denominator(global_batch, "mlm")
+
+    def on_host(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return with_mlm_positions(batch)
 
     def loss(self, batch: dict[str, torch.Tensor], denominator: int | None) -> torch.Tensor:
         return mlm_loss(self.model, batch, denominator)
@@ -187,7 +192,9 @@ class IMP:
                                                   eps=hp.adam_epsilon, total_steps=schedule_steps)
         return ImpTraining(model, theta0, trainable, optimizer, schedule,
                            BatchStream(data.dataset, data.collate, hp.batch_size, config.seed), hp,
-                           self.training_steps(config), schedule_steps, keep, settings)
+                           self.training_steps(config),
+                           resolve_precision(settings.precision, next(model.parameters()).device), schedule_steps,
+                           keep, settings)
 
 
 def _rewind(model: torch.nn.Module, theta0: dict[str, torch.Tensor]) -> None:

@@ -27,7 +27,8 @@ import torch
 
 from tamt_core import hparams
 from tamt_core.checkpoints import Stateful, TrainedTensors
-from tamt_core.losses import encoder_layer_states, kd_loss, loss_denominator, mlm_loss
+from tamt_core.device import resolve_precision
+from tamt_core.losses import encoder_layer_states, kd_loss, loss_denominator, mlm_loss, with_mlm_positions
 from tamt_core.masks.masked_model import (apply_score_masks, base_model, current_mask, dense_weights,
                                          mask_parametrizations)
 from tamt_core.masks.pruning import ROUNDINGS, n_zeros
@@ -127,6 +128,7 @@ class TamtTraining:
     batches: BatchStream
     hp: hparams.PretrainHParams
     steps: int
+    precision: str
     save_steps: frozenset[int]
     objective: str
     sparsity: float
@@ -143,6 +145,9 @@ class TamtTraining:
         if self.objective == "mlm":
             return loss_denominator(global_batch, "mlm")
         return loss_denominator(global_batch, "kd", self.settings.kd_include_padding, self.settings.kd_sequence_mean)
+
+    def on_host(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return with_mlm_positions(batch) if self.objective == "mlm" else batch
 
     def loss(self, batch: dict[str, torch.Tensor], denominator: int | None) -> torch.Tensor:
         """Eq. 4's straight-through gradients reach the scores through the MLM loss or Eq. 6's KD loss."""
@@ -232,6 +237,7 @@ class TAMT:
                                                   total_steps=schedule_length(settings, hp, len(data.dataset), steps))
         return TamtTraining(model, teacher, thresholds, trainable, optimizer, schedule,
                             BatchStream(data.dataset, data.collate, hp.batch_size, config.seed), hp, steps,
+                            resolve_precision(settings.precision, next(model.parameters()).device),
                             frozenset(settings.save_steps) | {steps}, self.objective, config.sparsity, settings)
 
     def trainable_scores(self, model: torch.nn.Module, config: SearchConfig

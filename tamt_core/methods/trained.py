@@ -18,7 +18,7 @@ import torch
 
 from tamt_core import hparams
 from tamt_core.checkpoints import Stateful
-from tamt_core.device import autocast
+from tamt_core.device import PRECISIONS, autocast, check_precision
 from tamt_core.methods.base import FoundMask, SearchContext, setting
 from tamt_core.training import BatchStream, steps_per_epoch, to_device, update
 
@@ -39,6 +39,8 @@ class TrainingSettings:
     adam_epsilon: float | None = setting(None, "AdamW's epsilon (default 1e-8, HF's, as the released MLM trainers; "
                                                "the released TAMT-KD trainer used "
                                                f"{hparams.RELEASED_KD_ADAM_EPSILON:g}, reference-impl §5.6)")
+    precision: str | None = setting(None, "bf16 or fp32 (the paper's); default bf16 on a GPU, fp32 on the CPU "
+                                          "(tamt_core/device.py says why)", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "schedule_steps"):
@@ -51,6 +53,7 @@ class TrainingSettings:
             raise hparams.SettingError("lr", f"lr must be positive, got {self.lr}")
         if self.adam_epsilon is not None and not self.adam_epsilon > 0:
             raise hparams.SettingError("adam_epsilon", f"adam_epsilon must be positive, got {self.adam_epsilon}")
+        check_precision(self.precision)
 
     def resolved(self, column: hparams.PretrainHParams) -> hparams.PretrainHParams:
         """Tab. 1's ``column`` with the values these settings give."""
@@ -77,6 +80,8 @@ class Training(Protocol):
     hp: hparams.PretrainHParams
     steps: int
     """The run's last step."""
+    precision: str
+    """What the forward passes compute in (``bf16``, ``fp32``)."""
 
     def checkpointed(self) -> dict[str, Stateful]:
         """The components a checkpoint saves, live (a loop may swap its optimizer)."""
@@ -86,6 +91,10 @@ class Training(Protocol):
 
     def denominator(self, global_batch: dict[str, torch.Tensor]) -> int:
         """What the loss of ``global_batch`` is divided by, so that the ranks' losses add up to one process's."""
+
+    def on_host(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch`` (this rank's share, on the CPU) with what its loss needs computed before it moves to the
+        device, so that the step does not wait for the device to find it out (MLM: the corrupted positions)."""
 
     def loss(self, batch: dict[str, torch.Tensor], denominator: int | None) -> torch.Tensor:
         """The method's objective on ``batch`` (on the model's device)."""
@@ -102,7 +111,7 @@ def training_step(training: Training, batch: dict[str, torch.Tensor], denominato
                   gradients_summed: Callable[[], None] = lambda: None) -> torch.Tensor:
     """One step on ``batch`` (on the model's device): the method's loss and the update (Tab. 1); the gradients are
     left for :meth:`Training.after_update`. ``bench/`` times exactly this step."""
-    with autocast(next(training.model.parameters()).device):
+    with autocast(next(training.model.parameters()).device, training.precision):
         loss = training.loss(batch, denominator)
     update(loss, training.trainable, training.optimizer, training.schedule, training.hp.max_grad_norm,
            gradients_summed)
@@ -124,7 +133,7 @@ def train(training: Training, context: SearchContext) -> Iterator[FoundMask]:
         for step in range(start + 1, training.steps + 1):
             global_batch = next(training.batches)
             denominator = training.denominator(global_batch) if ranks.parallel else None
-            batch = to_device(ranks.shard(global_batch), context.device)
+            batch = to_device(training.on_host(ranks.shard(global_batch)), context.device)
             loss = training_step(training, batch, denominator, gradients_summed)
             lr = training.schedule.get_last_lr()[0]
             found = training.after_update(step)

@@ -19,12 +19,12 @@ FIRST_RECORD: dict[str, Any] = {
     "steps": None, "lr": None, "batch_size": None, "weight_decay": None, "block_size": 512, "schedule_steps": None,
     "threshold_period": 1, "save_steps": [], "pruning_interval": hparams.IMP_PRUNING_INTERVAL, "rewind": True,
     "zero_rounding": "floor", "kd_include_padding": False, "max_grad_norm": 1.0, "alpha": hparams.ALPHA,
-    "phi": hparams.PHI, "adam_epsilon": None, "kd_sequence_mean": False,
+    "phi": hparams.PHI, "adam_epsilon": None, "kd_sequence_mean": False, "precision": None,
 }
 """The config record the first search ids were computed from: one record that held every method's settings, each
 at its default where the method had no such setting. The methods that existed then (``first_record``) keep these
 fields in their ids, so existing stores keep their ids; a method added later hashes only its own settings."""
-ADDED_LATER = ("alpha", "phi", "adam_epsilon", "kd_sequence_mean")
+ADDED_LATER = ("alpha", "phi", "adam_epsilon", "kd_sequence_mean", "precision")
 """Fields added to that record after ids were first computed: at their first value they stay out of the id, so a
 search planned before they existed keeps its id."""
 

@@ -26,7 +26,7 @@ import torch
 from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointDirectory, CheckpointStore
 from tamt_core.data import pretrain
 from tamt_core.data.pretrain import PretrainData
-from tamt_core.device import pick_device
+from tamt_core.device import pick_device, resolve_precision
 from tamt_core.masks import save_mask
 from tamt_core.methods import FoundMask, SearchContext
 from tamt_core.models import Pretrained, load_config, load_pretrained
@@ -54,17 +54,21 @@ class WrittenMask:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """What a finished search wrote, in the order found."""
+    """What a finished search wrote, in the order found, and how it computed: its precision and whether
+    deterministic kernels were on (``None`` in a result written before either was recorded)."""
 
     directory: Path
     masks: tuple[WrittenMask, ...]
+    precision: str | None = None
+    deterministic: bool | None = None
 
     @property
     def paths(self) -> list[Path]:
         return [self.directory / mask.file for mask in self.masks]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"masks": [asdict(mask) for mask in self.masks]}
+        return {"masks": [asdict(mask) for mask in self.masks], "precision": self.precision,
+                "deterministic": self.deterministic}
 
     @classmethod
     def read(cls, directory: Path) -> SearchResult | None:
@@ -72,7 +76,9 @@ class SearchResult:
         path = Path(directory) / RESULT_FILE
         if not path.exists():
             return None
-        return cls(Path(directory), tuple(WrittenMask(**m) for m in json.loads(path.read_text())["masks"]))
+        written = json.loads(path.read_text())
+        return cls(Path(directory), tuple(WrittenMask(**m) for m in written["masks"]), written.get("precision"),
+                   written.get("deterministic"))
 
 
 def mask_filename(config: SearchConfig, found: FoundMask) -> str:
@@ -157,7 +163,9 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
         for found in method.search(context, config):
             if ranks.writes:
                 _write_mask(config, found, pretrained, out_dir, run)
-    result = SearchResult(out_dir, tuple(WrittenMask(**m) for m in run.masks))
+    asked = getattr(config.settings, "precision", "fp32")  # a method that trains nothing computes on fp32 weights
+    result = SearchResult(out_dir, tuple(WrittenMask(**m) for m in run.masks), resolve_precision(asked, torch_device),
+                          torch.are_deterministic_algorithms_enabled())
     if ranks.writes:
         write_json(out_dir / RESULT_FILE, result.to_dict())
         if checkpoints is None:
