@@ -26,6 +26,7 @@ from orchestrator.control import STOP_GRACE_S, StallLimits
 from orchestrator.estimate import THROUGHPUT, gpu_hours
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
+from orchestrator.prefetch import invoked_as
 from orchestrator.storage import DEFAULT_STORAGE, Storage, StorageError
 from orchestrator.study import TamtStudy
 from orchestrator.tracking import runs_view
@@ -222,8 +223,9 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
             for study in studies:
                 print_study(study, out)
             return 0
-        return _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out,
-                    results=results)
+        with invoked_as("--all" if name == "all" and parts else " ".join(name.split("+")), preset):
+            return _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out,
+                        results=results)
     except (PlanError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

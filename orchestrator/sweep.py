@@ -33,6 +33,7 @@ from orchestrator.control import STOP_GRACE_S, Drain, StallLimits, SweepControl,
 from orchestrator.estimate import THROUGHPUT, trial_seconds
 from orchestrator.memory import release_freed_memory
 from orchestrator.plan import Plan
+from orchestrator.prefetch import check_offline_inputs
 from orchestrator.provenance import package_versions, source_revision
 from orchestrator.ray_session import attached, fit, ray_session
 from orchestrator.resources import Resources, cluster_size, default_concurrency
@@ -111,6 +112,7 @@ def prepare(plan: Plan, storage: Storage, mlflow_uri: str | None) -> tuple[set[s
     check_tracking_uri(uri)
     finished = results.finished_run_ids(storage)
     plan.validate(finished)
+    check_offline_inputs(spec for spec in plan.specs() if spec.run_id not in finished)  # before check_models' reads
     check_models(spec for spec in plan.specs() if spec.run_id not in finished)
     return finished, uri
 

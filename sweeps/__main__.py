@@ -4,6 +4,7 @@
     python -m sweeps main_results low_data --preset smoke  # two experiments as one Ray Tune run
     python -m sweeps status --storage ./tamt-runs           # where every sweep of a storage stands
     python -m sweeps compact --storage ./tamt-runs          # merge the table's row files into parts now
+    python -m sweeps prefetch --all --preset paper --cache /shared/hf   # hub models and data, for offline nodes
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator import compaction
 
         return compaction.main(argv[1:])
+    prefetch = argv[:1] == ["prefetch"]
+    if prefetch:
+        argv = argv[1:]
     from orchestrator.cli import union
-    from sweeps.common import sweep_main
 
     everything = "--all" in argv
     rest = [arg for arg in argv if arg != "--all"]
@@ -36,11 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         names.append(rest.pop(0))
     unknown = [name for name in names if name not in SWEEPS]
     if unknown or not (everything or names) and not {"-h", "--help"} & set(rest):
-        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all (or: status, compact)"
-              + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
+        print(f"error: name sweeps from {', '.join(SWEEPS)} before the flags, or pass --all (or: status, compact, "
+              "prefetch)" + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
         return 2
     names = list(SWEEPS if everything or not names else dict.fromkeys(names))
     parts = {name: presets_of(name) for name in names}
+    if prefetch:
+        from orchestrator import prefetch as prefetching
+
+        return prefetching.main(rest, union(parts), sweeps="--all" if everything else " ".join(names))
+    from sweeps.common import sweep_main
+
     return sweep_main("all" if everything else "+".join(names), union(parts), rest, parts=parts,
                       description="several sweeps as one: " + ", ".join(names))
 
