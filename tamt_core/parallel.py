@@ -112,34 +112,6 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-class RankRngStreams:
-    """torch's global RNG streams of every rank (dropout): each rank's CPU generator and, on CUDA, its device's.
-
-    Saving gathers every rank's streams (all ranks must call :meth:`state_dict`); each rank restores its own. A
-    checkpoint written by another number of ranks has no stream for some ranks; they are reseeded from
-    ``(seed, rank, step)`` and the resumed run is no longer the uninterrupted one, which the caller says.
-    """
-
-    def __init__(self, device: torch.device, ranks: Ranks, seed: int) -> None:
-        self.device, self.ranks, self.seed = device, ranks, seed
-        self.reseeded = False
-
-    def state_dict(self) -> dict[str, list[torch.Tensor]]:
-        state = {"cpu": self.ranks.all_gather(torch.get_rng_state())}
-        if self.device.type == "cuda":
-            state["cuda"] = self.ranks.all_gather(torch.cuda.get_rng_state(self.device))
-        return state
-
-    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
-        if len(state["cpu"]) != self.ranks.world_size:
-            self.reseeded = True
-            torch.manual_seed(dropout_seed(self.seed, self.ranks.rank) + 7919 * len(state["cpu"]))
-            return
-        torch.set_rng_state(state["cpu"][self.ranks.rank])
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"][self.ranks.rank], self.device)
-
-
 def dropout_seed(seed: int, rank: int) -> int:
     """Rank r's dropout seed: the run's seed on rank 0 (one process draws as before), a distinct stream elsewhere."""
     return seed + 1_000_003 * rank

@@ -2,7 +2,8 @@
 
 Usage: python tests/search_driver.py SETTINGS.json    (or: torchrun --nproc-per-node N tests/search_driver.py ...)
 
-Settings: ``model``; ``config`` (SearchConfig fields); ``runs``, run in order, each ``{"out": DIR,
+Settings: ``model``; ``config`` (SearchConfig fields); ``rank_checkpoints`` (each rank its own checkpoint
+directory, as on a disk of its own); ``runs``, run in order, each ``{"out": DIR,
 "kill_at": STEP or null, "config": {fields laid over the shared ones}}``; ``log_every``; ``checkpoint_every_s``;
 ``report`` (under torchrun, a JSON file per rank: each rank's checksum of every trained tensor after each step,
 gathered from all ranks).
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from tamt_core.checkpoints import CheckpointDirectory
 from tamt_core.console import quiet_libraries
 from tamt_core.search.config import SearchConfig
 from tamt_core.search import run_search
@@ -67,7 +69,10 @@ def main() -> None:
     for run in settings["runs"]:
         fields = {**settings["config"], **run.get("config", {})}
         config = SearchConfig.of(**fields)
-        run_search(config, Path(run["out"]), model=settings["model"],
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        checkpoints = (CheckpointDirectory(Path(run["out"]) / f"checkpoints-rank{rank}")  # as if on its own disk
+                       if settings.get("rank_checkpoints") else None)
+        run_search(config, Path(run["out"]), model=settings["model"], checkpoints=checkpoints,
                    log_step=kill_at(run["kill_at"]) if run.get("kill_at") else None,
                    checkpoint_every_s=settings.get("checkpoint_every_s", 1e9), log_every=settings.get("log_every", 10))
     if settings.get("report"):

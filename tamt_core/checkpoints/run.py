@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,40 +99,81 @@ class ResumableRun:
         self._loss_sum = torch.zeros((), device=device)
         self._window = 0
         self._last_checkpoint = time.monotonic()
+        self._unreadable = 0
 
     def resume(self, components: Mapping[str, Stateful]) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest readable checkpoint into ``components``; returns its state file and progress record,
         ``None`` when there is none. Starts the stopwatch from the checkpoint's training seconds.
 
-        A checkpoint without an identity record (a fine-tune's, written before they carried one) is taken as the
-        run's own: its directory was claimed by the run's id.
+        Data-parallel ranks resume from one step: each finds its newest readable checkpoint, they agree on the
+        newest step all of them hold (one collective per round), and each loads that one; ranks that hold no common
+        checkpoint stop with the steps each sees. A checkpoint without an identity record (a fine-tune's, written
+        before they carried one) is taken as the run's own: its directory was claimed by the run's id.
 
         Raises:
-            CheckpointError: the newest checkpoint belongs to another run or another layout (names the fix).
+            CheckpointError: the newest checkpoint belongs to another run or another layout, or the ranks hold no
+                common checkpoint (names the fix).
         """
-        unreadable = 0
-        found = None
-        for state_file in self.store.candidates() if self.store is not None else ():
-            try:
-                progress = read_progress(state_file)
-                self._check_identity(progress, state_file)
-                load_state(state_file, components)
-            except CorruptCheckpointError as error:
-                unreadable += 1
-                aside = self.store.set_aside(state_file) if self.ranks.writes else state_file
-                log.warning("checkpoint %s cannot be read (%s); set aside as %s, trying the one before", state_file,
-                            error, aside)
+        candidates = iter(self.store.candidates() if self.store is not None else ())
+        found, limit = None, None
+        while True:
+            found = self._newest(candidates, found, limit)
+            steps = [int(s) for s in self.ranks.all_gather(torch.tensor([found[1]["step"] if found else -1]))]
+            if len(set(steps)) > 1:
+                if min(steps) < 0:
+                    seen = ", ".join(f"rank {rank}: step {step}" if step >= 0 else f"rank {rank}: none"
+                                     for rank, step in enumerate(steps))
+                    raise CheckpointError(
+                        f"the data-parallel ranks of this {self.kind} hold no common checkpoint (the newest each "
+                        f"can read: {seen}); put the checkpoint directory on a file system every rank sees, or move "
+                        "the checkpoints away to start over")
+                limit = min(steps)
                 continue
-            found = state_file, progress
+            loaded = found is None or self._load(found, components)
+            if all(bool(ok) for ok in self.ranks.all_gather(torch.tensor([float(loaded)]))):
+                break
+            limit, found = steps[0] - 1, None  # a rank could not load it: every rank takes the one before
+        if found is None and self._unreadable:
+            log.warning("no readable checkpoint is left: the %s starts over from step 0", self.kind)
+        if found is not None:
+            progress = found[1]
             self.clock = Stopwatch(progress.get("train_s", progress.get("train_seconds", 0.0)))
             loss_sum, self._window = progress.get("loss_window", (0.0, 0))
             self._loss_sum.fill_(loss_sum)
-            break
-        else:
-            if unreadable:
-                log.warning("no readable checkpoint is left: the %s starts over from step 0", self.kind)
         self.clock.start()
         return found
+
+    def _newest(self, candidates: Iterator[Path], current: tuple[Path, dict[str, Any]] | None,
+                limit: int | None) -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint at step ``limit`` or before: ``current`` if it is, else the next of
+        ``candidates`` that is (unreadable ones are set aside on the way)."""
+        if current is not None and (limit is None or current[1]["step"] <= limit):
+            return current
+        for state_file in candidates:
+            try:
+                progress = read_progress(state_file)
+            except CorruptCheckpointError as error:
+                self._set_aside(state_file, error)
+                continue
+            self._check_identity(progress, state_file)
+            if limit is None or progress["step"] <= limit:
+                return state_file, progress
+        return None
+
+    def _load(self, found: tuple[Path, dict[str, Any]], components: Mapping[str, Stateful]) -> bool:
+        """Load ``found`` into ``components``; false when its tensors cannot be read (it is set aside)."""
+        try:
+            load_state(found[0], components)
+        except CorruptCheckpointError as error:
+            self._set_aside(found[0], error)
+            return False
+        return True
+
+    def _set_aside(self, state_file: Path, error: Exception) -> None:
+        self._unreadable += 1
+        aside = self.store.set_aside(state_file) if self.ranks.writes else state_file
+        log.warning("checkpoint %s cannot be read (%s); set aside as %s, trying the one before", state_file, error,
+                    aside)
 
     def _check_identity(self, progress: dict[str, Any], state_file: Path) -> None:
         theirs = progress.get("identity", self.identity)

@@ -22,7 +22,8 @@ import torch
 
 from tamt_core.checkpoints import CHECKPOINT_EVERY_S, LOG_EVERY, CheckpointStore, ResumableRun, RunStopped, Stateful
 from tamt_core.checkpoints.run import FILES_DIR
-from tamt_core.parallel import RankRngStreams, Ranks
+from tamt_core.checkpoints.components import RankRngStreams
+from tamt_core.parallel import Ranks
 
 log = logging.getLogger(__name__)
 
