@@ -20,12 +20,30 @@ KD_DISTANCES = ("cosine", "mse")
 
 MLM_POSITIONS = "mlm_positions"
 """The batch key of the corrupted positions' flat indices, found on the CPU (:func:`with_mlm_positions`)."""
+ENCODER_MASK = "encoder_attention_mask"
+"""The batch key of the attention mask the encoder reads, in the 4-D form transformers takes as it is."""
 
 
 def with_mlm_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``batch`` (on the CPU) with the flat indices of its corrupted positions (labels ≠ −100): found on the host
     before the batch moves, the MLM loss then selects them without waiting for the device to count them."""
     return {**batch, MLM_POSITIONS: torch.nonzero(batch["labels"].reshape(-1) != -100).squeeze(1)}
+
+
+def with_encoder_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` (on the CPU) with its padding decided on the host: without an attention mask when nothing is
+    padded (MLM blocks), else with the 4-D boolean mask beside the 2-D one (which the KD loss weighs positions
+    by). transformers otherwise asks the device whether anything is padded in every forward pass."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return batch
+    if bool(mask.all()):
+        return {k: v for k, v in batch.items() if k != "attention_mask"}
+    return {**batch, ENCODER_MASK: mask[:, None, None, :].bool()}
+
+
+def _encoder_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    return batch.get(ENCODER_MASK, batch.get("attention_mask"))
 
 
 def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor], denominator: int | None = None) -> torch.Tensor:
@@ -37,7 +55,7 @@ def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor], denominator: int 
     global batch of which ``batch`` is one rank's share, :mod:`tamt_core.parallel`) the loss is this share's sum
     over that count, so the ranks' losses add up to the global batch's mean.
     """
-    hidden = base_model(model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+    hidden = base_model(model)(input_ids=batch["input_ids"], attention_mask=_encoder_mask(batch),
                                token_type_ids=batch.get("token_type_ids")).last_hidden_state
     positions = batch.get(MLM_POSITIONS)
     if positions is None:
@@ -62,7 +80,7 @@ def loss_denominator(batch: dict[str, torch.Tensor], objective: str, include_pad
 
 def encoder_layer_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Outputs of the L transformer layers, without the embedding output (reference-impl check vector 22)."""
-    out = encoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+    out = encoder(input_ids=batch["input_ids"], attention_mask=_encoder_mask(batch),
                   token_type_ids=batch.get("token_type_ids"), output_hidden_states=True)
     return out.hidden_states[1:]
 

@@ -23,7 +23,7 @@ import torch
 from tamt_core import hparams
 from tamt_core.checkpoints import Stateful, TrainedTensors
 from tamt_core.device import resolve_precision
-from tamt_core.losses import loss_denominator, mlm_loss, with_mlm_positions
+from tamt_core.losses import loss_denominator, mlm_loss, with_encoder_mask, with_mlm_positions
 from tamt_core.masks.masked_model import apply_fixed_mask, base_model, dense_weights, mask_parametrizations
 from tamt_core.masks.pruning import prune_smallest
 from tamt_core.methods.base import FoundMask, SearchContext, setting
@@ -109,7 +109,7 @@ class ImpTraining:
         return loss_denominator(global_batch, "mlm")
 
     def on_host(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return with_mlm_positions(batch)
+        return with_mlm_positions(with_encoder_mask(batch))
 
     def loss(self, batch: dict[str, torch.Tensor], denominator: int | None) -> torch.Tensor:
         return mlm_loss(self.model, batch, denominator)

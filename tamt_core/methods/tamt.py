@@ -28,7 +28,8 @@ import torch
 from tamt_core import hparams
 from tamt_core.checkpoints import Stateful, TrainedTensors
 from tamt_core.device import resolve_precision
-from tamt_core.losses import encoder_layer_states, kd_loss, loss_denominator, mlm_loss, with_mlm_positions
+from tamt_core.losses import (encoder_layer_states, kd_loss, loss_denominator, mlm_loss, with_encoder_mask,
+                              with_mlm_positions)
 from tamt_core.masks.masked_model import (apply_score_masks, base_model, current_mask, dense_weights,
                                          mask_parametrizations)
 from tamt_core.masks.pruning import ROUNDINGS, n_zeros
@@ -147,6 +148,7 @@ class TamtTraining:
         return loss_denominator(global_batch, "kd", self.settings.kd_include_padding, self.settings.kd_sequence_mean)
 
     def on_host(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = with_encoder_mask(batch)
         return with_mlm_positions(batch) if self.objective == "mlm" else batch
 
     def loss(self, batch: dict[str, torch.Tensor], denominator: int | None) -> torch.Tensor:
