@@ -12,7 +12,8 @@ the released code does (reference-impl §5.3-5.4).
   the unmasked model as teacher, in eval mode.
 
 The loop is the trained searches' one loop (:func:`tamt_core.methods.trained.train`): it resumes from its last
-checkpoint and runs data-parallel; one process or N, it computes the same steps (:mod:`tamt_core.parallel`).
+checkpoint and runs data-parallel; one process or N, it computes the same steps up to the order of floating-point
+sums (:mod:`tamt_core.parallel`; docs/fidelity.md says what that changes).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ This is the single entry point the CLI and the orchestrator call: it validates t
 metadata. The output directory is the search's: ``search.json`` (its identity), the mask files, ``log.jsonl``
 (the loss every few steps, appended, a restarted attempt's lines after the earlier ones), ``checkpoints/`` while
 it runs and ``result.json`` once done. Calling :func:`run_search` again on the same directory continues an
-interrupted search from its last checkpoint (the same masks, bit for bit, as an uninterrupted run), or returns
+interrupted search from its last checkpoint (the same masks as an uninterrupted run: bit for bit on a CPU and, with
+deterministic kernels, on a GPU; docs/fidelity.md), or returns
 the finished result at once; a directory of another search is refused.
 
 Under ``torch.distributed`` (``torchrun``, or Ray Train in a sweep) every process runs this function: the search
