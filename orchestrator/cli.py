@@ -170,6 +170,8 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                              f"{StallLimits().search:.0f}, fine-tunes {StallLimits().finetune:.0f}, measurements "
                              f"{StallLimits().measurement:.0f}; 0 turns the watchdog off)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show what Ray and Tune print too (by default their logs stay in Ray's log files)")
     parser.add_argument("--search-settings", metavar="FILE",
                         help="JSON {method: {setting: value}} laid over the preset's search settings, e.g. the "
                              "best.json of sweeps/tune_tamt.py")
@@ -230,8 +232,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"[tamt] interrupted; finished trials are in {args.storage}. Rerun the same command to go on.",
-              file=out)
+        print(f"[tamt] interrupted: finished trials stay in {args.storage}, running ones resume from their last "
+              "checkpoint; rerun the same command to go on", file=out)
         return 130
 
 
@@ -255,7 +257,7 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                            checkpoint_every_s=args.checkpoint_every, ray_address=args.address, ray_init=ray_init,
                            out=out, stop_grace_s=args.stop_grace, stall_limits=stall_limits,
-                           deterministic=args.deterministic)
+                           deterministic=args.deterministic, verbose=args.verbose)
         print_where(report, out, results)
         if report.signalled:
             return 128 + signal.SIGTERM
@@ -352,6 +354,9 @@ def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> N
         print("[tamt] stopped on SIGTERM: the running trials checkpointed"
               + (f" ({report.cut_off} did not in time and resume from their last periodic checkpoint)"
                  if report.cut_off else "") + "; rerun the same command (or requeue the job) to go on", file=out)
+    elif report.interrupted:
+        print("[tamt] the trials that were running resume from their last checkpoint: rerun the same command to go "
+              "on", file=out)
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error.splitlines()[0] if error else ''}", file=out)
     if results is not None:

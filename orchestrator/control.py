@@ -84,9 +84,9 @@ class SweepControl:
             self.progress[run_id] = (count, time.time())
         return self.stopping
 
-    def last_progress(self) -> dict[str, float]:
-        """Run id → when its progress count last moved (epoch seconds)."""
-        return {run_id: moved for run_id, (_, moved) in self.progress.items()}
+    def last_progress(self) -> dict[str, tuple[int, float]]:
+        """Run id → its progress count, and when it last moved (epoch seconds)."""
+        return dict(self.progress)
 
     def forget(self, run_id: str) -> None:
         """A new attempt of ``run_id`` starts: its old count says nothing of it."""
@@ -194,12 +194,14 @@ def on_sigterm(handler) -> Iterator[None]:
 class Watchdog(tune.Callback):
     """Stops a trial whose progress has not moved for longer than its stall limit (:class:`StallLimits`); Tune
     then retries it, or records it failed once its retries are spent. ``reasons`` holds, per run id, why it was
-    stopped, for the failure record."""
+    stopped, for the failure record; ``latest`` each trial's progress as last polled (count, when it moved), which
+    the progress display reads too."""
 
     def __init__(self, control: ray.actor.ActorHandle, limits: StallLimits, check_every_s: float = 5.0) -> None:
         self.control, self.limits, self.check_every_s = control, limits, check_every_s
         self.started: dict[str, float] = {}  # trial id → when its current attempt started (epoch seconds)
         self.reasons: dict[str, str] = {}
+        self.latest: dict[str, tuple[int, float]] = {}
         self.last_check = 0.0
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -218,7 +220,8 @@ class Watchdog(tune.Callback):
             return
         self.last_check = time.monotonic()
         try:
-            moved = ray.get(self.control.last_progress.remote(), timeout=30)
+            self.latest.clear()
+            self.latest.update(ray.get(self.control.last_progress.remote(), timeout=30))
         except Exception as error:  # the actor is busy or gone: check again later
             log.debug("watchdog: no progress record (%s)", error)
             return
@@ -228,7 +231,7 @@ class Watchdog(tune.Callback):
             if trial.status != "RUNNING" or run_id is None or trial.trial_id not in self.started:
                 continue
             limit = self.limits.of(trial.config["spec"]["stage"])
-            quiet = now - max(self.started[trial.trial_id], moved.get(run_id, 0.0))
+            quiet = now - max(self.started[trial.trial_id], self.latest.get(run_id, (0, 0.0))[1])
             if limit and quiet > limit:
                 self._stop(trial, run_id, quiet, limit)
 

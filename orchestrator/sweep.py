@@ -27,15 +27,16 @@ from ray import tune
 from tamt_core.ids import FIRST_VERSION, algorithm_versions
 
 from orchestrator import ledger, results
-from orchestrator.callbacks import Progress, SweepLedger
+from orchestrator.callbacks import SweepLedger
 from orchestrator.compaction import Compactor
 from orchestrator.control import STOP_GRACE_S, Drain, StallLimits, SweepControl, Watchdog, on_sigterm
 from orchestrator.estimate import THROUGHPUT, trial_seconds
 from orchestrator.memory import release_freed_memory
 from orchestrator.plan import Plan
+from orchestrator.progress import EtaModel, LiveProgress, progress_units, trial_costs
 from orchestrator.prefetch import check_offline_inputs
 from orchestrator.provenance import package_versions, source_revision
-from orchestrator.ray_session import attached, fit, ray_session
+from orchestrator.ray_session import attached, fit, logs_directory, ray_session
 from orchestrator.resources import Resources, cluster_size, default_concurrency
 from orchestrator.scheduler import WINDOW_TRIALS, PlanSearcher, SweepCounts, next_window
 from orchestrator.specs import FinetuneSpec, SearchSpec, Spec
@@ -123,7 +124,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
               ray_init: dict[str, Any] | None = None, progress_every_s: float = 10.0,
               out: TextIO | None = None, trainable: Callable[[dict], None] = tune_trial,
               window_trials: int = WINDOW_TRIALS, stop_grace_s: float = STOP_GRACE_S,
-              stall_limits: StallLimits = StallLimits(), deterministic: bool = False) -> SweepReport:
+              stall_limits: StallLimits = StallLimits(), deterministic: bool = False,
+              verbose: bool = False) -> SweepReport:
     """Run every unfinished trial of ``plan``; returns what happened. Safe to rerun: finished trials are skipped.
 
     ``ray_address`` attaches to a running cluster (``auto``, ``ray://…``); ``None`` attaches to a cluster
@@ -135,7 +137,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
 
     On SIGTERM the running trials checkpoint and the sweep returns within ``stop_grace_s`` (``report.signalled``);
     a trial without progress for longer than its ``stall_limits`` is stopped and retried (:mod:`orchestrator.control`).
-    ``deterministic`` runs the trials with deterministic kernels (:func:`tamt_core.device.deterministic`).
+    ``deterministic`` runs the trials with deterministic kernels (:func:`tamt_core.device.deterministic`);
+    ``verbose`` shows what Ray and Tune print (:mod:`orchestrator.ray_session`).
     """
     finished, uri = prepare(plan, storage, mlflow_uri)
     todo = [run_id for run_id in [*plan.searches, *plan.measurements, *plan.finetunes] if run_id not in finished]
@@ -160,7 +163,10 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
     if not todo:
         return report
     ledger.clear_failures(storage, set(todo))
-    with ray_session(ray_address, ray_init):
+    with ray_session(ray_address, ray_init, verbose):
+        logs = logs_directory()
+        if logs and not verbose:
+            print(f"[tamt] Ray's logs (the trials' own output): {logs}", file=out or sys.stdout, flush=True)
         resources = resources.on_cluster(any(trains(plan.get(run_id).to_dict()) for run_id in todo),
                                          attached(ray_address))
         control_name = f"tamt-control-{uuid.uuid4().hex[:12]}"
@@ -173,9 +179,12 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         sweep_ledger.beat()
         tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
         report.experiment_id = tracker.experiment_id
-        progress = Progress(counts, len(todo), report.skipped, progress_every_s, out)
         trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
         max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
+        costs = trial_costs(Plan.of(plan.get(run_id) for run_id in todo), THROUGHPUT["v100"], progress_units)
+        progress = LiveProgress(counts, EtaModel(costs, slots=max_concurrent),
+                                {run_id: run_name(plan.get(run_id)) for run_id in todo}, report.skipped,
+                                watchdog.latest, progress_every_s, out)
         remaining = deque(todo)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         compactor.start()
@@ -191,7 +200,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
                                name=f"{name}-{stamp}" + (f"-w{number}" if len(todo) > window_trials else ""),
                                storage=storage, max_concurrent=max_concurrent, max_failures=max_failures,
                                callbacks=[tracker, sweep_ledger, progress, drain, watchdog],
-                               trial_names=_trial_name, stopper=drain)
+                               trial_names=_trial_name, stopper=drain, verbose=verbose)
                 for result in grid:
                     if result.error is not None:
                         run_id = result.config.get("run_id") if result.config else None

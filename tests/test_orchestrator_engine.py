@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import math
 
 import pytest
@@ -256,9 +258,12 @@ def test_a_sweep_starts_ray_with_the_worker_logging_hook_and_keeps_the_callers_r
     monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
     assert connect(None, {"num_cpus": 2, "runtime_env": {"env_vars": {"A": "1"}}}) is True
     assert connect("10.0.0.1:6379", None) is True
+    assert connect(None, None, verbose=True) is True
     hook = {"worker_process_setup_hook": ray_logging.SETUP_HOOK}
-    assert calls == [{"address": "local", "num_cpus": 2, "runtime_env": {**hook, "env_vars": {"A": "1"}}},
-                     {"address": "10.0.0.1:6379", "runtime_env": hook}]
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # worker output stays in Ray's log files
+    assert calls == [{"address": "local", "num_cpus": 2, "runtime_env": {**hook, "env_vars": {"A": "1"}}, **quiet},
+                     {"address": "10.0.0.1:6379", "runtime_env": hook, **quiet},
+                     {"address": "local", "runtime_env": hook}]
 
 
 def test_source_revision_names_the_commit_and_whether_the_tree_was_dirty(tmp_path):
