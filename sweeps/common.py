@@ -21,6 +21,7 @@ from orchestrator.grid import Grid
 from orchestrator.search_settings import PerSparsity, SearchSettings
 from orchestrator.storage import Storage
 from tamt_core import hparams
+from tamt_core.methods import METHODS
 from tamt_core.models import BUILTIN_MODEL_NAME
 
 BERT, ROBERTA = "bert-base-uncased", "roberta-base"
@@ -58,14 +59,11 @@ SMOKE_COST_STEPS = (45, 90)
 SMOKE_STEPS = PerSparsity({0.5: 90, 0.7: 90})
 """The smoke presets' Tab. 2: the step of each sparsity's run that main_results fine-tunes."""
 SMOKE_IMP_INTERVALS = (2, 4)
-SMOKE_BATCHES: dict[str, int] = {"batch_size": 8, "block_size": 64}
-"""The smoke searches' batches: 8 sequences of 64 tokens."""
-SMOKE_SEARCH = SearchSettings(pruning_interval=4, steps=max(SMOKE_COST_STEPS), save_steps=SMOKE_COST_STEPS,
-                              **SMOKE_BATCHES,
-                              per_method={"tamt-mlm": SearchSettings(lr=3e-4), "tamt-kd": SearchSettings(lr=3e-4)})
-"""Short searches in which every method does its job (docs/smoke.md has the scan behind them): at 50 % and 70 %,
-90 steps of TAMT at lr 3e-4 (the scores start α·φ = 0.02 from being pruned, so a run needs about 0.01 / lr = 33
-steps before its first mask change) end with TAMT-MLM's MLM dev loss and TAMT-KD's KD dev loss well below OMP's."""
+SMOKE_SEARCH = SearchSettings(save_steps=SMOKE_COST_STEPS, per_method={
+    name: SearchSettings(**method.smoke) for name, method in METHODS.items() if method.smoke})
+"""Short searches in which every method does its job: each method's own smoke settings (docs/smoke.md has the scan
+behind them: at 50 % and 70 %, 90 steps of TAMT at lr 3e-4 end with TAMT-MLM's MLM dev loss and TAMT-KD's KD dev
+loss well below OMP's), and every TAMT run saving Fig. 5's smoke steps."""
 SMOKE_FINETUNE: dict[str, Any] = {"epochs": 2, "lr": 1e-4, "batch_size": 16, "eval_every": 20}
 SMOKE_TRAIN_SIZE = 320
 SMOKE_SEEDS = (1, 2, 3)
@@ -83,7 +81,7 @@ def smoke_grid(**axes: Any) -> Grid:
 
 def with_interval(grid: Grid, pruning_interval: int) -> Grid:
     """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
-    return replace(grid, search=grid.search.updated(pruning_interval=pruning_interval))
+    return replace(grid, search=grid.search.with_method("imp", {"pruning_interval": pruning_interval}))
 
 
 def print_results(storage: Storage, out: TextIO) -> None:

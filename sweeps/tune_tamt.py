@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from orchestrator.study import TamtStudy
-from sweeps.common import BERT, SMOKE_BATCHES, WIKITEXT, sweep_main
+from sweeps.common import BERT, WIKITEXT, sweep_main
+from tamt_core.methods import METHODS
 from tamt_core.models import BUILTIN_MODEL_NAME
 
 TRIALS = 24
@@ -28,7 +29,8 @@ PRESETS = {
                                 trials=TRIALS, search={"steps": PROXY_STEPS}) for method in ("tamt-mlm", "tamt-kd")],
     "smoke": lambda: [TamtStudy(name="tamt-mlm-smoke-0.7", model=BUILTIN_MODEL_NAME, method="tamt-mlm",
                                 sparsity=0.7, trials=6, dev_loss_batches=2,
-                                search={**SMOKE_BATCHES, "steps": 16})],
+                                search={"batch_size": METHODS["tamt-mlm"].smoke["batch_size"],
+                                        "block_size": METHODS["tamt-mlm"].smoke["block_size"], "steps": 16})],
 }
 
 if __name__ == "__main__":

@@ -213,7 +213,14 @@ def _search(args: argparse.Namespace) -> int:
 
     given = {name: getattr(args, name) for method in METHODS.values() for name in setting_names(method.settings)
              if hasattr(args, name)}
-    config = SearchConfig.of(args.method, args.sparsity, args.seed, **given)  # refuses a flag its method lacks
+    smoke = dict(METHODS[args.method].smoke) if args.model is None else {}
+    config = SearchConfig.of(args.method, args.sparsity, args.seed, **{**smoke, **given})  # refuses foreign flags
+    if smoke:
+        chosen = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                           for name, value in smoke.items() if name not in given)
+        print(f"[tamt] the built-in model with {args.method}'s smoke settings ({chosen}; docs/smoke.md measured "
+              "them); the paper's settings (Tab. 1, Tab. 2) apply with --model bert-base-uncased, or set each flag "
+              "yourself", file=sys.stderr, flush=True)
     with _process_group(args.device) as device, _stop_on_sigterm() as stop, deterministic(args.deterministic):
         result = run_search(config, args.out, model=args.model, data=args.data, device=device,
                             checkpoint_every_s=args.checkpoint_every, stop_requested=stop.is_set)

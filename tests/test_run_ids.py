@@ -100,3 +100,25 @@ def test_search_settings_that_cannot_take_effect_are_refused(config, words):
     with pytest.raises(ValueError) as error:
         SearchConfig.of(**config)
     assert all(word in str(error.value) for word in words), error.value
+
+
+PRESET_IDS = ("181e07f2a4e449e38b9cdc2f7d3d24bd1421e696e4e72cdd2de0e2e436bfd5fe", 8839)
+"""sha256 over the sorted run ids of every sweep's smoke and paper presets (studies by their midpoint), and their
+count: a refactor that moves one id fails here."""
+
+
+def test_every_preset_plans_the_recorded_run_ids():
+    import hashlib
+
+    from orchestrator.cli import plan_of
+    from orchestrator.study import TamtStudy
+    from sweeps import SWEEPS, presets_of
+
+    ids = set()
+    for name in SWEEPS:
+        for preset in ("smoke", "paper"):
+            declared = presets_of(name)[preset]()
+            ids |= plan_of([d for d in declared if not isinstance(d, TamtStudy)]).run_ids()
+            ids |= {d.spec(d.midpoint()).run_id for d in declared if isinstance(d, TamtStudy)}
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    assert (digest, len(ids)) == PRESET_IDS

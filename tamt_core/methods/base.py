@@ -19,8 +19,9 @@ Methods share helpers (``tamt_core.masks.pruning``, ``tamt_core.methods.trained`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -97,6 +98,9 @@ class SearchMethod(Protocol):
     first_record: bool
     """Whether its run ids carry the first config record (``tamt_core.search.config.FIRST_RECORD``): true of the
     methods that existed when ids were first computed, so their stores keep their ids."""
+    smoke: Mapping[str, Any]
+    """Settings under which it does its job on the built-in smoke model in minutes (docs/smoke.md has the
+    measurements): what ``tamt search`` uses on that model, and the smoke presets' searches."""
 
     def check(self, config: SearchConfig) -> None:
         """Refuse a configuration that cannot run as asked (a ``ValueError`` or ``SettingError`` naming the fix)."""
@@ -109,6 +113,10 @@ class SearchMethod(Protocol):
 
     def batch_size(self, config: SearchConfig) -> int | None:
         """Sequences per global batch, which data-parallel workers split (``None``: it reads no batches)."""
+
+    def caution(self, config: SearchConfig) -> str | None:
+        """Why this configuration will likely not do the method's job (too few steps to move a mask), or ``None``;
+        said before the search starts, which still runs."""
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
         """Yield masks in the order they are found."""
@@ -124,6 +132,7 @@ class OneShot:
     seeded = True
     yields_lower_sparsities = False
     pace = None
+    smoke: Mapping[str, Any] = MappingProxyType({})
 
     def check(self, config: SearchConfig) -> None:
         """Any sparsity in [0, 1) prunes."""
@@ -135,4 +144,7 @@ class OneShot:
         return 0
 
     def batch_size(self, config: SearchConfig) -> int | None:
+        return None
+
+    def caution(self, config: SearchConfig) -> str | None:
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import torch
@@ -151,6 +152,7 @@ class IMP:
     pace = "imp"
     first_record = True
     hparams = hparams.IMP_MLM  # Tab. 1's column
+    smoke = MappingProxyType({"pruning_interval": 4, "batch_size": 8, "block_size": 64})
 
     def check(self, config: SearchConfig) -> None:
         """IMP prunes 10 % per round from 10 % on (§4.1.3, App. C)."""
@@ -170,6 +172,9 @@ class IMP:
 
     def batch_size(self, config: SearchConfig) -> int | None:
         return config.settings.resolved(self.hparams).batch_size
+
+    def caution(self, config: SearchConfig) -> str | None:
+        return None
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
         data = context.train_data("mlm", block_size=config.settings.block_size)

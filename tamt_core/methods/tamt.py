@@ -22,6 +22,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import torch
@@ -182,6 +183,9 @@ class TAMT:
     seeded = True
     yields_lower_sparsities = False
     first_record = True
+    smoke = MappingProxyType({"steps": 90, "lr": 3e-4, "batch_size": 8, "block_size": 64})
+    """docs/smoke.md: at 50 % and 70 % both objectives move the mask away from OMP's within 90 steps at lr 3e-4 and
+    end with their own dev loss well below OMP's."""
 
     def __init__(self, objective: str) -> None:
         self.objective = objective
@@ -212,6 +216,19 @@ class TAMT:
 
     def batch_size(self, config: SearchConfig) -> int | None:
         return config.settings.resolved(self.hparams).batch_size
+
+    def caution(self, config: SearchConfig) -> str | None:
+        """A kept score starts (α − 1)·φ above τ and Adam moves it by about one learning rate per step, so no mask
+        entry changes for about (α − 1)·φ / lr steps (docs/smoke.md measured it): a shorter run keeps OMP's mask."""
+        settings = config.settings
+        lr = settings.resolved(self.hparams).lr
+        crossing = (settings.alpha - 1) * settings.phi / lr
+        steps = self.steps(config)
+        if steps >= crossing:
+            return None
+        return (f"{self.name} at lr {lr:g} needs about {crossing:.0f} steps before a kept score crosses the "
+                f"threshold (it starts {(settings.alpha - 1) * settings.phi:g} above it and moves about lr per "
+                f"step); this run has {steps}, so its mask will stay OMP's: raise steps or lr")
 
     def search(self, context: SearchContext, config: SearchConfig) -> Iterator[FoundMask]:
         data = self.training_data(context.train_data, config)

@@ -10,6 +10,7 @@ from the last checkpoint (``SearchContext.run``), data-parallel over however man
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -21,6 +22,8 @@ from tamt_core.checkpoints import Stateful
 from tamt_core.device import PRECISIONS, autocast, check_precision
 from tamt_core.methods.base import FoundMask, SearchContext, setting
 from tamt_core.training import BatchStream, steps_per_epoch, to_device, update
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ def train(training: Training, context: SearchContext) -> Iterator[FoundMask]:
     """
     run, ranks = context.run, context.run.ranks
     start = run.resume(training.checkpointed())
+    log.info("training steps %d-%d on %s in %s (the loss every %d steps)", start + 1, training.steps, context.device,
+             training.precision, run.log_every)
     if start == 0:
         yield from training.initial_masks()
     training.model.train()

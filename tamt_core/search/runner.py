@@ -107,6 +107,8 @@ def pretraining_data(pretrained: Pretrained, source: str | None, seed: int) -> C
     block size (reference-impl §4.6, §6.2), corrupted and ordered by the search's ``seed``."""
 
     def load(objective: str, *, block_size: int, pad_to: int | None = None) -> PretrainData:
+        log.info("preparing the pre-training data: %s of %d tokens (tokenised once, then cached)",
+                 "MLM blocks" if objective == "mlm" else "KD sequences", block_size)
         lines = pretrain.load_wikitext(source)["train"]
         tokenizer = pretrained.tokenizer
         if objective == "mlm":
@@ -139,6 +141,9 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
     ranks = Ranks.current()
     torch_device = pick_device(device)
     method = config.search_method
+    caution = method.caution(config)
+    if caution is not None and ranks.writes:
+        log.warning("%s", caution)
     batch_size = method.batch_size(config)
     if batch_size is not None:
         ranks.check_batch_size(batch_size)
@@ -151,6 +156,8 @@ def run_search(config: SearchConfig, out_dir: Path, *, model: str | None = None,
         log.info("%s: the search is complete", out_dir)
         return finished or SearchResult(out_dir, ())
 
+    log.info("%s: %s at sparsity %g, seed %d; loading %s", out_dir, config.method, config.sparsity, config.seed,
+             identity["model"])
     pretrained = load_pretrained(model)
     progress = _ProgressLog(out_dir / LOG_FILE, log_step)
     run = SearchRun({"run_id": identity["run_id"], "model_fingerprint": pretrained.fingerprint},
@@ -204,5 +211,5 @@ class _ProgressLog:
             self.callback(metrics)
         step = metrics["step"]
         if step < 100 or step % 100 == 0:
-            log.info("step %d  loss %.4f  lr %.2e  %.0f s training", step, metrics["loss"], metrics["lr"],
-                     metrics["train_s"])
+            log.info("step %d  loss %.4f  lr %.2e  %.0f s training (%.2f s a step)", step, metrics["loss"],
+                     metrics["lr"], metrics["train_s"], metrics["train_s"] / step)
