@@ -57,6 +57,17 @@ def with_search_settings(declaration: Declaration, settings: Mapping[str, Mappin
     return declaration
 
 
+def notes_of(declarations: Sequence[Declaration]) -> list[str]:
+    """The notes of the declarations' grids (:attr:`Grid.notes`), each once, in order."""
+    grids = [g for d in declarations for g in (d.grids if isinstance(d, MaskSimilarity) else (d,))]
+    return list(dict.fromkeys(note for grid in grids if isinstance(grid, Grid) for note in grid.notes))
+
+
+def print_notes(notes: Sequence[str], out: TextIO) -> None:
+    for note in notes:
+        print(f"[tamt] note: {note}", file=out)
+
+
 def with_precision(declaration: Declaration, precision: str) -> Declaration:
     """``declaration`` computing in ``precision`` (``bf16``, ``fp32``): its searches that train and its fine-tunes;
     their run ids are those of that precision (:mod:`tamt_core.device`)."""
@@ -224,10 +235,13 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
                 print_plan(plan, name, preset, storage, out)
             for study in studies:
                 print_study(study, out)
+            print_notes(notes_of(declarations), out)
             return 0
         with invoked_as("--all" if name == "all" and parts else " ".join(name.split("+")), preset):
-            return _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out,
+            code = _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out,
                         results=results)
+            print_notes(notes_of(declarations), out)
+            return code
     except (PlanError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -68,6 +68,8 @@ class Grid:
         finetune_steps: which saved TAMT masks are fine-tuned: ``None`` = each run's last; a step or steps for
             every sparsity; or per sparsity (``PerSparsity(hparams.TAMT_STEPS)``: Tab. 2's; a mapping is read as
             one).
+        notes: what a reader of this grid's results should know (settings measured on other tasks, say); the
+            dry run prints them, and so does a sweep when it ends. They plan nothing.
     """
 
     models: tuple[str, ...]
@@ -87,8 +89,10 @@ class Grid:
     imp_until: float | None = None
     finetune_steps: Steps | PerSparsity[Steps] | None = None
     paired_seeds: bool = False
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "notes", tuple(self.notes))
         for name in ("models", "methods", "sparsities", "mask_seeds", "finetune_seeds", "tasks", "train_sizes"):
             values = getattr(self, name)
             if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):

@@ -241,3 +241,19 @@ def test_zero_workers_per_search_is_refused_before_anything_runs(tmp_path, capsy
     assert code == 2
     assert "--workers-per-search must be a whole number ≥ 1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_smoke_grid_on_an_unmeasured_task_says_so_in_its_dry_run():
+    """The smoke fine-tuning settings were measured on SST-2 (docs/smoke.md): a smoke grid on MRPC carries a note,
+    which the dry run prints; one on SST-2 carries none."""
+    import io
+
+    from orchestrator.cli import sweep_main
+    from sweeps.common import smoke_grid
+
+    assert smoke_grid(methods=("omp",), sparsities=(0.5,), tasks=("sst2",)).notes == ()
+    presets = {"smoke": lambda: [smoke_grid(methods=("omp",), sparsities=(0.5,), tasks=("mrpc", "sst2"))]}
+    printed = io.StringIO()
+    assert sweep_main("mine", presets, ["--preset", "smoke", "--dry-run"], out=printed) == 0
+    note = [line for line in printed.getvalue().splitlines() if line.startswith("[tamt] note:")]
+    assert len(note) == 1 and "measured on sst2 only" in note[0] and "on mrpc they may" in note[0]
