@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 
 SWEEPS: tuple[str, ...] = ("main_results", "pretrain_correlation", "pretrain_cost", "mask_similarity", "low_data",
-                           "tune_tamt")
-"""Every experiment script, in the paper's order (§4.2.1-4.2.5), then the tuning study."""
+                           "tune_tamt", "one_shot")
+"""Every experiment script, in the paper's order (§4.2.1-4.2.5), then the tuning study and the experiments beyond
+the paper."""
 
 
 def presets_of(name: str):

@@ -25,6 +25,8 @@ from tamt_core.methods import METHODS
 from tamt_core.models import BUILTIN_MODEL_NAME
 
 BERT, ROBERTA = "bert-base-uncased", "roberta-base"
+PAPER_METHODS = ("omp", "rand", "imp", "tamt-mlm", "tamt-kd")
+"""The methods the paper compares (§4.1.2); ``sweeps/one_shot.py`` sets the methods added since beside them."""
 WIKITEXT = "Salesforce/wikitext"
 
 

@@ -12,15 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from sweeps.common import BERT, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid, sweep_main
+from sweeps.common import BERT, PAPER_METHODS, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
-from tamt_core.methods import METHODS
 from tamt_core.tasks import TASKS
 
 PRESETS = {
     # §4.1: BERT-base and RoBERTa-base × 5 methods × 8 sparsities × 3 mask seeds × 3 fine-tune seeds × 7 tasks, and
     # the full models; TAMT masks at Tab. 2's step, IMP's from runs to 90 %.
-    "paper": lambda: [paper_grid(models=(BERT, ROBERTA), methods=tuple(METHODS), sparsities=hparams.SPARSITIES,
+    "paper": lambda: [paper_grid(models=(BERT, ROBERTA), methods=PAPER_METHODS, sparsities=hparams.SPARSITIES,
                                  tasks=tuple(TASKS))],
     # Offline, on 2 CPU cores in minutes: every method at 50 % and the full model on the smoke SST-2, three
     # fine-tuning seeds each. Random masks have a seed of their own per replicate; IMP and TAMT one search each (a

@@ -28,6 +28,7 @@ SETTINGS = {
     "imp": dict(method="imp", pruning_interval=2, **{**SMALL, "sparsity": 0.3}),
     "tamt-mlm": dict(method="tamt-mlm", steps=STEPS, **SMALL),
     "tamt-kd": dict(method="tamt-kd", steps=STEPS, **SMALL),
+    "wanda": dict(method="wanda", sparsity=0.5, seed=1, samples=8, block_size=32),
 }
 """A few steps of each method; IMP to 30 % trains two intervals of 2 steps between its three prunes."""
 
@@ -37,6 +38,7 @@ GOLDEN: dict[str, list[float] | str] = {
     "imp": [10.286968231201172, 10.235169410705566, 10.27999496459961, 10.171456336975098],
     "tamt-mlm": [10.294371604919434, 10.311485290527344, 10.262489318847656, 10.300824165344238],
     "tamt-kd": [0.0684068351984024, 0.06652834266424179, 0.10415901243686676, 0.14487715065479279],
+    "wanda": "c8365774426cb70a0310ca64ea73006d6dadeddc7c21301b22061102b2703d21",
 }
 """Per method: the loss of each training step, or the sha256 of the kept entries of the mask of a method that does
 not train (the mask file's own content hash also covers its metadata, which names the model's directory)."""

@@ -112,14 +112,27 @@ def test_paper_union_shares_every_search_and_counts_each_trial_once():
     # No new TAMT search outside main_results: every analysis takes its masks from the same runs.
     assert {r for r, s in united.searches.items() if s.config.method.startswith("tamt")} == \
         {r for r, s in main.searches.items() if s.config.method.startswith("tamt")}
-    # Searches: main 166 + OMP/rand at 0.1 (1 + 3) + IMP at 5 more intervals × 3 seeds (15) = 185.
-    assert len(united.searches) == 185
+    # Searches: main 166 + OMP/rand at 0.1 (1 + 3) + IMP at 5 more intervals × 3 seeds (15) + Wanda's 8 sparsities
+    # × 3 seeds (24) = 209.
+    assert len(united.searches) == 185 + 24 == 209
     # Fine-tunes beyond main's 4410: correlation's OMP/rand at 0.1 (21 + 63) and TAMT's along-training masks
     # (2 × 12 runs × 7 steps × 15 = 2520, less the 20K step at 0.8 that main also fine-tunes: 2 × 3 × 15 = 90);
-    # cost's IMP at 5 new intervals (675); low-data subsets (990).
-    assert len(united.finetunes) == 4410 + 84 + 2520 - 90 + 675 + 990 == 8589
+    # cost's IMP at 5 new intervals (675); low-data subsets (990); Wanda's masks (24 × 3 seeds × 7 tasks = 504).
+    assert len(united.finetunes) == 4410 + 84 + 2520 - 90 + 675 + 990 + 504 == 9093
     assert len(united.measurements) == 1 + 6
-    assert len(united) == 8781
+    assert len(united) == 9309
+
+
+def test_one_shot_adds_wanda_beside_the_main_results_own_searches_and_fine_tunes():
+    """OMP's and TAMT's trials of the one-shot comparison are main_results' own run ids: only Wanda's are new."""
+    one_shot, main = plan("one_shot", "paper"), plan("main_results", "paper")
+    assert by_method(one_shot, "search") == {"omp": 8, "wanda": 24, "tamt-mlm": 24, "tamt-kd": 24}
+    new = one_shot.run_ids() - main.run_ids()
+    assert {one_shot.searches[r].config.method for r in new if r in one_shot.searches} == {"wanda"}
+    assert {one_shot.method_of(one_shot.finetunes[r]) for r in new if r in one_shot.finetunes} == {"wanda"}
+    assert len(new) == 24 + 24 * 3 * 7
+    smoke = plan("one_shot", "smoke")
+    assert by_method(smoke, "search") == {"omp": 2, "wanda": 6, "tamt-mlm": 2, "tamt-kd": 2}
 
 
 # --- smoke presets ---------------------------------------------------------------------------------------------
@@ -133,11 +146,12 @@ def test_smoke_plans():
         "pretrain_cost": (4, 6, 0),          # TAMT 2 runs × 2 steps; IMP at P = 2 and 4
         "mask_similarity": (5, 0, 2),        # all pairs of 4 masks; 8 masks against OMP
         "low_data": (4, 15, 0),              # (80, 160, 320 examples) × (4 masks + full)
+        "one_shot": (12, 24, 0),             # 50/70 %: OMP 2, Wanda 2 × 3 draws, TAMT 2 × 2; 24 fine-tunes
     }
     united = plan_of([d for name in SWEEPS for d in presets_of(name)["smoke"]() if not isinstance(d, TamtStudy)])
-    # main's 7 + OMP and rand at 70 %, TAMT × 2 at 70 %, IMP to 70 % at P = 2 and 4; fine-tunes: main 18 + 21
-    # other masks, steps and subsets.
-    assert (len(united.searches), len(united.finetunes), len(united.measurements)) == (13, 39, 3)
+    # main's 7 + OMP and rand at 70 %, TAMT × 2 at 70 %, IMP to 70 % at P = 2 and 4, Wanda's 6; fine-tunes: main 18
+    # + 21 other masks, steps and subsets + Wanda's 6 and TAMT's at 70 % with seeds 2 and 3 (2 × 2) + OMP's (2).
+    assert (len(united.searches), len(united.finetunes), len(united.measurements)) == (13 + 6, 39 + 12, 3)
 
 
 def test_every_sweep_has_both_presets_and_its_studies_are_valid():
@@ -158,7 +172,7 @@ def test_all_sweeps_dry_run_prints_each_sweep_and_the_union(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in SWEEPS:
         assert f"  {name} " in out
-    assert "sweep all, preset paper: 8781 unique trials (185 mask searches, 8589 fine-tunes, 7 measurements)" in out
+    assert "sweep all, preset paper: 9309 unique trials (209 mask searches, 9093 fine-tunes, 7 measurements)" in out
     assert "study tamt-mlm-bert-0.7: 24 Optuna trials" in out
     assert not (tmp_path / "s").exists()
 

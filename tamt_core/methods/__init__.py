@@ -9,6 +9,7 @@ from tamt_core.methods.imp import IMP
 from tamt_core.methods.omp import OMP
 from tamt_core.methods.random_mask import RandomPruning
 from tamt_core.methods.tamt import TAMT
+from tamt_core.methods.wanda import Wanda
 
 METHODS: dict[str, SearchMethod] = {method.name: method for method in (
     OMP(),
@@ -16,6 +17,7 @@ METHODS: dict[str, SearchMethod] = {method.name: method for method in (
     IMP(),
     TAMT("mlm"),
     TAMT("kd"),
+    Wanda(),
 )}
 
 __all__ = ["METHODS", "FoundMask", "SearchContext", "SearchMethod"]
