@@ -51,6 +51,7 @@ def curve(directory: Path, after: int = 0) -> list[tuple]:
     return [(e["step"], e["loss"], e["lr"]) for e in read_log(directory) if e["step"] > after]
 
 
+@pytest.mark.slow  # a driver subprocess, killed and run again
 @pytest.mark.parametrize("method", list(KILLED))
 def test_search_killed_between_checkpoints_resumes_to_the_uninterrupted_masks(method, tiny_bert_dir, tmp_path):
     """A real SIGKILL at a step between two checkpoints; the rerun writes masks with the uninterrupted run's
@@ -214,6 +215,7 @@ def test_a_model_saved_in_bf16_loads_in_fp32_and_its_scores_move(tiny_bert_dir, 
     assert sum(int((masks[name].scores.detach() != scores).sum()) for name, scores in init.items()) > 1000
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_hold_identical_state_and_compute_one_process_steps(tiny_bert_without_dropout_dir, tmp_path):
     """torchrun, 2 processes on gloo, the global batch of 8 split 4 + 4: after every step both ranks hold
     bit-identical scores, thresholds and MLM head, and with dropout off (the one thing a rank draws on its own) the
