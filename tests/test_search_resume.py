@@ -87,6 +87,45 @@ def test_search_killed_between_checkpoints_resumes_to_the_uninterrupted_masks(me
     assert again == resumed and (killed / LOG_FILE).stat().st_size == log_size  # complete: nothing ran
 
 
+class Stop(Exception):
+    """Stops a search from its ``log_step`` callback."""
+
+
+STOPPED = {
+    # config, the step whose log raises: past a saved mask, before the last
+    "imp": (SearchConfig(method="imp", sparsity=0.2, pruning_interval=4, lr=1e-3, **SMALL), 3),
+    "tamt-mlm": (SearchConfig(method="tamt-mlm", sparsity=0.5, steps=8, save_steps=(4,), lr=1e-2, **SMALL), 6),
+}
+
+
+@pytest.mark.parametrize("method", list(STOPPED))
+def test_search_stopped_in_process_resumes_to_the_uninterrupted_masks(method, tiny_bert_dir, tmp_path):
+    """The fast tier's resume check: a search checkpointed at every step, stopped by an exception at step N (so its
+    newest checkpoint is step N - 1) and run again, writes the masks and the loss curve of an uninterrupted run."""
+    config, stop_at = STOPPED[method]
+    settings = dict(model=str(tiny_bert_dir), log_every=1, checkpoint_every_s=0)
+
+    def stop(metrics: dict) -> None:
+        if metrics["step"] == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(config, tmp_path / "stopped", log_step=stop, **settings)
+    assert SearchResult.read(tmp_path / "stopped") is None
+    assert max(p.name for p in (tmp_path / "stopped" / CHECKPOINTS_DIR).glob("step-*")) == f"step-{stop_at - 1:08d}"
+    steps = []
+    resumed = run_search(config, tmp_path / "stopped", log_step=lambda metrics: steps.append(metrics["step"]),
+                         **settings)
+    assert steps[0] == stop_at, "the rerun goes on from the newest checkpoint"
+    reference = run_search(config, tmp_path / "reference", **settings)
+    assert [m.file for m in resumed.masks] == [m.file for m in reference.masks] and len(reference.masks) >= 2
+    for ours, theirs in zip(resumed.paths, reference.paths):
+        ours, theirs = load_mask(ours).tensors, load_mask(theirs).tensors
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs), "the resumed masks differ"
+    assert curve(tmp_path / "stopped") == curve(tmp_path / "reference")
+
+
 def _interrupted_tamt(tiny_bert_dir: Path, out: Path, stop_at: int) -> SearchConfig:
     """A TAMT-MLM search in this process, stopped by an exception after ``stop_at`` (checkpoints at 5, 10, 15)."""
     config = SearchConfig(method="tamt-mlm", sparsity=0.5, steps=20, save_steps=(5, 10, 15), lr=1e-2, **SMALL)
