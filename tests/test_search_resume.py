@@ -127,8 +127,8 @@ def test_search_stopped_in_process_resumes_to_the_uninterrupted_masks(method, ti
 
 
 def _interrupted_tamt(tiny_bert_dir: Path, out: Path, stop_at: int) -> SearchConfig:
-    """A TAMT-MLM search in this process, stopped by an exception after ``stop_at`` (checkpoints at 5, 10, 15)."""
-    config = SearchConfig(method="tamt-mlm", sparsity=0.5, steps=20, save_steps=(5, 10, 15), lr=1e-2, **SMALL)
+    """A TAMT-MLM search in this process, stopped by an exception after ``stop_at`` (checkpoints at 2, 4, 6)."""
+    config = SearchConfig(method="tamt-mlm", sparsity=0.5, steps=8, save_steps=(2, 4, 6), lr=1e-2, **SMALL)
 
     def stop(metrics: dict) -> None:
         if metrics["step"] >= stop_at:
@@ -141,22 +141,22 @@ def _interrupted_tamt(tiny_bert_dir: Path, out: Path, stop_at: int) -> SearchCon
 
 def test_a_corrupt_checkpoint_is_set_aside_and_the_one_before_used(tiny_bert_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tamt_core")
-    config = _interrupted_tamt(tiny_bert_dir, tmp_path / "run", stop_at=17)
+    config = _interrupted_tamt(tiny_bert_dir, tmp_path / "run", stop_at=7)
     checkpoints = tmp_path / "run" / CHECKPOINTS_DIR
-    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000010", "step-00000015"]  # newest two
-    state = checkpoints / "step-00000015" / "state.safetensors"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]  # newest two
+    state = checkpoints / "step-00000006" / "state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
     with pytest.raises(CorruptCheckpointError):
         load_state(state, {})
     resumed = run_search(config, tmp_path / "run", model=str(tiny_bert_dir))
-    assert "set aside" in caplog.text and "resuming from the checkpoint of step 10" in caplog.text
-    assert [p.name.split("-2")[0] for p in (checkpoints / "set-aside").iterdir()] == ["step-00000015"]
+    assert "set aside" in caplog.text and "resuming from the checkpoint of step 4" in caplog.text
+    assert [p.name.split("-2")[0] for p in (checkpoints / "set-aside").iterdir()] == ["step-00000006"]
     reference = run_search(config, tmp_path / "reference", model=str(tiny_bert_dir))
     assert [m.content_hash for m in resumed.masks] == [m.content_hash for m in reference.masks]
 
 
 def test_a_checkpoint_of_another_search_is_refused_before_training(tiny_bert_dir, tmp_path):
-    _interrupted_tamt(tiny_bert_dir, tmp_path / "first", stop_at=12)
+    _interrupted_tamt(tiny_bert_dir, tmp_path / "first", stop_at=3)
     other = SearchConfig(method="tamt-mlm", sparsity=0.6, steps=20, lr=1e-2, **SMALL)
     second = tmp_path / "second"
     with pytest.raises(CheckpointError, match="belongs to another search.*move that checkpoint away"):
