@@ -19,6 +19,7 @@ tests/conftest.py loads this module as a plugin; tests/test_tiers.py checks it.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import threading
@@ -87,6 +88,7 @@ def _install() -> None:
     if not getattr(ray.init, "_tamt_guarded", False):
         original = ray.init
 
+        @functools.wraps(original)
         def init(*args, **kwargs):
             refuse("starts Ray (ray.init)")
             return original(*args, **kwargs)
