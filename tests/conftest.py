@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# tests/tiers.py: which tests are slow, and the guard that keeps the others fast; pytester: tests/test_tiers.py.
+pytest_plugins = ["tiers", "pytester"]
+
 
 @contextmanager
 def isolated_caches(directory: Path) -> Iterator[None]:

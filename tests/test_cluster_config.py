@@ -52,6 +52,8 @@ def ray_validate(config: dict) -> dict:
 def test_cluster_yaml_passes_ray_validation():
     full = ray_validate(load_cluster())
     assert full["head_node_type"] in full["available_node_types"]
+    assert all(node["resources"].get("GPU") == 1 for name, node in full["available_node_types"].items()
+               if name != full["head_node_type"]), "one GPU per worker node: a trial's GPU is the node's"
 
 
 def _misspell_setup(config):
@@ -173,105 +175,86 @@ def test_shared_storage_mounted_on_every_node():
 
 # --- KubeRay manifests ----------------------------------------------------------------------------------------------
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# Three checks of a RayCluster or RayJob manifest: a JSON schema of what KubeRay's CRDs (ray-project/kuberay,
+# ray-operator/config/crd/bases) and the API server require of the fields used here, with tamt's own requirements;
+# the Ray autoscaler's own reading of the cluster spec (how autoscaler v2 sizes the groups on KubeRay, ending in
+# Ray's validate_config); and the cross-references that no schema states (mounted volumes, the shared claim).
+
+CONTAINER = {"type": "object", "required": ["name", "image"],
+             "properties": {"name": {"type": "string", "minLength": 1}, "image": {"type": "string", "minLength": 1}}}
+GPU_LIMIT = {"required": ["resources"], "properties": {"resources": {"required": ["limits"], "properties": {
+    "limits": {"required": [GPU], "properties": {GPU: {"type": "integer", "minimum": 1}}}}}}}
 
 
-def _start_params_problems(where: str, params) -> list[str]:
-    if not isinstance(params, dict):
-        return [f"{where}.rayStartParams must be a mapping"]
-    return [f"{where}.rayStartParams[{key!r}] must be a string, got {value!r}"
-            for key, value in params.items() if not isinstance(key, str) or not isinstance(value, str)]
+def group_schema(ray_container: dict | None = None, **fields: dict) -> dict:
+    """A head or worker group: string start parameters (the CRD's type), a pod whose containers have names and
+    images; ``ray_container`` constrains the first container, the one KubeRay starts Ray in."""
+    containers = {"type": "array", "minItems": 1, "items": CONTAINER, "prefixItems": [ray_container or {}]}
+    pod = {"type": "object", "required": ["containers"],
+           "properties": {"containers": containers, "initContainers": {"type": "array", "items": CONTAINER}}}
+    return {"type": "object", "required": ["rayStartParams", "template", *fields], "properties": {
+        "rayStartParams": {"type": "object", "additionalProperties": {"type": "string"}},
+        "template": {"type": "object", "required": ["spec"], "properties": {"spec": pod}}, **fields}}
 
 
-def _pod_problems(where: str, template, shared_claim: str) -> list[str]:
-    spec = (template or {}).get("spec") if isinstance(template, dict) else None
-    containers = (spec or {}).get("containers")
-    if not isinstance(containers, list) or not containers:
-        return [f"{where}.template.spec.containers must be a non-empty list"]
-    problems = []
-    volumes = {volume.get("name"): volume for volume in spec.get("volumes") or []}
-    for container in containers + (spec.get("initContainers") or []):
-        name = container.get("name")
-        if not name:
-            problems.append(f"{where}: a container has no name")
-        if not container.get("image"):
-            problems.append(f"{where}: container {name!r} has no image")
-        for mount in container.get("volumeMounts") or []:
-            if mount.get("name") not in volumes:
-                problems.append(f"{where}: container {name!r} mounts volume {mount.get('name')!r}, "
-                                "which the pod does not declare")
-    ray_container = containers[0]  # KubeRay starts Ray in the first container
-    by_path = {mount.get("mountPath"): mount.get("name") for mount in ray_container.get("volumeMounts") or []}
-    if SHARED not in by_path:
-        problems.append(f"{where}: container {ray_container.get('name')!r} does not mount {SHARED}")
-    else:
-        claim = (volumes.get(by_path[SHARED]) or {}).get("persistentVolumeClaim", {}).get("claimName")
-        if claim != shared_claim:
-            problems.append(f"{where}: {SHARED} is claim {claim!r}, not the claim {shared_claim!r}")
-    return problems
+COUNT = {"type": "integer", "minimum": 0}
+CLUSTER_SPEC = {
+    "type": "object", "required": ["rayVersion", "enableInTreeAutoscaling", "headGroupSpec", "workerGroupSpecs"],
+    "properties": {
+        "rayVersion": {"const": RAY_VERSION}, "enableInTreeAutoscaling": {"const": True},
+        "headGroupSpec": group_schema(),
+        "workerGroupSpecs": {"type": "array", "minItems": 1, "items": group_schema(
+            GPU_LIMIT, groupName={"type": "string", "minLength": 1}, replicas=COUNT, minReplicas=COUNT,
+            maxReplicas=COUNT)}}}
+MANIFEST = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {"apiVersion": {"const": "ray.io/v1"}, "kind": {"enum": ["RayCluster", "RayJob"]},
+                   "metadata": {"type": "object", "required": ["name"]}},
+    "if": {"properties": {"kind": {"const": "RayJob"}}},
+    "then": {"properties": {"spec": {
+        "type": "object", "required": ["entrypoint", "shutdownAfterJobFinishes", "rayClusterSpec"],
+        "properties": {"entrypoint": {"type": "string", "pattern": r"\S"},
+                       "shutdownAfterJobFinishes": {"type": "boolean"}, "rayClusterSpec": CLUSTER_SPEC}}}},
+    "else": {"properties": {"spec": CLUSTER_SPEC}}}
 
 
-def cluster_spec_problems(spec, where: str, shared_claim: str) -> list[str]:
-    """What KubeRay requires of a RayClusterSpec, and what tamt needs of it."""
-    if not isinstance(spec, dict):
-        return [f"{where} must be a mapping"]
-    problems = []
-    if spec.get("rayVersion") != RAY_VERSION:
-        problems.append(f"{where}.rayVersion is {spec.get('rayVersion')!r}, pyproject.toml pins ray {RAY_VERSION}")
-    if spec.get("enableInTreeAutoscaling") is not True:
-        problems.append(f"{where}.enableInTreeAutoscaling must be true")
-    head = spec.get("headGroupSpec")
-    if not isinstance(head, dict):
-        problems.append(f"{where}.headGroupSpec is missing")
-    else:
-        problems += _start_params_problems(f"{where}.headGroupSpec", head.get("rayStartParams"))
-        problems += _pod_problems(f"{where}.headGroupSpec", head.get("template"), shared_claim)
-    groups = spec.get("workerGroupSpecs")
-    if not isinstance(groups, list) or not groups:
-        return problems + [f"{where}.workerGroupSpecs must be a non-empty list"]
-    names = [group.get("groupName") for group in groups]
-    if len(set(names)) != len(names):
-        problems.append(f"{where}.workerGroupSpecs: groupName values must be unique, got {names}")
-    for index, group in enumerate(groups):
-        at = f"{where}.workerGroupSpecs[{index}]"
-        if not isinstance(group.get("groupName"), str) or not group.get("groupName"):
-            problems.append(f"{at}.groupName is missing")
-        counts = [group.get(key) for key in ("minReplicas", "replicas", "maxReplicas")]
-        if not all(_is_int(count) for count in counts):
-            problems.append(f"{at}: replicas, minReplicas and maxReplicas must be integers, got {counts}")
-        elif not counts[0] <= counts[1] <= counts[2]:
-            problems.append(f"{at}: needs minReplicas <= replicas <= maxReplicas, got {counts}")
-        problems += _start_params_problems(at, group.get("rayStartParams"))
-        pod = _pod_problems(at, group.get("template"), shared_claim)
-        problems += pod
-        if not any("containers" in problem for problem in pod):
-            limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
-            if not _is_int(limits.get(GPU)) or limits[GPU] < 1:
-                problems.append(f"{at}: the Ray container must request {GPU} in resources.limits")
-    return problems
+def autoscaler_view(spec: dict) -> dict:
+    """The autoscaling config that Ray's autoscaler derives from a RayCluster spec on KubeRay (node types with
+    their workers and resources); raises where it cannot read the spec."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    return _derive_autoscaling_config_from_ray_cr(
+        {"metadata": {"name": "tamt", "namespace": "default"}, "spec": copy.deepcopy(spec)})
 
 
 def manifest_problems(doc, shared_claim: str = "tamt-shared") -> list[str]:
     """Every problem of a RayCluster or RayJob manifest; empty when KubeRay would take it and tamt could run on it."""
-    if not isinstance(doc, dict):
-        return ["a manifest must be a mapping"]
-    problems = []
-    if doc.get("apiVersion") != "ray.io/v1":
-        problems.append(f"apiVersion must be ray.io/v1, got {doc.get('apiVersion')!r}")
-    if not (doc.get("metadata") or {}).get("name"):
-        problems.append("metadata.name is missing")
-    spec = doc.get("spec") or {}
-    if doc.get("kind") == "RayCluster":
-        problems += cluster_spec_problems(spec, "spec", shared_claim)
-    elif doc.get("kind") == "RayJob":
-        if not isinstance(spec.get("entrypoint"), str) or not spec.get("entrypoint").strip():
-            problems.append("spec.entrypoint is missing")
-        if not isinstance(spec.get("shutdownAfterJobFinishes"), bool):
-            problems.append("spec.shutdownAfterJobFinishes must be set (true or false)")
-        problems += cluster_spec_problems(spec.get("rayClusterSpec"), "spec.rayClusterSpec", shared_claim)
-    else:
-        problems.append(f"kind must be RayCluster or RayJob, got {doc.get('kind')!r}")
+    problems = [f"{error.json_path}: {error.message}" for error in jsonschema.Draft202012Validator(MANIFEST)
+                .iter_errors(doc)]
+    if problems:
+        return problems
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    try:
+        autoscaler_view(spec)
+    except (KeyError, TypeError, ValueError, jsonschema.ValidationError) as error:
+        problems.append(f"Ray's autoscaler cannot read the cluster spec: {error}")
+    names = [group["groupName"] for group in spec["workerGroupSpecs"]]
+    if len(set(names)) != len(names):
+        problems.append(f"workerGroupSpecs: groupName values must be unique, got {names}")
+    groups = {"headGroupSpec": spec["headGroupSpec"], **{f"workerGroupSpecs[{index}]": group
+                                                        for index, group in enumerate(spec["workerGroupSpecs"])}}
+    for at, group in groups.items():
+        if at != "headGroupSpec" and not group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]:
+            problems.append(f"{at}: needs minReplicas <= replicas <= maxReplicas")  # as KubeRay's webhook
+        pod = group["template"]["spec"]
+        volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+        problems += [f"{at}: container {container['name']!r} mounts volume {mount['name']!r}, which the pod does "
+                     "not declare" for container in pod["containers"] + pod.get("initContainers", [])
+                     for mount in container.get("volumeMounts", []) if mount["name"] not in volumes]
+        shared = {m["mountPath"]: m["name"] for m in pod["containers"][0].get("volumeMounts", [])}.get(SHARED)
+        claim = volumes.get(shared, {}).get("persistentVolumeClaim", {}).get("claimName")
+        if claim != shared_claim:
+            problems.append(f"{at}: the Ray container's {SHARED} is claim {claim!r}, not the claim {shared_claim!r}")
     return problems
 
 
@@ -308,6 +291,9 @@ def test_kuberay_manifest_has_the_required_fields(name, kind):
     doc = load_one(name)
     assert doc["kind"] == kind
     assert manifest_problems(doc, shared_claim_name()) == []
+    types = autoscaler_view(doc["spec"]["rayClusterSpec"] if kind == "RayJob" else doc["spec"])["available_node_types"]
+    assert types.pop("headgroup")["resources"]["CPU"] == 0, "Ray's autoscaler must see no CPU on the head"
+    assert {name: node["resources"].get("GPU") for name, node in types.items()} == {"gpu-spot": 1, "gpu-ondemand": 1}
 
 
 def test_every_claim_the_pods_mount_is_declared():
@@ -400,6 +386,15 @@ def _no_gpu(doc):
     del doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"][GPU]
 
 
+def _same_group_name(doc):
+    doc["spec"]["workerGroupSpecs"][1]["groupName"] = doc["spec"]["workerGroupSpecs"][0]["groupName"]
+
+
+def _no_cpu(doc):
+    resources = doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
+    del resources["requests"]["cpu"], resources["limits"]["cpu"]
+
+
 def _other_claim(doc):
     doc["spec"]["workerGroupSpecs"][1]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "x"
 
@@ -417,34 +412,39 @@ def _old_api(doc):
 
 
 @pytest.mark.parametrize("break_it, expected", [
-    (_drop_group_name, "workerGroupSpecs[0].groupName is missing"),
-    (_mount_undeclared_volume, "mounts volume 'scratch', which the pod does not declare"),
-    (_min_over_max, "needs minReplicas <= replicas <= maxReplicas"),
-    (_replicas_as_string, "must be integers"),
-    (_numeric_start_param, "rayStartParams['num-cpus'] must be a string"),
-    (_no_gpu, f"must request {GPU} in resources.limits"),
-    (_other_claim, "not the claim 'tamt-shared'"),
-    (_no_image, "container 'mlflow' has no image"),
-    (_old_ray, "rayVersion is '2.9.0'"),
-    (_old_api, "apiVersion must be ray.io/v1"),
+    (_drop_group_name, "$.spec.workerGroupSpecs[0]: 'groupName' is a required property"),
+    (_mount_undeclared_volume, "headGroupSpec: container 'ray-head' mounts volume 'scratch', which the pod does not "
+                               "declare"),
+    (_same_group_name, "workerGroupSpecs: groupName values must be unique, got ['gpu-spot', 'gpu-spot']"),
+    (_min_over_max, "workerGroupSpecs[1]: needs minReplicas <= replicas <= maxReplicas"),
+    (_replicas_as_string, "$.spec.workerGroupSpecs[0].maxReplicas: '12' is not of type 'integer'"),
+    (_numeric_start_param, "$.spec.headGroupSpec.rayStartParams['num-cpus']: 0 is not of type 'string'"),
+    (_no_gpu, f"$.spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits: '{GPU}' is a required "
+              "property"),
+    (_no_cpu, "Ray's autoscaler cannot read the cluster spec: Autoscaler failed to detect `CPU` resources for group "
+              "gpu-spot"),
+    (_other_claim, "workerGroupSpecs[1]: the Ray container's /mnt/shared is claim 'x', not the claim 'tamt-shared'"),
+    (_no_image, "$.spec.headGroupSpec.template.spec.containers[1]: 'image' is a required property"),
+    (_old_ray, f"$.spec.rayVersion: '{RAY_VERSION}' was expected"),
+    (_old_api, "$.apiVersion: 'ray.io/v1' was expected"),
 ])
 def test_broken_raycluster_is_reported(break_it, expected):
     doc = load_one("raycluster.yaml")
     break_it(doc)
     problems = manifest_problems(doc, shared_claim_name())
-    assert any(expected in problem for problem in problems), problems
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
 
 
 @pytest.mark.parametrize("key, expected", [
-    ("entrypoint", "spec.entrypoint is missing"),
-    ("shutdownAfterJobFinishes", "spec.shutdownAfterJobFinishes must be set"),
-    ("rayClusterSpec", "spec.rayClusterSpec must be a mapping"),
+    ("entrypoint", "$.spec: 'entrypoint' is a required property"),
+    ("shutdownAfterJobFinishes", "$.spec: 'shutdownAfterJobFinishes' is a required property"),
+    ("rayClusterSpec", "$.spec: 'rayClusterSpec' is a required property"),
 ])
 def test_broken_rayjob_is_reported(key, expected):
     doc = load_one("rayjob.yaml")
     del doc["spec"][key]
     problems = manifest_problems(doc, shared_claim_name())
-    assert any(expected in problem for problem in problems), problems
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
 
 
 def test_cluster_guide_runs_what_the_configs_set_up():

@@ -27,6 +27,7 @@ print(json.dumps({"before": before, "held": held, "released": rss_mib(), "kept":
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_freed_heap_among_live_objects_goes_back_to_the_system():
     """200,000 blocks of 1 KB, 1 in 100 kept: the freed pages lie among live ones, so glibc cannot shrink its heap

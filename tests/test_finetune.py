@@ -70,9 +70,9 @@ def test_evaluations_see_the_masked_weights(tiny_bert_dir, minilm_tokenizer, omp
     """The reported metrics are those of θ ⊙ M: the final state reloaded under the mask reproduces them, and the
     same weights without the mask (pruned entries back at θ0) do not."""
     _, mask = omp_mask
-    config = quick_config(tiny_bert_dir, mask, epochs=2, eval_every=4)
+    config = quick_config(tiny_bert_dir, mask, eval_every=4)
     result = finetune(config, tmp_path / "run", mask=mask, keep_checkpoint=True)
-    assert [e.step for e in result.curve] == [4, 8]
+    assert [e.step for e in result.curve] == [4]
     task = get_task("sst2")
     data = load_task_data(task, config, minilm_tokenizer)
     model = task_model(task, str(tiny_bert_dir), config.seed)
@@ -96,17 +96,17 @@ def _logits_of(model, data, collate) -> torch.Tensor:
 
 
 def test_best_is_the_max_over_periodic_evaluations_only(tiny_bert_dir, tmp_path):
-    """Check vector 28: candidates are the evaluations at L, 2L, …; 7 steps with L = 2 give 2, 4, 6 and no
-    evaluation at the final step 7."""
-    config = quick_config(tiny_bert_dir, train_size=100, batch_size=16, epochs=1, eval_every=2)
+    """Check vector 28: candidates are the evaluations at L, 2L, …; 5 steps with L = 2 give 2 and 4 and no
+    evaluation at the final step 5."""
+    config = quick_config(tiny_bert_dir, train_size=36, batch_size=8, epochs=1, eval_every=2)
     result = finetune(config, tmp_path / "run", checkpoint_every_s=0)
-    assert result.info["steps"] == 7
-    assert [e.step for e in result.curve] == [2, 4, 6]
+    assert result.info["steps"] == 5
+    assert [e.step for e in result.curve] == [2, 4]
     scores = [e.metrics["accuracy"] for e in result.curve]
     assert result.best_score == max(scores)
     assert result.best.step == result.curve[scores.index(max(scores))].step
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert saved["best_score"] == result.best_score and len(saved["curve"]) == 3
+    assert saved["best_score"] == result.best_score and len(saved["curve"]) == 2
 
 
 def test_best_evaluation_takes_the_first_maximum_and_skips_nan():
@@ -128,14 +128,14 @@ def test_low_data_subset_is_the_seeded_permutation_prefix(tiny_bert_dir, minilm_
 
 def test_an_interrupted_run_resumes_to_the_same_curve(tiny_bert_dir, omp_mask, tmp_path):
     _, mask = omp_mask
-    config = quick_config(tiny_bert_dir, mask, train_size=96, epochs=2, eval_every=3)  # 12 steps, 4 evaluations
+    config = quick_config(tiny_bert_dir, mask, train_size=48, epochs=2, eval_every=2)  # 6 steps, 3 evaluations
     reference = finetune(config, tmp_path / "uninterrupted", mask=mask, checkpoint_every_s=0)
 
     class Preempted(Exception):
         pass
 
     def preempt_after_second(evaluation: Evaluation) -> None:
-        if evaluation.step == 6:
+        if evaluation.step == 4:  # in the second epoch
             raise Preempted
 
     with pytest.raises(Preempted):
@@ -143,7 +143,7 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_bert_dir, omp_mask, t
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
     assert not (tmp_path / "resumed" / "result.json").exists()
     resumed = finetune(config, tmp_path / "resumed", mask=mask, checkpoint_every_s=0)
-    assert [e.step for e in resumed.curve] == [3, 6, 9, 12]
+    assert [e.step for e in resumed.curve] == [2, 4, 6]
     for a, b in zip(reference.curve, resumed.curve):
         assert a.metrics == b.metrics
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
@@ -154,7 +154,7 @@ def test_an_interrupted_run_resumes_to_the_same_curve(tiny_bert_dir, omp_mask, t
 
 
 def test_full_model_baseline_and_mnli_reports_both_dev_sets(tiny_bert_dir, tmp_path):
-    config = quick_config(tiny_bert_dir, task="mnli", epochs=1, eval_every=4)
+    config = quick_config(tiny_bert_dir, task="mnli", train_size=16, eval_every=1)  # one step
     result = finetune(config, tmp_path / "mnli")
     assert set(result.curve[0].metrics) == {"accuracy_matched", "accuracy_mismatched"}
     assert result.select_metric == "accuracy_matched"  # Tab. 1: "Matched Acc"
@@ -177,7 +177,7 @@ def test_squad_runs_end_to_end_with_question_and_feature_subsets(tiny_bert_dir, 
 
 
 def test_regression_head_for_stsb(tiny_bert_dir, tmp_path):
-    result = finetune(quick_config(tiny_bert_dir, task="stsb", eval_every=4), tmp_path / "stsb")
+    result = finetune(quick_config(tiny_bert_dir, task="stsb", train_size=16, eval_every=1), tmp_path / "stsb")
     assert set(result.curve[0].metrics) == {"pearson", "spearman", "pearson_and_spearman"}
     assert result.select_metric == "pearson"
 
@@ -208,9 +208,9 @@ def test_a_mask_for_another_model_is_rejected(tiny_roberta_dir, omp_mask, tmp_pa
 
 
 def test_an_output_directory_of_another_run_is_rejected(tiny_bert_dir, tmp_path):
-    finetune(quick_config(tiny_bert_dir, epochs=1, eval_every=4), tmp_path / "run")
+    finetune(quick_config(tiny_bert_dir, train_size=16, eval_every=1), tmp_path / "run")  # one step
     with pytest.raises(OutputDirectoryError, match="holds another fine-tuning run.*Pass a new output directory"):
-        finetune(quick_config(tiny_bert_dir, seed=2, epochs=1, eval_every=4), tmp_path / "run")
+        finetune(quick_config(tiny_bert_dir, seed=2, train_size=16, eval_every=1), tmp_path / "run")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(OutputDirectoryError, match="holds no fine-tuning run"):

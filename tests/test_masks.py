@@ -397,7 +397,7 @@ def test_weights_fingerprint() -> None:
     g = torch.Generator().manual_seed(0)
     w = {"x.weight": torch.randn(64, 32, generator=g), "y.weight": torch.randn(17, generator=g)}
     fp = weights_fingerprint(w)
-    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert fp == "dea8ddb565ae0812"  # pinned: masks on disk record it, and it must keep matching their models
     assert weights_fingerprint({k: v.clone() for k, v in w.items()}) == fp
     assert weights_fingerprint(dict(reversed(list(w.items())))) == fp  # order-independent
     # Non-contiguous view with the same values → same fingerprint.

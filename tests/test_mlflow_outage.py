@@ -17,6 +17,8 @@ import pytest
 from orchestrator.grid import Grid
 from orchestrator.tracking import EXPERIMENT, PARENT_TAG, RUN_ID_TAG, MlflowTracker
 
+pytestmark = pytest.mark.slow  # an MLflow server
+
 
 def _free_port() -> int:
     with socket.socket() as probe:

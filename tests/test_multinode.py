@@ -205,16 +205,23 @@ def _teardown(cluster: LoopbackCluster) -> list[int]:
     return left
 
 
+def _unavailable(why: str) -> None:
+    """The cluster did not come up: a failure under CI (``CI=true``), where it must, and a skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: the multi-node cluster must come up: {why}", pytrace=False)
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def loopback_cluster():
     """A head without CPUs on 127.0.0.2 and two one-CPU worker nodes, each a ``ray start`` process; yields a
     :class:`LoopbackCluster` whose nodes carry their Ray node ids."""
     for ip in (HEAD_IP, WORKER_IPS[0]):
         if (why := _bindable(ip)) is not None:
-            pytest.skip(f"loopback alias {ip} unavailable ({why}); a multi-node Ray on one machine needs "
+            _unavailable(f"loopback alias {ip} unavailable ({why}); a multi-node Ray on one machine needs "
                         "127.0.0.2 and 127.0.0.3 (127.0.0.1 is rewritten to the host's address)")
     if not RAY.exists():
-        pytest.skip(f"no `ray` executable next to {sys.executable}")
+        _unavailable(f"no `ray` executable next to {sys.executable}")
     second_ip = WORKER_IPS[1] if _bindable(WORKER_IPS[1]) is None else WORKER_IPS[0]
 
     temp_root = f"/tmp/tmn-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths have a length limit
@@ -228,15 +235,15 @@ def loopback_cluster():
         _start(head, ["--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
                       f"--object-store-memory={100 * MIB}", f"--memory={1024 * MIB}"], cluster.env)
         if (why := _wait_started([head])) is not None:
-            pytest.skip(f"`ray start --head` could not bring the head up: {why}")
+            _unavailable(f"`ray start --head` could not bring the head up: {why}")
         for worker in cluster.workers:
             _start(worker, [f"--address={cluster.address}", "--num-cpus=1", "--num-gpus=0",
                             f"--object-store-memory={100 * MIB}", f"--memory={2048 * MIB}"], cluster.env)
         if (why := _wait_started(cluster.workers)) is not None:
-            pytest.skip(f"`ray start --address` could not bring the worker nodes up: {why}")
+            _unavailable(f"`ray start --address` could not bring the worker nodes up: {why}")
         listed, why = _list_nodes(cluster, 3)
         if listed is None:
-            pytest.skip(f"the 3 nodes did not all join the cluster: {why}")
+            _unavailable(f"the 3 nodes did not all join the cluster: {why}")
         for node in cluster.nodes.values():  # a node's object store socket lives under its own temp dir
             found = [n for n in listed if n["store"].startswith(node.temp_dir + "/")]
             assert len(found) == 1 and found[0]["ip"] == node.ip, (node.role, node.ip, listed)
@@ -248,6 +255,13 @@ def loopback_cluster():
         left = _teardown(cluster)
         shutil.rmtree(temp_root, ignore_errors=True)
         assert not left, f"processes of the multi-node cluster survived its teardown: {left}"
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_a_cluster_that_does_not_come_up_fails_under_ci_and_is_skipped_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="the head did not start"):
+        _unavailable("the head did not start")
 
 
 def _plan(model: Path, seeds: tuple[int, ...]):

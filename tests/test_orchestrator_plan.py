@@ -93,7 +93,8 @@ def _finetune(**overrides) -> FinetuneSpec:
 def test_equal_search_specs_have_equal_run_ids():
     assert _search().run_id == _search().run_id
     assert _search() == _search()
-    assert len(_search().run_id) == 16 and int(_search().run_id, 16) >= 0
+    # Pinned: stored runs are found by their ids, so a change to this one orphans every store's rows of it.
+    assert _search().run_id == "72d562c4381fc479"
 
 
 @pytest.mark.parametrize("change", [

@@ -25,6 +25,8 @@ from orchestrator.grid import Grid
 from orchestrator.storage import Storage
 from orchestrator.tracking import EXPERIMENT, PARENT_TAG, RUN_ID_TAG, SWEEP_TAG
 
+pytestmark = pytest.mark.slow  # every test starts Ray or a driver subprocess
+
 DRIVER = Path(__file__).with_name("sweep_driver.py")
 ROOT = DRIVER.parent.parent
 

@@ -55,6 +55,7 @@ def curve(directory: Path, after: int = 0) -> list[tuple]:
     return [(e["step"], e["loss"], e["lr"]) for e in read_log(directory) if e["step"] > after]
 
 
+@pytest.mark.slow  # a driver subprocess, killed and run again
 @pytest.mark.parametrize("method", list(KILLED))
 def test_search_killed_between_checkpoints_resumes_to_the_uninterrupted_masks(method, tiny_bert_dir, tmp_path):
     """A real SIGKILL at a step between two checkpoints; the rerun writes masks with the uninterrupted run's
@@ -90,9 +91,48 @@ def test_search_killed_between_checkpoints_resumes_to_the_uninterrupted_masks(me
     assert again == resumed and (killed / LOG_FILE).stat().st_size == log_size  # complete: nothing ran
 
 
+class Stop(Exception):
+    """Stops a search from its ``log_step`` callback."""
+
+
+STOPPED = {
+    # config, the step whose log raises: past a saved mask, before the last
+    "imp": (SearchConfig(method="imp", sparsity=0.2, pruning_interval=4, lr=1e-3, **SMALL), 3),
+    "tamt-mlm": (SearchConfig(method="tamt-mlm", sparsity=0.5, steps=8, save_steps=(4,), lr=1e-2, **SMALL), 6),
+}
+
+
+@pytest.mark.parametrize("method", list(STOPPED))
+def test_search_stopped_in_process_resumes_to_the_uninterrupted_masks(method, tiny_bert_dir, tmp_path):
+    """The fast tier's resume check: a search checkpointed at every step, stopped by an exception at step N (so its
+    newest checkpoint is step N - 1) and run again, writes the masks and the loss curve of an uninterrupted run."""
+    config, stop_at = STOPPED[method]
+    settings = dict(model=str(tiny_bert_dir), log_every=1, checkpoint_every_s=0)
+
+    def stop(metrics: dict) -> None:
+        if metrics["step"] == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(config, tmp_path / "stopped", log_step=stop, **settings)
+    assert SearchResult.read(tmp_path / "stopped") is None
+    assert max(p.name for p in (tmp_path / "stopped" / CHECKPOINTS_DIR).glob("step-*")) == f"step-{stop_at - 1:08d}"
+    steps = []
+    resumed = run_search(config, tmp_path / "stopped", log_step=lambda metrics: steps.append(metrics["step"]),
+                         **settings)
+    assert steps[0] == stop_at, "the rerun goes on from the newest checkpoint"
+    reference = run_search(config, tmp_path / "reference", **settings)
+    assert [m.file for m in resumed.masks] == [m.file for m in reference.masks] and len(reference.masks) >= 2
+    for ours, theirs in zip(resumed.paths, reference.paths):
+        ours, theirs = load_mask(ours).tensors, load_mask(theirs).tensors
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs), "the resumed masks differ"
+    assert curve(tmp_path / "stopped") == curve(tmp_path / "reference")
+
+
 def _interrupted_tamt(tiny_bert_dir: Path, out: Path, stop_at: int) -> SearchConfig:
-    """A TAMT-MLM search in this process, stopped by an exception after ``stop_at`` (checkpoints at 5, 10, 15)."""
-    config = SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=20, save_steps=(5, 10, 15), lr=1e-2, **SMALL)
+    """A TAMT-MLM search in this process, stopped by an exception after ``stop_at`` (checkpoints at 2, 4, 6)."""
+    config = SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=8, save_steps=(2, 4, 6), lr=1e-2, **SMALL)
 
     def stop(metrics: dict) -> None:
         if metrics["step"] >= stop_at:
@@ -105,22 +145,22 @@ def _interrupted_tamt(tiny_bert_dir: Path, out: Path, stop_at: int) -> SearchCon
 
 def test_a_corrupt_checkpoint_is_set_aside_and_the_one_before_used(tiny_bert_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tamt_core")
-    config = _interrupted_tamt(tiny_bert_dir, tmp_path / "run", stop_at=17)
+    config = _interrupted_tamt(tiny_bert_dir, tmp_path / "run", stop_at=7)
     checkpoints = tmp_path / "run" / CHECKPOINTS_DIR
-    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000010", "step-00000015"]  # newest two
-    state = checkpoints / "step-00000015" / "state.safetensors"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000006"]  # newest two
+    state = checkpoints / "step-00000006" / "state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
     with pytest.raises(CorruptCheckpointError):
         load_state(state, {})
     resumed = run_search(config, tmp_path / "run", model=str(tiny_bert_dir))
-    assert "set aside" in caplog.text and "resuming from the checkpoint of step 10" in caplog.text
-    assert [p.name.split("-2")[0] for p in (checkpoints / "set-aside").iterdir()] == ["step-00000015"]
+    assert "set aside" in caplog.text and "resuming from the checkpoint of step 4" in caplog.text
+    assert [p.name.split("-2")[0] for p in (checkpoints / "set-aside").iterdir()] == ["step-00000006"]
     reference = run_search(config, tmp_path / "reference", model=str(tiny_bert_dir))
     assert [m.content_hash for m in resumed.masks] == [m.content_hash for m in reference.masks]
 
 
 def test_a_checkpoint_of_another_search_is_refused_before_training(tiny_bert_dir, tmp_path):
-    _interrupted_tamt(tiny_bert_dir, tmp_path / "first", stop_at=12)
+    _interrupted_tamt(tiny_bert_dir, tmp_path / "first", stop_at=3)
     other = SearchConfig.of(method="tamt-mlm", sparsity=0.6, steps=20, lr=1e-2, **SMALL)
     second = tmp_path / "second"
     with pytest.raises(CheckpointError, match="belongs to another search.*move that checkpoint away"):
@@ -225,6 +265,7 @@ DATA_PARALLEL = {
 }
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_hold_identical_state_and_compute_one_process_steps(tiny_bert_without_dropout_dir, tmp_path):
     """torchrun, 2 processes on gloo, the global batch of 8 split 4 + 4: after every step both ranks hold
     bit-identical trained tensors (scores, thresholds and MLM head; IMP's weights and masks), and with dropout off
@@ -257,6 +298,7 @@ def test_two_processes_hold_identical_state_and_compute_one_process_steps(tiny_b
             assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) <= 1e-6 * a["loss"], method
 
 
+@pytest.mark.slow  # torchrun
 def test_data_parallel_ranks_resume_from_one_step_or_refuse(tiny_bert_dir, tmp_path):
     """Two ranks that each see only their own checkpoint directory (rank 0 writes; rank 1's holds copies): holding
     steps {10, 20} and {10}, both resume from 10 and finish with the uninterrupted masks; when rank 1 holds none,

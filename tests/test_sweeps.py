@@ -194,6 +194,7 @@ def test_two_named_sweeps_unite(tmp_path):
             in buffer.getvalue())
 
 
+@pytest.mark.slow  # a subprocess
 def test_sweep_script_runs_as_a_script():
     import subprocess
 
