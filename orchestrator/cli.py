@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -207,6 +208,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
     out = out or sys.stdout
     args = build_parser(name, description, presets).parse_args(argv)
     quiet_libraries()  # the driver reads model configs (and builds the built-in model once) before Ray starts
+    if not args.verbose:  # MLflow's notes on creating its store's tables
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     if not (args.dry_run and args.preset):  # the address decides the preset, or the sweep will attach to it
         try:
             check_address_answers(args.address)

@@ -234,6 +234,7 @@ class LiveProgress(tune.Callback):
         from rich.console import Console, Group
         from rich.live import Live
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 2))
         for stage, done, planned, eta in self.stage_rows(now):
@@ -245,7 +246,7 @@ class LiveProgress(tune.Callback):
         header = (f"[tamt] {now - self.started:.0f}s  running {len(self.running)}  failed {len(self.counts.failed)}"
                   f"  blocked {len(self.counts.blocked)}" + (f"  (+{self.skipped} already done)" if self.skipped
                                                              else ""))
-        group = Group(header, table, running)
+        group = Group(Text(header), table, running)
         if self._panel is None:
             self._panel = Live(group, console=Console(file=self.out or sys.stdout), refresh_per_second=2,
                                transient=True)
