@@ -51,7 +51,7 @@ TAMT_MLM = PretrainHParams(lr=5e-5, batch_size=16, max_length=512, weight_decay=
 TAMT_KD = PretrainHParams(lr=2e-5, batch_size=16, max_length=512, weight_decay=0.01, max_epochs=2)
 RELEASED_KD_ADAM_EPSILON: float = 1e-6
 """ε of the BertAdam the released TAMT-KD trainer used (reference-impl §5.6); Tab. 1 is silent, so TAMT-KD keeps
-HF's 1e-8 like the MLM trainers unless ``SearchConfig(adam_epsilon=...)`` / ``--adam-epsilon`` says otherwise."""
+HF's 1e-8 like the MLM trainers unless ``adam_epsilon=...`` / ``--adam-epsilon`` says otherwise."""
 
 DEV_LOSS_SEED: int = 42
 """Seed of the dev-set MLM corruption: the released eval scripts ran under HF's default seed 42 (reference-impl §9)."""

@@ -123,14 +123,14 @@ def kept_entries_sha256(tensors) -> str:
 @pytest.fixture(scope="module")
 def builtin_omp(tmp_path_factory):
     out = tmp_path_factory.mktemp("builtin-omp")
-    (path,) = run_search(SearchConfig(method="omp", sparsity=BUILTIN["sparsity"]), out, model=None).paths
+    (path,) = run_search(SearchConfig.of(method="omp", sparsity=BUILTIN["sparsity"]), out, model=None).paths
     return load_mask(path).tensors
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(BUILTIN_SETTINGS))
 def test_searches_on_the_builtin_model_end_at_the_recorded_masks_and_losses(method, builtin_omp, tmp_path):
-    result = run_search(SearchConfig(**BUILTIN_SETTINGS[method]), tmp_path, model=None, log_every=1)
+    result = run_search(SearchConfig.of(**BUILTIN_SETTINGS[method]), tmp_path, model=None, log_every=1)
     final = load_mask(result.paths[-1]).tensors
     observed = (kept_entries_sha256(final), [entry["loss"] for entry in read_log(tmp_path)])
     print(f"{method}: {observed!r}, similarity to OMP {similarity(final, builtin_omp):.4f}")

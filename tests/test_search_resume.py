@@ -97,8 +97,8 @@ class Stop(Exception):
 
 STOPPED = {
     # config, the step whose log raises: past a saved mask, before the last
-    "imp": (SearchConfig(method="imp", sparsity=0.2, pruning_interval=4, lr=1e-3, **SMALL), 3),
-    "tamt-mlm": (SearchConfig(method="tamt-mlm", sparsity=0.5, steps=8, save_steps=(4,), lr=1e-2, **SMALL), 6),
+    "imp": (SearchConfig.of(method="imp", sparsity=0.2, pruning_interval=4, lr=1e-3, **SMALL), 3),
+    "tamt-mlm": (SearchConfig.of(method="tamt-mlm", sparsity=0.5, steps=8, save_steps=(4,), lr=1e-2, **SMALL), 6),
 }
 
 
