@@ -127,7 +127,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from error
-    if value < 0:
+    if not value >= 0:  # nan too
         raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {value:g}")
     return value
 
@@ -154,8 +154,9 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                              "--gpus-per-search GPUs; they split the global batch (default 1)")
     parser.add_argument("--max-failures", type=int, default=3,
                         help="retries of a failed trial, and restarts of a search's workers (node loss, OOM)")
-    parser.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
-                        help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask)")
+    parser.add_argument("--checkpoint-every", type=_seconds, default=300.0, metavar="SECONDS",
+                        help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask; "
+                             "default 300)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="bf16 or fp32 (the paper's) for the searches that train and the fine-tunes; default bf16 "
                              "on a GPU, fp32 on the CPU; a precision named here is part of the trials' run ids")

@@ -241,3 +241,13 @@ def test_zero_workers_per_search_is_refused_before_anything_runs(tmp_path, capsy
     assert code == 2
     assert "--workers-per-search must be a whole number ≥ 1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("period", ["-1", "nan", "often"])
+def test_a_malformed_checkpoint_period_is_refused_at_parse_time(period, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main("main_results", presets_of("main_results"),
+                   ["--preset", "smoke", "--storage", str(tmp_path / "s"), "--checkpoint-every", period])
+    assert exit_info.value.code == 2
+    assert "--checkpoint-every: expected a number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
