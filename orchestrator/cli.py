@@ -132,8 +132,17 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser(name: str, description: str, presets: Presets) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description)
+def _program() -> str | None:
+    """How the running sweep was started, for its usage line: ``python my_sweep.py`` (the path as typed),
+    ``python -m sweeps``; ``None`` (argparse's own) when not started from a script."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.suffix != ".py":
+        return None
+    return f"python -m {script.parent.name}" if script.name == "__main__.py" else f"python {sys.argv[0]}"
+
+
+def build_parser(description: str, presets: Presets) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_program(), description=description)
     parser.add_argument("--preset", choices=sorted(presets),
                         help="grid to run; default: paper on a GPU machine or cluster, smoke otherwise")
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
@@ -145,7 +154,8 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                                           "RAY_ADDRESS, else a local Ray")
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as "
                                                            "resources allow)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                        help="CPUs each trial holds, and each Ray Train worker of a search (default 1)")
     parser.add_argument("--gpus-per-search", type=float, help="default 1 when GPUs are used, else 0")
     parser.add_argument("--gpus-per-finetune", type=float,
                         help="default 1 when GPUs are used, else 0; a fraction (0.5) packs small tasks on one GPU")
@@ -195,7 +205,7 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
     what prints the results table after the summary of a sweep that ran; ``None`` prints none.
     """
     out = out or sys.stdout
-    args = build_parser(name, description, presets).parse_args(argv)
+    args = build_parser(description, presets).parse_args(argv)
     quiet_libraries()  # the driver reads model configs (and builds the built-in model once) before Ray starts
     if not (args.dry_run and args.preset):  # the address decides the preset, or the sweep will attach to it
         try:
@@ -205,6 +215,10 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
             return 2
     gpus = _has_gpu_or_cluster(args.address)
     preset = args.preset or ("paper" if gpus and "paper" in presets else "smoke")
+    if preset not in presets:
+        print(f"error: this sweep has no {preset} preset, the default here; choose with --preset "
+              f"{'/'.join(sorted(presets))}", file=sys.stderr)
+        return 2
     if args.preset is None:
         why = "a GPU or a Ray cluster was found" if gpus else "no GPU and no Ray cluster address were found"
         print(f"[tamt] preset: {preset} ({why}; choose with --preset {'/'.join(sorted(presets))})", file=out)

@@ -12,7 +12,7 @@ Every script starts through :func:`sweep_main`, which ends a sweep with the anal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -95,6 +95,29 @@ def print_results(storage: Storage, out: TextIO) -> None:
     print_so_far(storage.uri, out)
 
 
-def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, **options: Any) -> int:
-    """:func:`orchestrator.cli.sweep_main` (same arguments), ending a sweep with :func:`print_results`."""
-    return cli.sweep_main(name, presets, argv, results=print_results, **options)
+def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, *, description: str | None = "",
+               out: TextIO | None = None, parts: Mapping[str, cli.Presets] | None = None) -> int:
+    """The command line of a sweep script: pick a preset, check everything, dry-run or run it, then print the
+    results table so far (:func:`print_results`) and where everything is (:func:`orchestrator.cli.sweep_main`).
+
+    Args:
+        name: the sweep's name: what ``python -m sweeps status`` and MLflow call it, and ``SWEEPS``' entry for a
+            script in ``sweeps/``.
+        presets: ``{preset name: function returning the declarations}``: grids, ``MaskSimilarity`` and
+            ``TamtStudy`` declarations. A preset is built only when chosen; ``smoke`` runs without a GPU and
+            ``paper`` with one unless ``--preset`` says otherwise.
+        argv: the flags (default: the command line's).
+        description: the script's docstring (``__doc__``); its first paragraph is ``--help``'s description.
+        out: where the plan, the progress and the results go (default: standard output).
+        parts: the sweeps ``presets`` unites (``python -m sweeps``), broken down in a dry run.
+
+    Returns:
+        The process's exit code: 0 done, 1 failed trials, 2 bad input, 130 interrupted, 143 stopped by SIGTERM.
+    """
+    return cli.sweep_main(name, presets, argv, description=first_paragraph(description), out=out, parts=parts,
+                          results=print_results)
+
+
+def first_paragraph(text: str | None) -> str:
+    """The first paragraph of ``text`` on one line (a docstring's summary, for ``--help``)."""
+    return " ".join((text or "").strip().split("\n\n")[0].split())

@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import runpy
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from orchestrator import cli
 from orchestrator.cli import plan_of, sweep_main, union
 from orchestrator.plan import PlanError
 from orchestrator.specs import SimilaritySpec
 from orchestrator.study import TamtStudy
 from sweeps import SWEEPS, presets_of
 from sweeps.__main__ import main as sweeps_main
+from sweeps.common import first_paragraph
 from tamt_core import hparams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,4 +254,40 @@ def test_a_malformed_checkpoint_period_is_refused_at_parse_time(period, tmp_path
                    ["--preset", "smoke", "--storage", str(tmp_path / "s"), "--checkpoint-every", period])
     assert exit_info.value.code == 2
     assert "--checkpoint-every: expected a number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+# --- a sweep's --help ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweeps_help_shows_its_whole_first_paragraph(name, monkeypatch, capsys):
+    script = ROOT / "sweeps" / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert " ".join(out.split()).startswith(f"usage: python {script} [-h]")
+    paragraph = first_paragraph(ast.get_docstring(ast.parse(script.read_text())))
+    assert paragraph.endswith("."), f"{name}'s first paragraph is no complete sentence: {paragraph!r}"
+    assert "".join(paragraph.split()) in "".join(out.split())  # argparse wraps it, at hyphens too
+
+
+def test_the_usage_line_names_the_program_as_it_was_started(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/home/me/exp/my_sweep.py"])
+    assert cli.build_parser("", {"smoke": list}).format_usage().startswith("usage: python /home/me/exp/my_sweep.py ")
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "sweeps" / "__main__.py")])
+    assert cli.build_parser("", {"smoke": list}).format_usage().startswith("usage: python -m sweeps ")
+
+
+def test_every_sweep_flag_has_help():
+    parser = cli.build_parser("", {"smoke": list})
+    assert [action.dest for action in parser._actions if not action.help] == []
+
+
+def test_a_sweep_without_the_default_preset_asks_for_one(tmp_path, capsys):
+    code = sweep_main("mine", {"tiny": presets_of("main_results")["smoke"]}, ["--storage", str(tmp_path / "s")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "this sweep has no smoke preset" in err and "choose with --preset tiny" in err
     assert not (tmp_path / "s").exists()
