@@ -376,7 +376,7 @@ def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> N
         print(f"  failed {run_id}: {error.splitlines()[0] if error else ''}", file=out)
     if results is not None:
         results(storage, out)
-    print(f"  results table: {storage.table_path()}  (orchestrator.results.read({storage.uri!r}))", file=out)
+    print(f"  results table: {storage.table_path()}  (orchestrator.results.read_frame({storage.uri!r}))", file=out)
     print(f"  masks and run files: {storage.path('runs')}/<run_id>/", file=out)
     serve, page = runs_view(report.mlflow_uri, report.experiment_id)
     print(f"  MLflow runs: {page}" + (f"  (after: {serve})" if serve else ""), file=out)

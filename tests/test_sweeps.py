@@ -6,10 +6,12 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import runpy
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -291,3 +293,31 @@ def test_a_sweep_without_the_default_preset_asks_for_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "this sweep has no smoke preset" in err and "choose with --preset tiny" in err
     assert not (tmp_path / "s").exists()
+
+
+# --- what the docs say of the main job --------------------------------------------------------------------------
+
+def test_smoke_doc_counts_the_main_jobs_trials():
+    smoke = plan_of(presets_of("main_results")["smoke"]())
+    text = " ".join((ROOT / "docs" / "smoke.md").read_text().split())
+    found = re.search(r"(\d+) searches and (\d+) \+ (\d+) fine-tunes, (\d+) trials", text)
+    assert found, "docs/smoke.md no longer counts the main job's smoke trials"
+    searches, masked, full, trials = map(int, found.groups())
+    full_model = sum(1 for spec in smoke.finetunes.values() if spec.mask is None)
+    assert (searches, masked, full, trials) == (len(smoke.searches), len(smoke.finetunes) - full_model, full_model,
+                                                len(smoke))
+
+
+def test_the_sweeps_last_lines_and_the_readme_name_the_same_reader(tmp_path):
+    from orchestrator import results
+    from orchestrator.storage import Storage
+
+    storage = Storage.at(str(tmp_path / "runs"))
+    report = SimpleNamespace(storage=storage, complete=True, interrupted=False, signalled=False, succeeded=[],
+                             skipped=0, failed={}, blocked=[], cut_off=0, mlflow_uri="sqlite:///x.db",
+                             experiment_id="1")
+    out = io.StringIO()
+    cli.print_where(report, out)
+    assert f"orchestrator.results.read_frame({storage.uri!r})" in out.getvalue()
+    assert "orchestrator.results.read_frame(" in (ROOT / "README.md").read_text()
+    assert callable(results.read_frame)
