@@ -44,12 +44,22 @@ PAPER_SEARCH = SearchSettings(steps=PerSparsity({s: _tamt_run_steps(s) for s in 
 """TAMT runs of the paper presets: Tab. 2's length, or on to 25K at the sparsities the analyses follow."""
 
 
+PAPER_GRID: dict[str, Any] = {
+    "models": (BERT,), "mask_seeds": hparams.MASK_SEEDS, "finetune_seeds": hparams.FINETUNE_SEEDS,
+    "pretrain_data": WIKITEXT, "task_data": "hub", "search": PAPER_SEARCH, "imp_until": hparams.IMP_FINAL_SPARSITY,
+    "finetune_steps": PerSparsity(hparams.TAMT_STEPS)}
+"""What :func:`paper_grid` sets of a :class:`~orchestrator.grid.Grid`."""
+
+
 def paper_grid(**axes: Any) -> Grid:
     """A grid of the paper's studies (§4.1): BERT-base, WikiText-103, the hub's GLUE/SQuAD, 3 mask seeds × 3
-    fine-tune seeds, Tab. 1 settings, the shared search runs, Tab. 2's masks; ``axes`` give the experiment's own."""
-    return Grid(**{"models": (BERT,), "mask_seeds": hparams.MASK_SEEDS, "finetune_seeds": hparams.FINETUNE_SEEDS,
-                   "pretrain_data": WIKITEXT, "task_data": "hub", "search": PAPER_SEARCH,
-                   "imp_until": hparams.IMP_FINAL_SPARSITY, "finetune_steps": PerSparsity(hparams.TAMT_STEPS), **axes})
+    fine-tune seeds, Tab. 1 settings, the shared search runs, Tab. 2's masks.
+
+    Args:
+        **axes: :class:`~orchestrator.grid.Grid` parameters: the experiment's own axes (``methods``,
+            ``sparsities``, ``tasks``, ...), and any of ``PAPER_GRID`` to set otherwise.
+    """
+    return Grid(**{**PAPER_GRID, **axes})
 
 
 SMOKE_SPARSITIES = (0.5, 0.7)
@@ -72,17 +82,33 @@ SMOKE_SEEDS = (1, 2, 3)
 """The main job's replicates: three fine-tuning seeds per cell, and three random masks (one per fine-tuning seed)."""
 
 
+SMOKE_GRID: dict[str, Any] = {
+    "models": (BUILTIN_MODEL_NAME,), "mask_seeds": (1,), "finetune_seeds": (1,), "train_sizes": (SMOKE_TRAIN_SIZE,),
+    "search": SMOKE_SEARCH, "finetune": SMOKE_FINETUNE, "dev_loss_batches": 2, "imp_until": max(SMOKE_SPARSITIES),
+    "finetune_steps": SMOKE_STEPS}
+"""What :func:`smoke_grid` sets of a :class:`~orchestrator.grid.Grid`."""
+
+
 def smoke_grid(**axes: Any) -> Grid:
     """A grid that runs offline on two CPU cores in minutes: the built-in model, corpus and task data, short
     searches (90 steps, masks at 45 and 90), dev losses on two batches (the whole MLM split, 32 KD sequences), 320
-    training examples, one seed of each kind."""
-    return Grid(**{"models": (BUILTIN_MODEL_NAME,), "mask_seeds": (1,), "finetune_seeds": (1,),
-                   "train_sizes": (SMOKE_TRAIN_SIZE,), "search": SMOKE_SEARCH, "finetune": SMOKE_FINETUNE,
-                   "dev_loss_batches": 2, "imp_until": max(SMOKE_SPARSITIES), "finetune_steps": SMOKE_STEPS, **axes})
+    training examples, one seed of each kind.
+
+    Args:
+        **axes: :class:`~orchestrator.grid.Grid` parameters: the experiment's own axes (``methods``,
+            ``sparsities``, ``tasks``, ...), and any of ``SMOKE_GRID`` to set otherwise (``finetune_seeds=(1, 2,
+            3)`` for replicates).
+    """
+    return Grid(**{**SMOKE_GRID, **axes})
 
 
 def with_interval(grid: Grid, pruning_interval: int) -> Grid:
-    """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
+    """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost).
+
+    Args:
+        grid: the grid to change; the other search settings stay.
+        pruning_interval: P, IMP's training steps between two prunes (Tab. 2: 2792 for BERT-base).
+    """
     return replace(grid, search=grid.search.updated(pruning_interval=pruning_interval))
 
 
