@@ -139,13 +139,22 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from error
-    if value < 0:
+    if not value >= 0:  # nan too
         raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {value:g}")
     return value
 
 
-def build_parser(name: str, description: str, presets: Presets) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python sweeps/{name}.py", description=description)
+def _program() -> str | None:
+    """How the running sweep was started, for its usage line: ``python my_sweep.py`` (the path as typed),
+    ``python -m sweeps``; ``None`` (argparse's own) when not started from a script."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.suffix != ".py":
+        return None
+    return f"python -m {script.parent.name}" if script.name == "__main__.py" else f"python {sys.argv[0]}"
+
+
+def build_parser(description: str, presets: Presets) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_program(), description=description)
     parser.add_argument("--preset", choices=sorted(presets),
                         help="grid to run; default: paper on a GPU machine or cluster, smoke otherwise")
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
@@ -157,7 +166,8 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                                           "RAY_ADDRESS, else a local Ray")
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as "
                                                            "resources allow)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                        help="CPUs each trial holds, and each Ray Train worker of a search (default 1)")
     parser.add_argument("--gpus-per-search", type=float, help="default 1 when GPUs are used, else 0")
     parser.add_argument("--gpus-per-finetune", type=float,
                         help="default 1 when GPUs are used, else 0; a fraction (0.5) packs small tasks on one GPU")
@@ -166,8 +176,9 @@ def build_parser(name: str, description: str, presets: Presets) -> argparse.Argu
                              "--gpus-per-search GPUs; they split the global batch (default 1)")
     parser.add_argument("--max-failures", type=int, default=3,
                         help="retries of a failed trial, and restarts of a search's workers (node loss, OOM)")
-    parser.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
-                        help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask)")
+    parser.add_argument("--checkpoint-every", type=_seconds, default=300.0, metavar="SECONDS",
+                        help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask; "
+                             "default 300)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="bf16 or fp32 (the paper's) for the searches that train and the fine-tunes; default bf16 "
                              "on a GPU, fp32 on the CPU; a precision named here is part of the trials' run ids")
@@ -206,7 +217,7 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
     what prints the results table after the summary of a sweep that ran; ``None`` prints none.
     """
     out = out or sys.stdout
-    args = build_parser(name, description, presets).parse_args(argv)
+    args = build_parser(description, presets).parse_args(argv)
     quiet_libraries()  # the driver reads model configs (and builds the built-in model once) before Ray starts
     if not args.verbose:  # MLflow's notes on creating its store's tables
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -218,6 +229,10 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
             return 2
     gpus = _has_gpu_or_cluster(args.address)
     preset = args.preset or ("paper" if gpus and "paper" in presets else "smoke")
+    if preset not in presets:
+        print(f"error: this sweep has no {preset} preset, the default here; choose with --preset "
+              f"{'/'.join(sorted(presets))}", file=sys.stderr)
+        return 2
     if args.preset is None:
         why = "a GPU or a Ray cluster was found" if gpus else "no GPU and no Ray cluster address were found"
         print(f"[tamt] preset: {preset} ({why}; choose with --preset {'/'.join(sorted(presets))})", file=out)
@@ -378,7 +393,7 @@ def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> N
         print(f"  failed {run_id}: {error.splitlines()[0] if error else ''}", file=out)
     if results is not None:
         results(storage, out)
-    print(f"  results table: {storage.table_path()}  (orchestrator.results.read({storage.uri!r}))", file=out)
+    print(f"  results table: {storage.table_path()}  (orchestrator.results.read_frame({storage.uri!r}))", file=out)
     print(f"  masks and run files: {storage.path('runs')}/<run_id>/", file=out)
     serve, page = runs_view(report.mlflow_uri, report.experiment_id)
     print(f"  MLflow runs: {page}" + (f"  (after: {serve})" if serve else ""), file=out)

@@ -273,6 +273,12 @@ class MaskSimilarity:
     Without a ``reference`` every pair of masks is compared (Fig. 6 right: OMP and the seeds of each method);
     with ``reference="omp"`` each mask is compared to the OMP mask of its sparsity (Fig. 6 left: distance from
     OMP along training). The grids' searches join the plan; their fine-tunes only if the grids have tasks.
+
+    Args:
+        grids: the grids whose masks are compared (one grid or several); masks of one model and sparsity form a
+            group.
+        reference: a method (``"omp"``) whose one mask per group every other mask is compared to; ``None`` =
+            every pair.
     """
 
     grids: tuple[Grid, ...]

@@ -60,7 +60,11 @@ def check_taken(method: str, names) -> None:
 
 @dataclass(frozen=True)
 class PerSparsity(Generic[T]):
-    """A setting with one value per sparsity, e.g. ``PerSparsity(hparams.TAMT_STEPS)`` (Tab. 2)."""
+    """A setting with one value per sparsity, e.g. ``PerSparsity(hparams.TAMT_STEPS)`` (Tab. 2).
+
+    Args:
+        values: ``{sparsity: value}``; it must name every sparsity of the grids it is used in.
+    """
 
     values: Mapping[float, T]
 
@@ -82,6 +86,12 @@ class SearchSettings:
     ``per_method`` maps a method to overrides of its own, laid over the shared ones
     (``{"tamt-kd": SearchSettings(lr=1e-4)}``). A value ``None`` keeps the method's own. Treat it as immutable:
     :meth:`updated` and :meth:`with_method` return new settings.
+
+    Args:
+        per_method: ``{method: SearchSettings}``, each laid over the shared settings for its method; every
+            setting must be one its method takes.
+        **values: shared settings by name, each applied to the methods that take it (their settings dataclasses
+            in ``tamt_core.methods`` declare them); a value may be a :class:`PerSparsity`.
 
     Raises:
         PlanError: a setting no registered method takes, or a per-method setting its method does not take.

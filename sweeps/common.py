@@ -12,7 +12,7 @@ Every script starts through :func:`sweep_main`, which ends a sweep with the anal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -47,12 +47,22 @@ PAPER_SEARCH = SearchSettings(steps=PerSparsity({s: _tamt_run_steps(s) for s in 
 """TAMT runs of the paper presets: Tab. 2's length, or on to 25K at the sparsities the analyses follow."""
 
 
+PAPER_GRID: dict[str, Any] = {
+    "models": (BERT,), "mask_seeds": hparams.MASK_SEEDS, "finetune_seeds": hparams.FINETUNE_SEEDS,
+    "pretrain_data": WIKITEXT, "task_data": "hub", "search": PAPER_SEARCH, "imp_until": hparams.IMP_FINAL_SPARSITY,
+    "finetune_steps": PerSparsity(hparams.TAMT_STEPS)}
+"""What :func:`paper_grid` sets of a :class:`~orchestrator.grid.Grid`."""
+
+
 def paper_grid(**axes: Any) -> Grid:
     """A grid of the paper's studies (§4.1): BERT-base, WikiText-103, the hub's GLUE/SQuAD, 3 mask seeds × 3
-    fine-tune seeds, Tab. 1 settings, the shared search runs, Tab. 2's masks; ``axes`` give the experiment's own."""
-    return Grid(**{"models": (BERT,), "mask_seeds": hparams.MASK_SEEDS, "finetune_seeds": hparams.FINETUNE_SEEDS,
-                   "pretrain_data": WIKITEXT, "task_data": "hub", "search": PAPER_SEARCH,
-                   "imp_until": hparams.IMP_FINAL_SPARSITY, "finetune_steps": PerSparsity(hparams.TAMT_STEPS), **axes})
+    fine-tune seeds, Tab. 1 settings, the shared search runs, Tab. 2's masks.
+
+    Args:
+        **axes: :class:`~orchestrator.grid.Grid` parameters: the experiment's own axes (``methods``,
+            ``sparsities``, ``tasks``, ...), and any of ``PAPER_GRID`` to set otherwise.
+    """
+    return Grid(**{**PAPER_GRID, **axes})
 
 
 SMOKE_SPARSITIES = (0.5, 0.7)
@@ -74,24 +84,39 @@ SMOKE_SEEDS = (1, 2, 3)
 """The main job's replicates: three fine-tuning seeds per cell, and three random masks (one per fine-tuning seed)."""
 
 
+SMOKE_GRID: dict[str, Any] = {
+    "models": (BUILTIN_MODEL_NAME,), "mask_seeds": (1,), "finetune_seeds": (1,), "train_sizes": (SMOKE_TRAIN_SIZE,),
+    "search": SMOKE_SEARCH, "finetune": SMOKE_FINETUNE, "dev_loss_batches": 2, "imp_until": max(SMOKE_SPARSITIES),
+    "finetune_steps": SMOKE_STEPS}
+"""What :func:`smoke_grid` sets of a :class:`~orchestrator.grid.Grid`."""
+
+
 def smoke_grid(**axes: Any) -> Grid:
     """A grid that runs offline on two CPU cores in minutes: the built-in model, corpus and task data, short
     searches (90 steps, masks at 45 and 90), dev losses on two batches (the whole MLM split, 32 KD sequences), 320
     training examples, one seed of each kind. Its fine-tuning settings were measured on SST-2 only: a grid on other
-    tasks carries a note that says so."""
+    tasks carries a note that says so.
+
+    Args:
+        **axes: :class:`~orchestrator.grid.Grid` parameters: the experiment's own axes (``methods``,
+            ``sparsities``, ``tasks``, ...), and any of ``SMOKE_GRID`` to set otherwise (``finetune_seeds=(1, 2,
+            3)`` for replicates).
+    """
     unmeasured = [task for task in axes.get("tasks", ()) if task not in SMOKE_FINETUNE_MEASURED]
     notes = (f"the smoke fine-tuning settings (2 epochs at lr 1e-4 on {SMOKE_TRAIN_SIZE} examples) were measured on "
              f"{', '.join(SMOKE_FINETUNE_MEASURED)} only (docs/smoke.md); on {', '.join(unmeasured)} they may leave "
              "every subnetwork, and the full model, near chance: read those scores as a check that the sweep runs, "
              "not as results",) if unmeasured else ()
-    return Grid(**{"models": (BUILTIN_MODEL_NAME,), "mask_seeds": (1,), "finetune_seeds": (1,),
-                   "train_sizes": (SMOKE_TRAIN_SIZE,), "search": SMOKE_SEARCH, "finetune": SMOKE_FINETUNE,
-                   "dev_loss_batches": 2, "imp_until": max(SMOKE_SPARSITIES), "finetune_steps": SMOKE_STEPS,
-                   "notes": notes, **axes})
+    return Grid(**{**SMOKE_GRID, "notes": notes, **axes})
 
 
 def with_interval(grid: Grid, pruning_interval: int) -> Grid:
-    """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost)."""
+    """``grid`` with IMP pruning every ``pruning_interval`` steps (Fig. 5 varies P to vary IMP's cost).
+
+    Args:
+        grid: the grid to change; the other search settings stay.
+        pruning_interval: P, IMP's training steps between two prunes (Tab. 2: 2792 for BERT-base).
+    """
     return replace(grid, search=grid.search.with_method("imp", {"pruning_interval": pruning_interval}))
 
 
@@ -104,6 +129,29 @@ def print_results(storage: Storage, out: TextIO) -> None:
     print_so_far(storage.uri, out)
 
 
-def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, **options: Any) -> int:
-    """:func:`orchestrator.cli.sweep_main` (same arguments), ending a sweep with :func:`print_results`."""
-    return cli.sweep_main(name, presets, argv, results=print_results, **options)
+def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, *, description: str | None = "",
+               out: TextIO | None = None, parts: Mapping[str, cli.Presets] | None = None) -> int:
+    """The command line of a sweep script: pick a preset, check everything, dry-run or run it, then print the
+    results table so far (:func:`print_results`) and where everything is (:func:`orchestrator.cli.sweep_main`).
+
+    Args:
+        name: the sweep's name: what ``python -m sweeps status`` and MLflow call it, and ``SWEEPS``' entry for a
+            script in ``sweeps/``.
+        presets: ``{preset name: function returning the declarations}``: grids, ``MaskSimilarity`` and
+            ``TamtStudy`` declarations. A preset is built only when chosen; ``smoke`` runs without a GPU and
+            ``paper`` with one unless ``--preset`` says otherwise.
+        argv: the flags (default: the command line's).
+        description: the script's docstring (``__doc__``); its first paragraph is ``--help``'s description.
+        out: where the plan, the progress and the results go (default: standard output).
+        parts: the sweeps ``presets`` unites (``python -m sweeps``), broken down in a dry run.
+
+    Returns:
+        The process's exit code: 0 done, 1 failed trials, 2 bad input, 130 interrupted, 143 stopped by SIGTERM.
+    """
+    return cli.sweep_main(name, presets, argv, description=first_paragraph(description), out=out, parts=parts,
+                          results=print_results)
+
+
+def first_paragraph(text: str | None) -> str:
+    """The first paragraph of ``text`` on one line (a docstring's summary, for ``--help``)."""
+    return " ".join((text or "").strip().split("\n\n")[0].split())

@@ -6,11 +6,6 @@ examples up to the whole training set (§4.2.5); 3 mask seeds × 5 fine-tune see
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
 from sweeps.common import SMOKE_FINETUNE, SMOKE_TRAIN_SIZE, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 
@@ -34,4 +29,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("low_data", PRESETS, description=__doc__.splitlines()[0]))
+    raise SystemExit(sweep_main("low_data", PRESETS, description=__doc__))

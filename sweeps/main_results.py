@@ -7,11 +7,6 @@ RoBERTa at 20–90 % sparsity on the seven tasks, with the full models as refere
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
 from sweeps.common import BERT, PAPER_METHODS, ROBERTA, SMOKE_SEEDS, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 from tamt_core.tasks import TASKS
@@ -33,4 +28,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("main_results", PRESETS, description=__doc__.splitlines()[0]))
+    raise SystemExit(sweep_main("main_results", PRESETS, description=__doc__))

@@ -8,11 +8,6 @@ Fig. 6 left come from pretrain_cost.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
 from orchestrator.grid import MaskSimilarity
 from sweeps.common import SMOKE_COST_STEPS, SMOKE_IMP_INTERVALS, paper_grid, smoke_grid, sweep_main, with_interval
 from tamt_core import hparams
@@ -36,4 +31,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("mask_similarity", PRESETS, description=__doc__.splitlines()[0]))
+    raise SystemExit(sweep_main("mask_similarity", PRESETS, description=__doc__))

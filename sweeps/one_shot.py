@@ -11,11 +11,6 @@ together (``python -m sweeps --all``) this sweep adds Wanda's searches and fine-
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
 from sweeps.common import SMOKE_SEEDS, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 from tamt_core.tasks import TASKS

@@ -6,11 +6,6 @@ random masks at 10–90 % (3 random seeds), IMP's masks, TAMT's masks along trai
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
 from sweeps.common import SMOKE_COST_STEPS, SMOKE_SPARSITIES, paper_grid, smoke_grid, sweep_main
 from tamt_core import hparams
 from tamt_core.tasks import TASKS
@@ -34,4 +29,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("pretrain_correlation", PRESETS, description=__doc__.splitlines()[0]))
+    raise SystemExit(sweep_main("pretrain_correlation", PRESETS, description=__doc__))

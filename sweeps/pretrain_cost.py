@@ -7,11 +7,6 @@ iterations and training seconds behind every mask it wrote.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
 from sweeps.common import SMOKE_COST_STEPS, SMOKE_IMP_INTERVALS, paper_grid, smoke_grid, sweep_main, with_interval
 from tamt_core import hparams
 
@@ -33,4 +28,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("pretrain_cost", PRESETS, description=__doc__.splitlines()[0]))
+    raise SystemExit(sweep_main("pretrain_cost", PRESETS, description=__doc__))

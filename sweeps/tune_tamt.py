@@ -1,17 +1,12 @@
 """Task-agnostic tuning of TAMT's lr, α and φ (Eq. 5) with Optuna, on the pre-training dev loss of each
 objective only: no downstream data is touched (App. C). The study is stored beside the runs and resumes where it
-stopped; its best setting feeds any sweep:
+stopped; its best setting feeds any sweep through --search-settings.
 
     python sweeps/tune_tamt.py --preset paper
     python sweeps/main_results.py --search-settings tamt-runs/studies/tamt-mlm-bert-0.7/best.json
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from orchestrator.study import TamtStudy
 from sweeps.common import BERT, WIKITEXT, sweep_main
@@ -34,4 +29,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("tune_tamt", PRESETS, description=__doc__.splitlines()[0]))
+    raise SystemExit(sweep_main("tune_tamt", PRESETS, description=__doc__))

@@ -56,6 +56,16 @@ def _sparsity(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from error
+    if not value >= 0:  # nan too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {value:g}")
+    return value
+
+
 DETERMINISTIC_HELP = ("deterministic kernels (torch's deterministic algorithms, cuBLAS workspace, math attention): on "
                       "a GPU a rerun or a resumed run repeats its numbers exactly, as on the CPU; slower")
 
@@ -112,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
                                          "local rank's GPU)")
     search.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
-    search.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
+    search.add_argument("--checkpoint-every", type=_seconds, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
                         help="IMP/TAMT: checkpoint at most this often, and at every saved mask (default "
                              f"{CHECKPOINT_EVERY_S:.0f}); rerun the same command to continue an interrupted search")
 

@@ -8,6 +8,8 @@ scored on the same masked positions). The subnetwork keeps the checkpoint's own 
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from tamt_core.losses import evaluate_kd, evaluate_mlm
 from tamt_core.masks.masked_model import apply_fixed_mask, remove_masks, weight_shapes
 from tamt_core.masks import Mask, check_mask_matches
 from tamt_core.models import Pretrained, load_pretrained
+from tamt_table.atomic import replacing
 
 OBJECTIVES = ("mlm", "kd")
 
@@ -90,12 +93,19 @@ def pretrain_losses(masks: dict[str, Mask | None], *, model: str | None = None, 
 
 
 def export_subnetwork(mask: Mask, out_dir: Path, *, model: str | None = None) -> Path:
-    """Write θ0 ⊙ M as a plain ``save_pretrained`` directory (encoder + pooler + tokenizer) for stock transformers."""
+    """Write θ0 ⊙ M as a plain ``save_pretrained`` directory (encoder + pooler + tokenizer) for stock transformers.
+
+    Each file is written atomically (:mod:`tamt_table.atomic`), with the permissions of any file the user creates.
+    """
     pretrained = load_for_mask(mask, model, with_mlm_head=False)
     apply_fixed_mask(pretrained.model, mask.tensors)
     with torch.no_grad():
         remove_masks(pretrained.model, bake=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pretrained.model.save_pretrained(out_dir)
-    pretrained.tokenizer.save_pretrained(out_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as staging:
+        pretrained.model.save_pretrained(staging)
+        pretrained.tokenizer.save_pretrained(staging)
+        for written in sorted(Path(staging).iterdir()):
+            with replacing(out_dir / written.name) as tmp:
+                os.replace(written, tmp)
     return out_dir

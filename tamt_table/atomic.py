@@ -2,8 +2,10 @@
 
 A file is written under a temporary name beside its target, synced to disk, then renamed over the target
 (``os.replace`` is atomic on POSIX filesystems): a reader sees the old file or the whole new one, and a crash
-leaves at most a stray temporary file, never a half-written target. This module imports the standard library
-only: the table format, the analysis and the training code (masks, checkpoints, run records) share it.
+leaves at most a stray temporary file, never a half-written target. The target gets the permissions of any file
+the user creates (0666 less the umask: 0644 under umask 022), whatever mode the writer gave the temporary file
+(safetensors' ``save_file`` creates its files 0600). This module imports the standard library only: the table
+format, the analysis and the training code (masks, checkpoints, run records, exports) share it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as written:
+            os.fchmod(written.fileno(), new_file_mode())
             os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -37,3 +40,23 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """``data`` as the whole content of ``path``, atomically (:func:`replacing`)."""
     with replacing(path) as tmp:
         tmp.write_bytes(data)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``os.umask`` sets it to read it, which
+    other threads creating files at that moment would see)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The permissions ``open(path, "w")`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~umask()

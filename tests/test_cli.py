@@ -66,6 +66,15 @@ def test_sparsity_outside_unit_interval_is_refused(capsys, tmp_path, sparsity):
     assert "sparsity" in err and "%%" not in err  # argparse formats help strings, not a type's error message
 
 
+@pytest.mark.parametrize("period", ["-1", "nan", "often"])
+def test_malformed_checkpoint_period_is_refused(capsys, tmp_path, period):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "tamt-mlm", "--sparsity", "0.5", "--checkpoint-every", period, "--out", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    assert "--checkpoint-every: expected a number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_unknown_method_is_refused(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["search", "magnitude", "--sparsity", "0.5", "--out", str(tmp_path)])

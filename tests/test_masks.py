@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -168,6 +170,25 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
     # The previous file is intact and no temp file is left behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert load_mask(target).content_hash == old_hash
+
+
+def test_atomic_writes_get_the_mode_of_a_file_the_user_creates(tmp_path: Path) -> None:
+    """Whatever mode the writer creates its file with (safetensors' save_file: 0600), the target respects the
+    umask like ``open(path, "w")``: checkpoints, masks, exports and the table are readable as any file."""
+    from safetensors.torch import save_file
+
+    from tamt_table.atomic import replacing
+
+    previous = os.umask(0o022)
+    try:
+        with replacing(tmp_path / "state.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        save_mask(tmp_path / "m.safetensors", _random_mask(SHAPES, seed=5), META)
+        (tmp_path / "plain").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"state.safetensors": 0o644, "m.safetensors": 0o644, "plain": 0o644}
 
 
 # ----------------------------------------------------------------------------------------------------------------

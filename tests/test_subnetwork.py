@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
@@ -28,6 +31,19 @@ def test_export_round_trips_through_stock_automodel(omp_mask_file, tmp_path):
         assert torch.count_nonzero(weight[kept]) == int(kept.sum())
     classifier = AutoModelForSequenceClassification.from_pretrained(out, num_labels=2)  # any head class loads it
     assert torch.count_nonzero(classifier.bert.pooler.dense.weight) == int(mask.tensors["pooler.dense.weight"].sum())
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_export_writes_files_as_the_umask_allows(omp_mask_file, tmp_path, umask, mode):
+    """safetensors creates model.safetensors 0600; the export gives every file the mode of a file the user creates."""
+    previous = os.umask(umask)
+    try:
+        out = export_subnetwork(load_mask(omp_mask_file), tmp_path / "exported")
+    finally:
+        os.umask(previous)
+    files = sorted(out.iterdir())
+    assert "model.safetensors" in [path.name for path in files]
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {path.name: mode for path in files}
 
 
 def test_mask_of_another_model_is_rejected(omp_mask_file, tiny_roberta_dir):

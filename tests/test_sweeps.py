@@ -3,20 +3,26 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import re
+import runpy
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from orchestrator import cli
 from orchestrator.cli import plan_of, sweep_main, union
 from orchestrator.plan import PlanError
 from orchestrator.specs import SimilaritySpec
 from orchestrator.study import TamtStudy
 from sweeps import SWEEPS, presets_of
 from sweeps.__main__ import main as sweeps_main
+from sweeps.common import first_paragraph
 from tamt_core import hparams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,3 +278,77 @@ def test_a_smoke_grid_on_an_unmeasured_task_says_so_in_its_dry_run():
     assert sweep_main("mine", presets, ["--preset", "smoke", "--dry-run"], out=printed) == 0
     note = [line for line in printed.getvalue().splitlines() if line.startswith("[tamt] note:")]
     assert len(note) == 1 and "measured on sst2 only" in note[0] and "on mrpc they may" in note[0]
+
+
+@pytest.mark.parametrize("period", ["-1", "nan", "often"])
+def test_a_malformed_checkpoint_period_is_refused_at_parse_time(period, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main("main_results", presets_of("main_results"),
+                   ["--preset", "smoke", "--storage", str(tmp_path / "s"), "--checkpoint-every", period])
+    assert exit_info.value.code == 2
+    assert "--checkpoint-every: expected a number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+# --- a sweep's --help ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweeps_help_shows_its_whole_first_paragraph(name, monkeypatch, capsys):
+    script = ROOT / "sweeps" / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert " ".join(out.split()).startswith(f"usage: python {script} [-h]")
+    paragraph = first_paragraph(ast.get_docstring(ast.parse(script.read_text())))
+    assert paragraph.endswith("."), f"{name}'s first paragraph is no complete sentence: {paragraph!r}"
+    assert "".join(paragraph.split()) in "".join(out.split())  # argparse wraps it, at hyphens too
+
+
+def test_the_usage_line_names_the_program_as_it_was_started(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/home/me/exp/my_sweep.py"])
+    assert cli.build_parser("", {"smoke": list}).format_usage().startswith("usage: python /home/me/exp/my_sweep.py ")
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "sweeps" / "__main__.py")])
+    assert cli.build_parser("", {"smoke": list}).format_usage().startswith("usage: python -m sweeps ")
+
+
+def test_every_sweep_flag_has_help():
+    parser = cli.build_parser("", {"smoke": list})
+    assert [action.dest for action in parser._actions if not action.help] == []
+
+
+def test_a_sweep_without_the_default_preset_asks_for_one(tmp_path, capsys):
+    code = sweep_main("mine", {"tiny": presets_of("main_results")["smoke"]}, ["--storage", str(tmp_path / "s")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "this sweep has no smoke preset" in err and "choose with --preset tiny" in err
+    assert not (tmp_path / "s").exists()
+
+
+# --- what the docs say of the main job --------------------------------------------------------------------------
+
+def test_smoke_doc_counts_the_main_jobs_trials():
+    smoke = plan_of(presets_of("main_results")["smoke"]())
+    text = " ".join((ROOT / "docs" / "smoke.md").read_text().split())
+    found = re.search(r"(\d+) searches and (\d+) \+ (\d+) fine-tunes, (\d+) trials", text)
+    assert found, "docs/smoke.md no longer counts the main job's smoke trials"
+    searches, masked, full, trials = map(int, found.groups())
+    full_model = sum(1 for spec in smoke.finetunes.values() if spec.mask is None)
+    assert (searches, masked, full, trials) == (len(smoke.searches), len(smoke.finetunes) - full_model, full_model,
+                                                len(smoke))
+
+
+def test_the_sweeps_last_lines_and_the_readme_name_the_same_reader(tmp_path):
+    from orchestrator import results
+    from orchestrator.storage import Storage
+
+    storage = Storage.at(str(tmp_path / "runs"))
+    report = SimpleNamespace(storage=storage, complete=True, interrupted=False, signalled=False, succeeded=[],
+                             skipped=0, failed={}, blocked=[], cut_off=0, mlflow_uri="sqlite:///x.db",
+                             experiment_id="1")
+    out = io.StringIO()
+    cli.print_where(report, out)
+    assert f"orchestrator.results.read_frame({storage.uri!r})" in out.getvalue()
+    assert "orchestrator.results.read_frame(" in (ROOT / "README.md").read_text()
+    assert callable(results.read_frame)
