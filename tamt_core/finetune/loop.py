@@ -22,7 +22,7 @@ from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult
 from tamt_core.finetune.data import TaskData, load_task_data, train_batches
 from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
 from tamt_core.masks import Mask
-from tamt_core.masks.masked_model import apply_fixed_mask
+from tamt_core.masks.masked_model import bake_fixed_mask
 from tamt_core.outputs import claim_directory, write_json
 from tamt_core.subnetwork import load_for_mask
 from tamt_core.tasks import Task, get_task
@@ -173,7 +173,7 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
 
 
 def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _Training:
-    """θ0 checked against the mask, the task's data, the task model with the mask attached, AdamW with Tab. 1's
+    """θ0 checked against the mask, the task's data, the task model with the mask baked in, AdamW with Tab. 1's
     linear decay; evaluation every Eval Iter steps, at least once per epoch for a SQuAD subset (reference-impl
     §7.4) and at least once per run."""
     task, hp = get_task(config.task), config.hparams
@@ -190,9 +190,9 @@ def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _T
 
     model, tokenizer = task_model(task, pretrained.source, config.seed), pretrained.tokenizer
     del pretrained  # θ0 as a bare encoder was only needed to check the mask against the weights
-    if mask is not None:
-        apply_fixed_mask(model, mask.tensors)
     model.to(torch_device)
+    if mask is not None:
+        bake_fixed_mask(model, mask.tensors)  # θ0 ⊙ M written once; masked gradients zeroed (its docstring says why)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, schedule = adamw_with_schedule(params, lr=hp.lr, weight_decay=hparams.FINETUNE_WEIGHT_DECAY,
