@@ -101,6 +101,38 @@ def test_masked_fine_tuning_scores_are_the_recorded_ones(tiny_bert_dir, omp_mask
                                torch.tensor(MASKED_GOLDEN_CURVE, dtype=torch.float64), rtol=1e-5, atol=1e-7)
 
 
+def test_a_legacy_checkpoint_with_the_parametrized_mask_resumes_to_the_same_curve(tiny_bert_dir, omp_mask, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """A checkpoint written while fine-tunes attached the mask as a parametrization (names
+    ``….parametrizations.weight.original``, AdamW numbered in that model's order) is rewritten in the baked layout
+    and resumed: the run ends on the curve recorded for it uninterrupted."""
+    from tamt_core.finetune import loop
+    from tamt_core.finetune.checkpoint_layout import is_parametrized_checkpoint
+
+    _, mask = omp_mask
+    config = quick_config(tiny_bert_dir, mask, task="stsb", train_size=96, epochs=2, eval_every=3)
+
+    class Preempted(Exception):
+        pass
+
+    def preempt_after_second(evaluation: Evaluation) -> None:
+        if evaluation.step == 6:
+            raise Preempted
+
+    with monkeypatch.context() as legacy:  # the loop as it was: the mask attached as a FixedMask parametrization
+        legacy.setattr(loop, "bake_fixed_mask", apply_fixed_mask)
+        with pytest.raises(Preempted):
+            finetune(config, tmp_path / "run", mask=mask, checkpoint_every_s=0, on_evaluation=preempt_after_second)
+    assert is_parametrized_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    with caplog.at_level("WARNING", logger="tamt_core.finetune.checkpoint_layout"):
+        resumed = finetune(config, tmp_path / "run", mask=mask, checkpoint_every_s=0)
+    assert "written while the mask was a parametrization" in caplog.text
+    observed = [(e.step, e.train_loss, e.metrics["pearson"], e.metrics["spearman"], e.metrics["pearson_and_spearman"])
+                for e in resumed.curve]
+    torch.testing.assert_close(torch.tensor(observed, dtype=torch.float64),
+                               torch.tensor(MASKED_GOLDEN_CURVE, dtype=torch.float64), rtol=1e-5, atol=1e-7)
+
+
 def test_a_baked_mask_computes_what_the_parametrization_computes(tiny_bert_dir, omp_mask):
     """One forward and backward: the same loss and the same gradient on every masked matrix, bit for bit."""
     _, mask = omp_mask

@@ -18,6 +18,7 @@ from transformers import DataCollatorWithPadding
 from tamt_core import hparams
 from tamt_core.checkpoints import CheckpointFile, ResumableRun, RngStreams, RunStopped, Stateful, TrainedTensors
 from tamt_core.device import autocast, pick_device
+from tamt_core.finetune.checkpoint_layout import bake_parametrized_checkpoint
 from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
 from tamt_core.finetune.data import TaskData, load_task_data, train_batches
 from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
@@ -122,6 +123,8 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
                        kind="fine-tune")
     torch.manual_seed(config.seed)  # dropout draws
     step, curve = 0, []
+    if mask is not None:  # a checkpoint from before the mask was baked in: rewritten in the baked layout
+        bake_parametrized_checkpoint(store.path, t.model, t.checkpointed(), run.identity)
     found = run.resume(t.checkpointed())
     if found is not None:
         _, progress = found
