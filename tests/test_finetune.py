@@ -163,8 +163,9 @@ def test_a_baked_mask_stays_exactly_zero_under_clipping_fused_adamw_and_weight_d
     _, mask = omp_mask
     model = task_model(get_task("sst2"), str(tiny_bert_dir), 1)
     bake_fixed_mask(model, mask.tensors)
-    model.base_model.to(torch.float64)  # a move after baking: the hooks stay, the mask moves (and stays bool)
+    model.base_model.to(torch.float64)  # a move after baking: the hooks stay, the mask moves and converts with it
     model.train()
+    assert model.base_model.embeddings.word_embeddings.baked_mask.dtype == torch.float64
     start = {name: w.detach().clone() for name, w in dense_weights(model).items()}
     params = list(model.parameters())
     optimizer, schedule = adamw_with_schedule(params, lr=1e-2, weight_decay=0.1, eps=1e-8, total_steps=100)
