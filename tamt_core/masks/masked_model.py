@@ -186,8 +186,9 @@ def apply_fixed_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None
 BAKED_MASK = "baked_mask"
 """The buffer in which :func:`bake_fixed_mask` keeps a matrix's mask (1 kept, 0 masked) on the module that owns the
 matrix, in the weight's dtype: on a CPU ``grad.mul_(mask)`` takes 3.5 ms for the 11.7M-entry MiniLM embedding with
-a float mask and 31 ms with a bool one (torch upcasts a bool operand element by element; bench/README.md). Not saved
-with the module's state (the mask file holds it); it moves and converts with the module."""
+a float mask and 31 ms with a bool one (torch upcasts a bool operand element by element; bench/README.md), for 4
+bytes an entry instead of 1 (BERT-base: 436 MB). Not saved with the module's state (the mask file holds it); it moves
+and converts with the module."""
 
 
 def bake_fixed_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
@@ -204,7 +205,9 @@ def bake_fixed_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
     either way, and the gradient that reaches W is ``∂L/∂(W ⊙ M) ⊙ M`` either way. The masked entries then stay
     exactly 0 through clipping and AdamW, weight decay included:
 
-    * their gradient is 0 (the hook), and clipping multiplies every gradient by one finite factor: still 0;
+    * their gradient is 0 (the hook), and clipping multiplies every gradient by one factor in [0, 1]: still 0 (but a
+      NaN anywhere makes the factor NaN and every gradient NaN, masked or not: a run lost either way, since the
+      parametrization's W ⊙ M passes a NaN original on too);
     * AdamW's moments start at 0 and stay 0 where the gradient is 0 (m ← β1·m + (1−β1)·0, v ← β2·v + (1−β2)·0²), so
       the Adam update there is lr · 0 / (√0 + ε) = 0 (ε > 0; Tab. 1: 1e-8), in the fused kernel too;
     * weight decay is decoupled (AdamW, Loshchilov & Hutter, ICLR 2019): W ← W · (1 − lr·λ) keeps 0 at 0. (Adam with
