@@ -5,8 +5,11 @@ Two parts, each printed as a table (``--json PATH`` appends the full record as o
 * **ratio** (``--part ratio``): one fixed random batch (``--batch-size`` × ``--seq-len``, Tab. 1: 32 × 128) through a
   sequence-classification model of one shape, timed with ``tamt_core.finetune.train_step`` (the loop's own step:
   forward under the loop's autocast, backward, clip at 1.0, AdamW, schedule, ``zero_grad``), once dense and once
-  with a ``--sparsity`` (70 %) mask attached by ``apply_fixed_mask``. Iterations alternate dense / masked so drifts
-  of the machine hit both alike; medians after ``--warmup``. Target: masked / dense ≤ 1.05.
+  with a ``--sparsity`` (70 %) mask baked in by ``bake_fixed_mask``, as the loop does; ``--parametrized`` adds the
+  same mask attached as a parametrization (``apply_fixed_mask``, how fine-tunes masked before 2026-12). Iterations
+  alternate between the models so drifts of the machine hit them alike; medians after ``--warmup``, of wall time and
+  of the process's CPU time (on a CPU shared with other work, the CPU time of a ``--threads 1`` run is the steadier
+  measure). Target: masked / dense ≤ 1.05.
 * **tasks** (``--part tasks``): the real loop's data path for each task (``load_task_data``: the built-in smoke data
   by default, ``--data DIR`` for real GLUE/SQuAD), the first ``--task-steps`` batches of Tab. 1's batch size, timed
   through ``train_step``: examples/s per task. From those, the implied device-hours of one paper cell (one mask, one
@@ -41,7 +44,7 @@ from bench_step_time import CONFIGS, random_batch, synchronize
 
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig, load_task_data, task_model, train_batches, train_step
-from tamt_core.masks.masked_model import apply_fixed_mask, weight_shapes
+from tamt_core.masks.masked_model import apply_fixed_mask, bake_fixed_mask, weight_shapes
 from tamt_core.models import BUILTIN_MODEL_NAME, resolve_source
 from tamt_core.tasks import TASKS, get_task
 from tamt_core.training import adamw_with_schedule, to_device
@@ -74,37 +77,58 @@ def _random_mask(model: nn.Module, sparsity: float, seed: int) -> dict[str, torc
 
 
 def _timed(device: torch.device, fn) -> float:
+    return _timed_both(device, fn)[0]
+
+
+def _timed_both(device: torch.device, fn) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads) of ``fn``."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def part_ratio(args, device: torch.device) -> dict:
-    models = {"dense": _classifier(args.config, args.model, 0), "masked": _classifier(args.config, args.model, 0)}
-    apply_fixed_mask(models["masked"], _random_mask(models["masked"], args.sparsity, 0))
+    names = ("dense", "masked", "parametrized") if args.parametrized else ("dense", "masked")
+    models = {name: _classifier(args.config, args.model, 0) for name in names}
+    mask = _random_mask(models["dense"], args.sparsity, 0)
+    if args.parametrized:
+        apply_fixed_mask(models["parametrized"], mask)
     steps = {}
     for name, model in models.items():
         model.to(device).train()
+        if name == "masked":
+            bake_fixed_mask(model, mask)  # as tamt_core.finetune's _set_up: after the move to the device
         params, optimizer, schedule = _optimizer(model, hparams.FINETUNE["sst2"].lr)
         batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len, 0, device)
         batch = {k: v for k, v in batch.items() if k != "labels"} | {
             "labels": torch.randint(0, 2, (args.batch_size,), generator=torch.Generator().manual_seed(0)).to(device)}
         steps[name] = (lambda m=model, b=batch, p=params, o=optimizer, s=schedule: train_step(m, b, p, o, s))
-    times: dict[str, list[float]] = {"dense": [], "masked": []}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(args.warmup + args.steps):
-        for name in ("dense", "masked"):
-            t = _timed(device, steps[name])
+        for name in names:
+            wall, cpu = _timed_both(device, steps[name])
             if i >= args.warmup:
-                times[name].append(t)
-    dense, masked = statistics.median(times["dense"]), statistics.median(times["masked"])
-    record = {"dense_step_s": dense, "masked_step_s": masked, "ratio": masked / dense, "times": times}
+                times[name].append(wall)
+                cpu_times[name].append(cpu)
+    wall = {name: statistics.median(times[name]) for name in names}
+    cpu = {name: statistics.median(cpu_times[name]) for name in names}
+    record = {"dense_step_s": wall["dense"], "masked_step_s": wall["masked"], "ratio": wall["masked"] / wall["dense"],
+              "cpu_step_s": cpu, "cpu_ratio": cpu["masked"] / cpu["dense"], "times": times, "cpu_times": cpu_times}
+    if args.parametrized:
+        record |= {"parametrized_step_s": wall["parametrized"],
+                   "parametrized_ratio": wall["parametrized"] / wall["dense"],
+                   "parametrized_cpu_ratio": cpu["parametrized"] / cpu["dense"]}
     print(f"\nstep time, batch {args.batch_size} × {args.seq_len}, sparsity {args.sparsity}, "
-          f"{args.model or args.config}, {device}")
-    print(f"  dense step   {dense * 1e3:9.1f} ms")
-    print(f"  masked step  {masked * 1e3:9.1f} ms")
-    print(f"  ratio masked/dense {masked / dense:.3f}   (target ≤ 1.05)")
+          f"{args.model or args.config}, {device}, {torch.get_num_threads()} threads; medians of wall and CPU time")
+    for name in names:
+        label = {"masked": "masked (baked)", "parametrized": "parametrized"}.get(name, name)
+        print(f"  {label:15} {wall[name] * 1e3:9.1f} ms wall  {cpu[name] * 1e3:9.1f} ms CPU"
+              + ("" if name == "dense" else f"   ratio to dense {wall[name] / wall['dense']:.3f} wall, "
+                                            f"{cpu[name] / cpu['dense']:.3f} CPU"))
+    print("  target: masked / dense ≤ 1.05")
     return record
 
 
@@ -154,6 +178,8 @@ def main() -> None:
     parser.add_argument("--model", help="real checkpoint (hub id or directory); tasks default: the built-in model")
     parser.add_argument("--data", help="downstream data source (default: built-in smoke data)")
     parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--parametrized", action="store_true",
+                        help="ratio: also time the mask attached as a parametrization (the pre-2026-12 fine-tune step)")
     parser.add_argument("--batch-size", type=int, default=hparams.FINETUNE["sst2"].batch_size)
     parser.add_argument("--seq-len", type=int, default=hparams.FINETUNE["sst2"].max_length)
     parser.add_argument("--steps", type=int, default=10)

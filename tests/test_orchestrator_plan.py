@@ -29,10 +29,10 @@ from orchestrator.grid import Grid
 from orchestrator.plan import Plan, PlanError
 from orchestrator.search_settings import PerSparsity, SearchSettings
 from orchestrator.specs import FinetuneSpec, MaskRef, SearchSpec, spec_from_dict
+from sweeps.common import PAPER_METHODS
 from orchestrator.storage import FORMAT_VERSION, MARKER, RunDirectory, Storage, StorageError
 from tamt_core import hparams
 from tamt_core.finetune import FinetuneConfig
-from tamt_core.methods import METHODS
 from tamt_core.methods.imp import prune_step, prunes
 from tamt_core.search.config import FIRST_RECORD, SearchConfig
 
@@ -251,7 +251,7 @@ def test_smoke_preset_counts(presets):
     assert next(s for s in plan.searches.values() if s.config.method == "imp").config.sparsity == 0.5
     # Fine-tunes: 3 seeds of each method's mask (random masks paired with their fine-tune seed) and of the full
     # model = 15 + 3 = 18.
-    assert dict(plan.counts()["finetune"]) == {m: 3 for m in METHODS} | {"full": 3}
+    assert dict(plan.counts()["finetune"]) == {m: 3 for m in PAPER_METHODS} | {"full": 3}
     assert len(plan) == 7 + 18
     rand = sorted((s.config.seed, plan.searches[s.mask.search_id].config.seed)
                   for s in plan.finetunes.values() if plan.method_of(s) == "rand")

@@ -18,11 +18,12 @@ from transformers import DataCollatorWithPadding
 from tamt_core import hparams
 from tamt_core.checkpoints import CheckpointFile, ResumableRun, RngStreams, RunStopped, Stateful, TrainedTensors
 from tamt_core.device import autocast, pick_device, resolve_precision
+from tamt_core.finetune.checkpoint_layout import bake_parametrized_checkpoint
 from tamt_core.finetune.config import Evaluation, FinetuneConfig, FinetuneResult, best_evaluation
 from tamt_core.finetune.data import TaskData, load_task_data, train_batches
 from tamt_core.finetune.evaluation import chance_metrics, evaluate_task, task_model
 from tamt_core.masks import Mask
-from tamt_core.masks.masked_model import apply_fixed_mask
+from tamt_core.masks.masked_model import bake_fixed_mask
 from tamt_core.outputs import claim_directory, write_json
 from tamt_core.subnetwork import load_for_mask
 from tamt_core.tasks import Task, get_task
@@ -126,6 +127,8 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
                        kind="fine-tune")
     torch.manual_seed(config.seed)  # dropout draws
     step, curve = 0, []
+    if mask is not None:  # a checkpoint from before the mask was baked in: rewritten in the baked layout
+        bake_parametrized_checkpoint(store.path, t.model, t.checkpointed(), run.identity)
     found = run.resume(t.checkpointed())
     if found is not None:
         _, progress = found
@@ -179,7 +182,7 @@ def finetune(config: FinetuneConfig, out_dir: Path, *, mask: Mask | None = None,
 
 
 def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _Training:
-    """θ0 checked against the mask, the task's data, the task model with the mask attached, AdamW with Tab. 1's
+    """θ0 checked against the mask, the task's data, the task model with the mask baked in, AdamW with Tab. 1's
     linear decay; evaluation every Eval Iter steps, at least once per epoch for a SQuAD subset (reference-impl
     §7.4) and at least once per run."""
     task, hp = get_task(config.task), config.hparams
@@ -196,9 +199,9 @@ def _set_up(config: FinetuneConfig, mask: Mask | None, device: str | None) -> _T
 
     model, tokenizer = task_model(task, pretrained.source, config.seed), pretrained.tokenizer
     del pretrained  # θ0 as a bare encoder was only needed to check the mask against the weights
-    if mask is not None:
-        apply_fixed_mask(model, mask.tensors)
     model.to(torch_device)
+    if mask is not None:
+        bake_fixed_mask(model, mask.tensors)  # θ0 ⊙ M written once; masked gradients zeroed (its docstring says why)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, schedule = adamw_with_schedule(params, lr=hp.lr, weight_decay=hparams.FINETUNE_WEIGHT_DECAY,
