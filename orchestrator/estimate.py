@@ -109,6 +109,7 @@ def measured_throughput(path: str | Path, precision: str = "bf16") -> Throughput
     return replace(v100, source=source, search_s_per_iteration=per_iteration,
                    glue_train_per_s=figure(f"glue_train_per_s.{precision}", glue[precision]))
 
+
 DEV_SIZES = {"cola": 1_043, "sst2": 872, "rte": 277, "mrpc": 408, "stsb": 1_500, "mnli": 9_815 + 9_832,
              "squad": 10_570}
 """GLUE / SQuAD v1.1 dev-set sizes (examples evaluated at each evaluation point)."""
