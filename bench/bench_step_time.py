@@ -74,7 +74,7 @@ SCHEDULE_STEPS = 28_000
 """Length of the linear-decay schedule: about Tab. 1's 2 epochs, so the lr stays ≈ 5e-5 while benchmarking."""
 
 
-# --- building blocks (shared with bench_gpu_throughput.py) ------------------------------------------------------
+# --- building blocks (shared with bench_finetune.py) -------------------------------------------------------------
 
 
 def synchronize(device: torch.device) -> None:

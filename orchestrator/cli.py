@@ -24,7 +24,7 @@ from tamt_core.device import PRECISIONS
 from tamt_core.methods import METHODS
 
 from orchestrator.control import STOP_GRACE_S, StallLimits
-from orchestrator.estimate import THROUGHPUT, gpu_hours
+from orchestrator.estimate import THROUGHPUT, Throughput, gpu_hours, measured_throughput
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
 from orchestrator.prefetch import invoked_as
@@ -198,6 +198,9 @@ def build_parser(description: str, presets: Presets) -> argparse.ArgumentParser:
     parser.add_argument("--search-settings", metavar="FILE",
                         help="JSON {method: {setting: value}} laid over the preset's search settings, e.g. the "
                              "best.json of sweeps/tune_tamt.py")
+    parser.add_argument("--throughput", metavar="FILE",
+                        help="with --dry-run: GPU-hours from the figures bench/gpu_check.py --out FILE measured on "
+                             "your GPU (in --precision, default bf16) instead of the V100 table's")
     return parser
 
 
@@ -246,13 +249,17 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
         studies = [d for d in declarations if isinstance(d, TamtStudy)]
         plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
         storage = Storage.at(args.storage)
+        if args.throughput and not args.dry_run:
+            raise PlanError("--throughput changes the GPU-hour estimate of a dry run only; add --dry-run")
         if args.dry_run:
+            table = (measured_throughput(args.throughput, args.precision or "bf16") if args.throughput
+                     else THROUGHPUT["v100"])
             if parts:
-                print_parts(parts, preset, out)
+                print_parts(parts, preset, out, table)
             if len(plan) or not studies:
-                print_plan(plan, name, preset, storage, out)
+                print_plan(plan, name, preset, storage, out, table)
             for study in studies:
-                print_study(study, out)
+                print_study(study, out, table)
             print_notes(notes_of(declarations), out)
             return 0
         with invoked_as("--all" if name == "all" and parts else " ".join(name.split("+")), preset):
@@ -304,7 +311,8 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
     return 0 if complete else 1
 
 
-def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO) -> None:
+def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO, table: Throughput = THROUGHPUT["v100"]
+                ) -> None:
     """Each sweep's own plan beside their union: what running them one by one, or together, costs."""
     print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  measurements     GPU-h", file=out)
     separate = 0.0
@@ -313,7 +321,8 @@ def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO) -> None:
         declarations = presets[preset]()
         plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
         studies = [d for d in declarations if isinstance(d, TamtStudy)]
-        hours = sum(sum(h.values()) for h in gpu_hours(plan).values()) + sum(map(study_gpu_hours, studies))
+        hours = (sum(sum(h.values()) for h in gpu_hours(plan, table).values())
+                 + sum(study_gpu_hours(study, table) for study in studies))
         separate += hours
         for run_id in plan.run_ids():
             sweeps_of[run_id] = sweeps_of.get(run_id, 0) + 1
@@ -326,18 +335,18 @@ def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO) -> None:
           "on its own storage", file=out)
 
 
-def study_gpu_hours(study: TamtStudy) -> float:
-    """A study's budget: its trials, each a search at the middle of the space (Tab. 3's pace)."""
-    from orchestrator.estimate import THROUGHPUT, search_seconds
+def study_gpu_hours(study: TamtStudy, table: Throughput = THROUGHPUT["v100"]) -> float:
+    """A study's budget: its trials, each a search at the middle of the space (``table``'s pace)."""
+    from orchestrator.estimate import search_seconds
 
-    return study.trials * search_seconds(study.spec(study.midpoint()), THROUGHPUT["v100"]) / 3600
+    return study.trials * search_seconds(study.spec(study.midpoint()), table) / 3600
 
 
-def print_study(study: TamtStudy, out: TextIO) -> None:
+def print_study(study: TamtStudy, out: TextIO, table: Throughput = THROUGHPUT["v100"]) -> None:
     space = ", ".join(f"{k} ∈ [{lo:g}, {hi:g}]" for k, (lo, hi) in study.space.items())
     print(f"study {study.name}: {study.trials} Optuna trials of {study.method} at sparsity {study.sparsity:g} on "
-          f"{study.model}, minimising {study.objective} over {space} (log-uniform); {study_gpu_hours(study):.1f} "
-          "GPU-h", file=out)
+          f"{study.model}, minimising {study.objective} over {space} (log-uniform); "
+          f"{study_gpu_hours(study, table):.1f} GPU-h", file=out)
 
 
 def print_study_report(report, out: TextIO) -> None:
@@ -354,11 +363,12 @@ def print_study_report(report, out: TextIO) -> None:
 STAGE_NAMES = {"search": "mask searches", "finetune": "fine-tunes", "measure": "measurements"}
 
 
-def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO) -> None:
+def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO,
+               table: Throughput = THROUGHPUT["v100"]) -> None:
     from orchestrator.results import finished_run_ids
 
     done = finished_run_ids(storage) if storage.is_local and storage.local_root.exists() else set()
-    counts, hours = plan.counts(), gpu_hours(plan)
+    counts, hours = plan.counts(), gpu_hours(plan, table)
     tables = {"search": plan.searches, "finetune": plan.finetunes, "measure": plan.measurements}
     print(f"sweep {name}, preset {preset}: {len(plan)} unique trials ("
           + ", ".join(f"{len(tables[stage])} {STAGE_NAMES[stage]}" for stage in tables) + ")", file=out)
@@ -374,7 +384,7 @@ def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO
     print(f"  dependencies: {waiting} trials wait for the searches that write their masks; "
           f"{len(plan) - len(plan.searches) - waiting} others wait for nothing", file=out)
     total = sum(sum(h.values()) for h in hours.values())
-    print(f"  total {total:.1f} GPU-h ({THROUGHPUT['v100'].source})", file=out)
+    print(f"  total {total:.1f} GPU-h ({table.source})", file=out)
 
 
 def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> None:

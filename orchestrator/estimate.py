@@ -3,18 +3,22 @@
 Search figures are the paper's own: Tab. 3 times 22.34K IMP / 22K TAMT iterations on one V100, which gives seconds
 per iteration. The paper gives no fine-tuning times, so the fine-tuning figures are assumptions for a V100 in fp32
 (BERT-base, dynamic padding), marked as such; ``bench/bench_finetune.py`` measures the real figure on your GPU, and
-:data:`THROUGHPUT` is the one place to put it.
+:data:`THROUGHPUT` is the one place to put it. ``bench/gpu_check.py --out FILE`` measures the search and GLUE
+fine-tuning figures on your own GPU, and :func:`measured_throughput` lays them over the V100 table (a sweep's
+``--dry-run --throughput FILE``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from tamt_core.tasks import get_task
 
-from orchestrator.plan import Plan
+from orchestrator.plan import Plan, PlanError
 from orchestrator.specs import DenseLossSpec, FinetuneSpec, SearchSpec, Spec
 
 
@@ -46,6 +50,65 @@ THROUGHPUT: dict[str, Throughput] = {
         load_s=30.0, dev_loss_s=60.0),
 }
 """Per device class. Fine-tuning figures are assumptions until measured (``bench/bench_finetune.py``)."""
+KEPT = {"glue_eval_per_s": "GLUE evaluation", "squad_train_per_s": "SQuAD training",
+        "squad_eval_per_s": "SQuAD evaluation", "load_s": "model loading", "dev_loss_s": "dev losses"}
+"""The figures ``bench/gpu_check.py`` does not measure: a measured table keeps the V100 table's."""
+
+
+def measured_throughput(path: str | Path, precision: str = "bf16") -> Throughput:
+    """The V100 table with the figures ``bench/gpu_check.py --out FILE`` measured on a GPU laid over it: seconds per
+    search iteration of each pace for the model family it measured, and GLUE training examples/s (its 70 %-masked
+    fine-tuning at 32 × 128), in ``precision``. Every other figure stays the V100 table's; ``source`` names the GPU,
+    what was measured and what was kept.
+
+    Raises:
+        PlanError: an unreadable file, one of another layout, one written by ``--tiny``, or a missing or
+            non-positive figure (naming the fix).
+    """
+    def refuse(why: str) -> PlanError:
+        return PlanError(f"--throughput {path}: {why}; give the JSON that `python bench/gpu_check.py --out FILE` "
+                         "writes on the GPU")
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refuse(f"cannot read it as JSON ({error})") from error
+    measured = record.get("throughput") if isinstance(record, dict) else None
+    if not isinstance(measured, dict) or not str(record.get("schema", "")).startswith("tamt-gpu-check/"):
+        raise refuse("it is not a gpu_check.py record (no 'schema' tamt-gpu-check/… and 'throughput')")
+    if measured.get("tiny"):
+        raise refuse("it was written by --tiny, whose figures measure nothing; run the check without --tiny")
+    v100 = THROUGHPUT["v100"]
+    paces = sorted({pace for _, pace in v100.search_s_per_iteration})
+    family = measured.get("family")
+    if family not in {f for f, _ in v100.search_s_per_iteration}:
+        raise refuse(f"unknown model family {family!r}")
+
+    def figure(name: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise refuse(f"{name} must be a positive number of seconds or examples, got {value!r}")
+        return float(value)
+
+    search = measured.get("search_s_per_iteration", {})
+    glue = measured.get("glue_train_per_s", {})
+    if not isinstance(search, dict) or not isinstance(glue, dict) or not isinstance(search.get(precision), dict) \
+            or precision not in glue:
+        held = sorted(set(search) & set(glue)) if isinstance(search, dict) and isinstance(glue, dict) else []
+        raise refuse(f"it holds no {precision} figures (it holds: {', '.join(held) or 'none'}); measure {precision} "
+                     "or pass --precision with one it holds")
+    missing = [pace for pace in paces if pace not in search[precision]]
+    if missing:
+        raise refuse(f"search_s_per_iteration.{precision} lacks the pace(s) {missing}")
+    per_iteration = {**v100.search_s_per_iteration, **{
+        (family, pace): figure(f"search_s_per_iteration.{precision}.{pace}", search[precision][pace])
+        for pace in paces}}
+    kept = [f"{other} searches" for other in sorted({f for f, _ in per_iteration} - {family})] + list(KEPT.values())
+    device = str(measured.get("device_name") or "an unnamed GPU")
+    source = (f"{device}, {precision}: {family} searches and GLUE training measured by bench/gpu_check.py "
+              f"({measured.get('date', 'undated')}); kept from the V100 table: {', '.join(kept)}")
+    return replace(v100, source=source, search_s_per_iteration=per_iteration,
+                   glue_train_per_s=figure(f"glue_train_per_s.{precision}", glue[precision]))
+
 
 DEV_SIZES = {"cola": 1_043, "sst2": 872, "rte": 277, "mrpc": 408, "stsb": 1_500, "mnli": 9_815 + 9_832,
              "squad": 10_570}
@@ -99,9 +162,10 @@ def trial_seconds(spec: Spec, table: Throughput) -> float:
     return measurement_seconds(spec, table)
 
 
-def gpu_hours(plan: Plan, device: str = "v100") -> dict[str, dict[str, float]]:
-    """GPU-hours per stage and method (one GPU per trial; measurements by kind)."""
-    table = THROUGHPUT[device]
+def gpu_hours(plan: Plan, device: str | Throughput = "v100") -> dict[str, dict[str, float]]:
+    """GPU-hours per stage and method (one GPU per trial; measurements by kind), by a device class of
+    :data:`THROUGHPUT` or a table (:func:`measured_throughput`)."""
+    table = device if isinstance(device, Throughput) else THROUGHPUT[device]
     out: dict[str, dict[str, float]] = {"search": defaultdict(float), "finetune": defaultdict(float),
                                         "measure": defaultdict(float)}
     for spec in plan.searches.values():
