@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     target = Path(args.out)
+    style.register(rows["method"].dropna().unique())  # one colour per method, the same in every figure
     stages = ", ".join(f"{name} {count:,}" for name, count in rows["stage"].value_counts().items())
     print(f"[tamt] {len(rows):,} rows from {args.runs} ({stages}); per-model analyses for {model}", file=out)
     if len(stale):

@@ -78,11 +78,32 @@ def marks(long: pd.DataFrame) -> pd.Series:
             spread = max(cell.std, reference["std"])
             if not pd.isna(spread) and abs(cell.mean - reference["mean"]) <= spread:
                 text += WITHIN_NOISE
-        if not pd.isna(cell.chance) and cell.mean - cell.chance <= (CHANCE_MARGIN if pd.isna(cell.std)
-                                                                     else max(cell.std, CHANCE_MARGIN)):
+        if at_chance(cell.mean, cell.std, cell.chance):
             text += AT_CHANCE
         out.append(text)
     return pd.Series(out, index=long.index, dtype=object)
+
+
+def at_chance(mean: float, std: float, chance: float) -> bool:
+    """Whether a cell is at chance level (:data:`AT_CHANCE`): its mean is no more than one standard deviation (at
+    least :data:`CHANCE_MARGIN`) above the score of a predictor that ignores its input. The figures mark the same
+    cells (hollow markers)."""
+    if pd.isna(chance) or pd.isna(mean):
+        return False
+    return bool(mean - chance <= (CHANCE_MARGIN if pd.isna(std) else max(std, CHANCE_MARGIN)))
+
+
+def marked_cells(rows: pd.DataFrame) -> pd.DataFrame:
+    """The table's cells (:attr:`ResultsTable.long`) with ``at_chance``: what Fig. 1, 3 and 8 draw, so that a
+    figure's point and the table's cell are one number with one mark."""
+    long = build(rows).long
+    return long.assign(at_chance=long["marks"].str.contains(AT_CHANCE, regex=False))
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key of methods: the paper's in its order, then any other alphabetically."""
+    order = list(style.METHODS)
+    return (order.index(method), "") if method in order else (len(order), str(method))
 
 
 def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
@@ -91,10 +112,9 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
     rows = results.long[results.long["model"] == model]
     tasks = results.tasks[model]
     columns = tasks + ([AVERAGE] if len(tasks) > 1 else [])
-    method_rank = {m: i for i, m in enumerate(style.METHODS)}
-    cells = rows.set_index(["sparsity", "method", "task"])
+    by_cell = rows.set_index(["sparsity", "method", "task"])
     keys = sorted({(s, m) for s, m in zip(rows["sparsity"], rows["method"])},
-                  key=lambda k: (k[0], method_rank.get(k[1], len(method_rank))))
+                  key=lambda k: (k[0], method_rank(k[1])))
     lines, notes = [], []
     for sparsity, method in keys:
         line = {"Sparsity": "—" if method == "full" else style.percent(sparsity),
@@ -102,10 +122,10 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
         counts = set()
         for column in columns:
             key = (sparsity, method, column)
-            if key not in cells.index:
+            if key not in by_cell.index:
                 line[_heading(column, results.metrics)] = "—"
                 continue
-            cell = cells.loc[key]
+            cell = by_cell.loc[key]
             text = style.mean_std_text(cell["mean"], cell["std"]) + (f" {cell['marks']}" if cell["marks"] else "")
             if column == AVERAGE and not cell["complete"]:
                 text += " †"
