@@ -1,0 +1,168 @@
+"""What the results table says, in sentences with its numbers: the findings that lead ``report.html``.
+
+Every statement is read off the table's cells (:class:`analysis.results_table.ResultsTable`) with the table's own
+rules, so a sentence and a cell never disagree:
+
+* **highest**: the masked method with the highest mean at a sparsity, and which others are within its seed spread
+  (their difference to it is no larger than the larger standard deviation of the two, the rule of ``≈``);
+* **against OMP**: which methods the runs cannot tell apart from OMP (``≈``) and which differ beyond the spread,
+  with the signed difference;
+* **chance level**: the cells marked ``°``;
+* **coverage**: how many runs a cell averages, averages over fewer tasks (†), and a grid of one sparsity (no trend
+  over sparsity can be read from it).
+
+For each sparsity the statements are about the average over the model's tasks (one task: that task); with several
+tasks, one more line per task says which method is highest at which sparsities.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis import results_table, style
+from analysis.results_table import AT_CHANCE, AVERAGE, WITHIN_NOISE, ResultsTable
+
+CHANCE_LISTED = 8
+"""Chance-level cells named one by one; more are counted."""
+
+
+def _value(cell) -> str:
+    return style.mean_std_text(cell["mean"], cell["std"])
+
+
+def _within(a, b) -> bool:
+    """``a`` and ``b`` (cells) differ by no more than the larger of their standard deviations (``≈``'s rule)."""
+    spread = max(a["std"], b["std"]) if not (pd.isna(a["std"]) and pd.isna(b["std"])) else float("nan")
+    return not pd.isna(spread) and abs(a["mean"] - b["mean"]) <= spread
+
+
+def _names(methods) -> str:
+    names = [style.method_name(m) for m in methods]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _column_text(column: str, tasks: list[str]) -> str:
+    return style.tasks_text(tasks) if column == AVERAGE else style.task_name(column)
+
+
+def highest(cells: pd.DataFrame) -> tuple[str, list[str]] | None:
+    """The masked method with the highest mean among ``cells`` (one sparsity, one column), and the others within
+    its seed spread, best first."""
+    masked = cells[cells["method"] != "full"].dropna(subset=["mean"])
+    if masked.empty:
+        return None
+    masked = masked.loc[sorted(masked.index, key=lambda i: (-masked.at[i, "mean"],
+                                                             results_table.method_rank(masked.at[i, "method"])))]
+    best = masked.iloc[0]
+    tied = [row["method"] for _, row in masked.iloc[1:].iterrows() if _within(best, row)]
+    return best["method"], tied
+
+
+def _sparsity_line(cells: pd.DataFrame, full: pd.DataFrame, sparsity: float, column: str, tasks: list[str]) -> str:
+    here = cells.set_index("method")
+    found = highest(cells)
+    parts = [f"{style.percent(sparsity)}, {_column_text(column, tasks)}:"]
+    if found is not None:
+        best, tied = found
+        text = f"{style.method_name(best)} scores highest ({_value(here.loc[best])})"
+        others = [m for m in here.index if m not in (best, "full")]
+        if tied:
+            text += "; " + _names(tied) + (" is" if len(tied) == 1 else " are") + " within its seed spread (" + \
+                    ", ".join(f"{style.method_name(m)} {_value(here.loc[m])}" for m in tied) + ")"
+        elif others:
+            runner = sorted(others, key=lambda m: (-here.loc[m, "mean"], results_table.method_rank(m)))[0]
+            text += (f", beyond the seed spread of the next, {style.method_name(runner)} "
+                     f"({_value(here.loc[runner])})")
+        parts.append(text + ".")
+    if "omp" in here.index:
+        compared = [m for m in style.method_order(here.index) if m not in ("omp", "full")]
+        same = [m for m in compared if WITHIN_NOISE in here.loc[m, "marks"]]
+        apart = [m for m in compared if m not in same and not pd.isna(here.loc[m, "mean"])]
+
+        def diff(m):
+            return f"{style.method_name(m)} {here.loc[m, 'mean'] - here.loc['omp', 'mean']:+.1f}"
+
+        against = []
+        if same:
+            against.append(f"within the seed spread: {', '.join(map(diff, same))}")
+        if apart:
+            against.append(f"beyond it: {', '.join(map(diff, apart))}")
+        if against:
+            parts.append(f"Against OMP ({_value(here.loc['omp'])}), {'; '.join(against)}.")
+    if not full.empty:
+        cell = full.iloc[0]
+        line = f"The full model scores {_value(cell)}"
+        if found is not None:
+            below = cell["mean"] - here.loc[found[0], "mean"]
+            line += f", {abs(below):.1f} points {'above' if below >= 0 else 'below'} the highest subnetwork"
+        parts.append(line + ".")
+    return " ".join(parts)
+
+
+def _best_per_task(long: pd.DataFrame, tasks: list[str], sparsities: list[float]) -> list[str]:
+    out = []
+    for task in tasks:
+        winners: dict[str, list[float]] = {}
+        for sparsity in sparsities:
+            found = highest(long[(long["task"] == task) & (long["sparsity"] == sparsity)])
+            if found is not None:
+                winners.setdefault(found[0], []).append(sparsity)
+        if winners:
+            text = "; ".join(f"{style.method_name(m)} at {', '.join(style.percent(s) for s in at)}"
+                             for m, at in sorted(winners.items(), key=lambda item: (-len(item[1]), item[0])))
+            out.append(f"Highest on {style.task_name(task)}: {text}.")
+    return out
+
+
+def _chance_cells(long: pd.DataFrame) -> list[str]:
+    at = long[long["marks"].str.contains(AT_CHANCE, regex=False) & (long["task"] != AVERAGE)]
+    if at.empty:
+        return []
+    task_rank = {task: i for i, task in enumerate(style.TASKS)}
+    at = at.loc[sorted(at.index, key=lambda i: (at.at[i, "sparsity"], results_table.method_rank(at.at[i, "method"]),
+                                                task_rank.get(at.at[i, "task"], len(task_rank)), at.at[i, "task"]))]
+    named = [f"{style.method_name(c.method)} {style.percent(c.sparsity)} {style.task_name(c.task)} "
+             f"{style.mean_std_text(c.mean, c.std)} (chance {c.chance:.1f})"
+             for c in at.head(CHANCE_LISTED).itertuples()]
+    more = f", and {len(at) - CHANCE_LISTED} more" if len(at) > CHANCE_LISTED else ""
+    return [f"At chance level ({AT_CHANCE}, no better than a predictor that ignores its input): "
+            f"{'; '.join(named)}{more}."]
+
+
+def model_findings(results: ResultsTable, model: str) -> list[str]:
+    """The findings of one model's table, as sentences."""
+    long = results.long[results.long["model"] == model]
+    tasks = results.tasks[model]
+    column = AVERAGE if len(tasks) > 1 else tasks[0]
+    masked = long[long["method"] != "full"]
+    sparsities = sorted(masked["sparsity"].unique())
+    full = long[(long["method"] == "full") & (long["task"] == column)]
+    out = []
+    for sparsity in sparsities:
+        cells = masked[(masked["sparsity"] == sparsity) & (masked["task"] == column)]
+        if column == AVERAGE:
+            cells = cells[cells["complete"].fillna(False).astype(bool)]
+        if not cells.empty:
+            out.append(_sparsity_line(cells, full, sparsity, column, tasks))
+    if len(tasks) > 1:
+        out += _best_per_task(masked, tasks, sparsities)
+    out += _chance_cells(long)
+    runs = sorted({int(n) for n in long.loc[long["task"] != AVERAGE, "n"].dropna()})
+    if runs:
+        n = f"{runs[0]}" if len(runs) == 1 else f"{runs[0]} to {runs[-1]}"
+        note = (f"Each cell averages {n} run{'s' if runs[-1] > 1 else ''} (mask seeds × fine-tuning seeds); "
+                "\"within the seed spread\" means the difference is no larger than the larger standard deviation of "
+                "the two cells, so these runs do not tell them apart.")
+        if len(sparsities) == 1:
+            note += f" The table has one sparsity ({style.percent(sparsities[0])}): it shows no trend over sparsity."
+        out.append(note)
+    partial = long[(long["task"] == AVERAGE) & (long["complete"] == False)]  # noqa: E712 (a column of objects)
+    if len(tasks) > 1 and not partial.empty:
+        out.append(f"{len(partial)} average{'s' if len(partial) > 1 else ''} over fewer tasks (†) "
+                   "are left out of the statements above.")
+    return out
+
+
+def findings(results: ResultsTable) -> dict[str, list[str]]:
+    """The findings of every model's table: model → sentences."""
+    return {model: model_findings(results, model) for model in results.tasks}
