@@ -183,3 +183,13 @@ def test_dodge_step_is_one_unit_for_one_x_and_a_fraction_of_the_spacing_for_seve
     step, single = style.dodge_step([20.0, 50.0, 70.0], 6)
     assert not single and 0 < step * 5 <= 0.3 * 20
     assert np.isclose(style.dodge_step([50.0, 70.0], 2)[0], 0.04 * 20)
+
+
+def test_fig9_draws_each_models_omp_side_by_side_at_one_sparsity():
+    scores = {("omp", 0.5, "sst2"): (84, 85, 86), ("full", 0.0, "sst2"): (90, 91, 92)}
+    two = pd.concat([frame(scores), frame(scores).assign(model="other", run_id=lambda f: "other-" + f["run_id"])])
+    ax = main_results.draw_models(two).figure.axes[0]
+    bars = _bars(ax)
+    assert set(bars) == {"m OMP", "other OMP"}
+    assert all(c.lines[0].get_linestyle() == "None" for c in bars.values())
+    assert len({c.lines[0].get_xdata()[0] for c in bars.values()}) == 2
