@@ -42,7 +42,7 @@ def _names(methods) -> str:
 
 
 def _column_text(column: str, tasks: list[str]) -> str:
-    return style.tasks_text(tasks) if column == AVERAGE else style.task_name(column)
+    return style.tasks_text(tasks) if column == AVERAGE else f"{style.task_name(column)} scores"
 
 
 def highest(cells: pd.DataFrame) -> tuple[str, list[str]] | None:
@@ -58,21 +58,32 @@ def highest(cells: pd.DataFrame) -> tuple[str, list[str]] | None:
     return best["method"], tied
 
 
-def _sparsity_line(cells: pd.DataFrame, full: pd.DataFrame, sparsity: float, column: str, tasks: list[str]) -> str:
+def signed(value: float) -> str:
+    """+1.3, −0.4, and 0.0 for what rounds to zero (not "+0.0" or "-0.0")."""
+    rounded = round(float(value), 1)
+    return "0.0" if rounded == 0 else f"{rounded:+.1f}".replace("-", "−")
+
+
+def _sparsity_line(cells: pd.DataFrame, full: pd.DataFrame, sparsity: float) -> str:
     here = cells.set_index("method")
     found = highest(cells)
-    parts = [f"{style.percent(sparsity)}, {_column_text(column, tasks)}:"]
+    parts = [f"{style.percent(sparsity)}:"]
     if found is not None:
         best, tied = found
-        text = f"{style.method_name(best)} scores highest ({_value(here.loc[best])})"
+        text = f"{style.method_name(best)} scores highest, {_value(here.loc[best])}"
+        if AT_CHANCE in here.loc[best, "marks"]:
+            text += f" {AT_CHANCE} (at chance level)"
+        if not full.empty:
+            gap = here.loc[best, "mean"] - full["mean"].iloc[0]
+            text += f" ({abs(round(gap, 1)):.1f} {'below' if gap < 0 else 'above'} the full model)"
         others = [m for m in here.index if m not in (best, "full")]
         if tied:
-            text += "; " + _names(tied) + (" is" if len(tied) == 1 else " are") + " within its seed spread (" + \
-                    ", ".join(f"{style.method_name(m)} {_value(here.loc[m])}" for m in tied) + ")"
+            text += "; " + ", ".join(f"{style.method_name(m)} {_value(here.loc[m])}" for m in tied) + \
+                    (" is" if len(tied) == 1 else " are") + " within its seed spread"
         elif others:
             runner = sorted(others, key=lambda m: (-here.loc[m, "mean"], results_table.method_rank(m)))[0]
             text += (f", beyond the seed spread of the next, {style.method_name(runner)} "
-                     f"({_value(here.loc[runner])})")
+                     f"{_value(here.loc[runner])}")
         parts.append(text + ".")
     if "omp" in here.index:
         compared = [m for m in style.method_order(here.index) if m not in ("omp", "full")]
@@ -80,37 +91,51 @@ def _sparsity_line(cells: pd.DataFrame, full: pd.DataFrame, sparsity: float, col
         apart = [m for m in compared if m not in same and not pd.isna(here.loc[m, "mean"])]
 
         def diff(m):
-            return f"{style.method_name(m)} {here.loc[m, 'mean'] - here.loc['omp', 'mean']:+.1f}"
+            return f"{style.method_name(m)} {signed(here.loc[m, 'mean'] - here.loc['omp', 'mean'])}"
 
         against = []
         if same:
-            against.append(f"within the seed spread: {', '.join(map(diff, same))}")
+            against.append(f"within the seed spread {', '.join(map(diff, same))}")
         if apart:
-            against.append(f"beyond it: {', '.join(map(diff, apart))}")
+            against.append(f"beyond it {', '.join(map(diff, apart))}")
         if against:
-            parts.append(f"Against OMP ({_value(here.loc['omp'])}), {'; '.join(against)}.")
-    if not full.empty:
-        cell = full.iloc[0]
-        line = f"The full model scores {_value(cell)}"
-        if found is not None:
-            below = cell["mean"] - here.loc[found[0], "mean"]
-            line += f", {abs(below):.1f} points {'above' if below >= 0 else 'below'} the highest subnetwork"
-        parts.append(line + ".")
+            parts.append(f"Against OMP ({_value(here.loc['omp'])}): {'; '.join(against)}.")
     return " ".join(parts)
+
+
+def percents(chosen: list[float], grid: list[float]) -> str:
+    """Sparsities as text, three or more neighbours of ``grid`` as a range: "20%, 50–90%"."""
+    index = {s: i for i, s in enumerate(grid)}
+    runs: list[list[float]] = []
+    for sparsity in sorted(chosen):
+        if runs and index[sparsity] == index[runs[-1][-1]] + 1:
+            runs[-1].append(sparsity)
+        else:
+            runs.append([sparsity])
+    return ", ".join(f"{100 * run[0]:.0f}–{style.percent(run[-1])}" if len(run) >= 3 else
+                     ", ".join(map(style.percent, run)) for run in runs)
 
 
 def _best_per_task(long: pd.DataFrame, tasks: list[str], sparsities: list[float]) -> list[str]:
     out = []
     for task in tasks:
         winners: dict[str, list[float]] = {}
+        chance: list[float] = []
         for sparsity in sparsities:
-            found = highest(long[(long["task"] == task) & (long["sparsity"] == sparsity)])
-            if found is not None:
+            cells = long[(long["task"] == task) & (long["sparsity"] == sparsity)]
+            found = highest(cells)
+            if found is None:
+                continue
+            if AT_CHANCE in cells.set_index("method").loc[found[0], "marks"]:
+                chance.append(sparsity)  # the highest of cells at chance level says nothing
+            else:
                 winners.setdefault(found[0], []).append(sparsity)
-        if winners:
-            text = "; ".join(f"{style.method_name(m)} at {', '.join(style.percent(s) for s in at)}"
-                             for m, at in sorted(winners.items(), key=lambda item: (-len(item[1]), item[0])))
-            out.append(f"Highest on {style.task_name(task)}: {text}.")
+        ranked = sorted(winners.items(), key=lambda item: (-len(item[1]), results_table.method_rank(item[0])))
+        text = [f"{style.method_name(m)} at {percents(at, sparsities)}" for m, at in ranked]
+        if chance:
+            text.append(f"every method at chance level at {percents(chance, sparsities)}")
+        if text:
+            out.append(f"Highest on {style.task_name(task)}: {'; '.join(text)}.")
     return out
 
 
@@ -137,13 +162,14 @@ def model_findings(results: ResultsTable, model: str) -> list[str]:
     masked = long[long["method"] != "full"]
     sparsities = sorted(masked["sparsity"].unique())
     full = long[(long["method"] == "full") & (long["task"] == column)]
-    out = []
+    lead = f"Scores below are the {_column_text(column, tasks)}"
+    out = [lead + (f"; the full model scores {_value(full.iloc[0])}." if not full.empty else ".")]
     for sparsity in sparsities:
         cells = masked[(masked["sparsity"] == sparsity) & (masked["task"] == column)]
         if column == AVERAGE:
             cells = cells[cells["complete"].fillna(False).astype(bool)]
         if not cells.empty:
-            out.append(_sparsity_line(cells, full, sparsity, column, tasks))
+            out.append(_sparsity_line(cells, full, sparsity))
     if len(tasks) > 1:
         out += _best_per_task(masked, tasks, sparsities)
     out += _chance_cells(long)

@@ -64,12 +64,12 @@ def test_findings_name_the_highest_method_its_ties_and_the_differences_to_omp_wi
     lines = findings.findings(results_table.build(rows()))["m"]
     # The average of SST-2 and RTE: TAMT-KD (87 + 60) / 2 = 73.5; OMP (85 + 60.5) / 2 = 72.75, IMP 70, Rand 51.5.
     # Replicate averages: TAMT-KD 72.5/73.5/74.5 (std 1), OMP 71.75/72.75/73.75 (std 1): within the spread.
-    headline = lines[0]
-    assert headline.startswith("50%, average of SST-2, RTE: TAMT-KD scores highest (73.5 ± 1.0); OMP is within "
-                               "its seed spread (OMP 72.8 ± 1.0).")
-    assert "Against OMP (72.8 ± 1.0), within the seed spread: TAMT-KD +0.8; beyond it: Rand -21.2, IMP -2.8." \
-        in headline
-    assert "The full model scores 78.5 ± 1.0, 5.0 points above the highest subnetwork." in headline
+    assert lines[0] == "Scores below are the average of SST-2, RTE; the full model scores 78.5 ± 1.0."
+    headline = lines[1]
+    assert headline.startswith("50%: TAMT-KD scores highest, 73.5 ± 1.0 (5.0 below the full model); "
+                               "OMP 72.8 ± 1.0 is within its seed spread.")
+    assert headline.endswith("Against OMP (72.8 ± 1.0): within the seed spread TAMT-KD +0.8; "
+                             "beyond it Rand −21.2, IMP −2.8.")
     assert "Highest on SST-2: TAMT-KD at 50%." in lines
     assert "Highest on RTE: OMP at 50%." in lines
     chance = next(line for line in lines if line.startswith("At chance level"))
@@ -82,8 +82,9 @@ def test_findings_say_when_the_highest_is_beyond_the_spread_of_the_next():
     one_task = rows()
     one_task = one_task[one_task["task"].isin(["sst2"]) | one_task["task"].isna()]
     lines = findings.findings(results_table.build(one_task))["m"]
-    assert lines[0].startswith("50%, SST-2: TAMT-KD scores highest (87.0 ± 1.0), beyond the seed spread of the "
-                               "next, OMP (85.0 ± 1.0).")
+    assert lines[0] == "Scores below are the SST-2 scores; the full model scores 91.0 ± 1.0."
+    assert lines[1].startswith("50%: TAMT-KD scores highest, 87.0 ± 1.0 (4.0 below the full model), beyond the "
+                               "seed spread of the next, OMP 85.0 ± 1.0.")  # OMP ties IMP: the paper's order
     assert not any(line.startswith("Highest on") for line in lines)  # one task: the headline says it
 
 
@@ -92,7 +93,8 @@ def test_findings_are_per_model():
                                            _run("rand", 0.5, 1, "sst2", 60, model="other")])])
     stated = findings.findings(results_table.build(two))
     assert set(stated) == {"m", "other"}
-    assert stated["other"][0].startswith("50%, SST-2: OMP scores highest (70.0)")
+    assert stated["other"][1].startswith("50%: OMP scores highest, 70.0, beyond the seed spread of the next, Rand "
+                                         "60.0.")  # one run each: no spread, so any difference is beyond it
 
 
 def test_settings_show_only_what_applies_to_each_method():
@@ -167,3 +169,16 @@ def test_report_without_skipped_figures_has_no_not_drawn_section(tmp_path, skipp
     page = report.write(frame, outcomes, results_table.build(frame), [], tmp_path, runs="runs",
                         model="m").read_text()
     assert ("Not drawn" in page) == bool(skipped)
+
+
+def test_findings_write_neighbouring_sparsities_as_a_range_and_skip_a_highest_at_chance():
+    assert findings.percents([0.5, 0.6, 0.7, 0.9], [0.2, 0.5, 0.6, 0.7, 0.8, 0.9]) == "50–70%, 90%"
+    assert findings.percents([0.2, 0.5], [0.2, 0.5, 0.6]) == "20%, 50%"
+    assert findings.signed(-0.04) == "0.0" and findings.signed(1.26) == "+1.3" and findings.signed(-2) == "−2.0"
+    # At 70 % every method is at chance on SST-2 (50): no method is "highest" there.
+    at_chance = {("omp", 0.7): {"sst2": (49, 50, 51)}, ("rand", 0.7): {"sst2": (49.5, 50.5, 51.5)}}
+    frame = pd.concat([rows(), pd.DataFrame([_run(m, s, seed, task, score) for (m, s), tasks in at_chance.items()
+                                             for task, values in tasks.items()
+                                             for seed, score in enumerate(values, start=1)])])
+    lines = findings.findings(results_table.build(frame))["m"]
+    assert "Highest on SST-2: TAMT-KD at 50%; every method at chance level at 70%." in lines
