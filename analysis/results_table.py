@@ -151,8 +151,9 @@ def notes_below(results: ResultsTable, model: str) -> list[str]:
     masks = results.masks[results.masks["model"] == model]
     steps = masks[masks["mask_steps"].ne("") & masks["method"].isin(["imp", "tamt-mlm", "tamt-kd"])]
     if not steps.empty:
+        ordered = sorted(steps.itertuples(), key=lambda r: (method_rank(r.method), r.sparsity))
         out.append("Masks at step: " + "; ".join(f"{style.method_name(r.method)} {style.percent(r.sparsity)} "
-                                                 f"{r.mask_steps}" for r in steps.itertuples()) + ".")
+                                                 f"{r.mask_steps}" for r in ordered) + ".")
     sizes = results.sizes[results.sizes["model"] == model].set_index("task")["train_examples"]
     out.append("Training examples: " + ", ".join(f"{style.task_name(t)} {sizes[t]:,.0f}" for t in tasks) + ".")
     return out
