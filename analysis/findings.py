@@ -32,8 +32,12 @@ def _value(cell) -> str:
 
 def _within(a, b) -> bool:
     """``a`` and ``b`` (cells) differ by no more than the larger of their standard deviations (``≈``'s rule)."""
-    spread = max(a["std"], b["std"]) if not (pd.isna(a["std"]) and pd.isna(b["std"])) else float("nan")
-    return not pd.isna(spread) and abs(a["mean"] - b["mean"]) <= spread
+    return results_table.within_spread(a["mean"], a["std"], b["mean"], b["std"])
+
+
+def _unmeasured(a, b) -> bool:
+    """Neither cell has a spread (one run each): no statement about noise can be made."""
+    return pd.isna(results_table.seed_spread(a["std"], b["std"]))
 
 
 def _names(methods) -> str:
@@ -82,13 +86,15 @@ def _sparsity_line(cells: pd.DataFrame, full: pd.DataFrame, sparsity: float) -> 
                     (" is" if len(tied) == 1 else " are") + " within its seed spread"
         elif others:
             runner = sorted(others, key=lambda m: (-here.loc[m, "mean"], results_table.method_rank(m)))[0]
-            text += (f", beyond the seed spread of the next, {style.method_name(runner)} "
-                     f"{_value(here.loc[runner])}")
+            relation = ("ahead of the next (one run each: no seed spread to compare)"
+                        if _unmeasured(here.loc[best], here.loc[runner]) else "beyond the seed spread of the next")
+            text += f", {relation}, {style.method_name(runner)} {_value(here.loc[runner])}"
         parts.append(text + ".")
     if "omp" in here.index:
         compared = [m for m in style.method_order(here.index) if m not in ("omp", "full")]
         same = [m for m in compared if WITHIN_NOISE in here.loc[m, "marks"]]
-        apart = [m for m in compared if m not in same and not pd.isna(here.loc[m, "mean"])]
+        single = [m for m in compared if m not in same and _unmeasured(here.loc[m], here.loc["omp"])]
+        apart = [m for m in compared if m not in same + single and not pd.isna(here.loc[m, "mean"])]
 
         def diff(m):
             return f"{style.method_name(m)} {signed(here.loc[m, 'mean'] - here.loc['omp', 'mean'])}"
@@ -98,6 +104,8 @@ def _sparsity_line(cells: pd.DataFrame, full: pd.DataFrame, sparsity: float) -> 
             against.append(f"within the seed spread {', '.join(map(diff, same))}")
         if apart:
             against.append(f"beyond it {', '.join(map(diff, apart))}")
+        if single:
+            against.append(f"one run each, no spread to compare {', '.join(map(diff, single))}")
         if against:
             parts.append(f"Against OMP ({_value(here.loc['omp'])}): {'; '.join(against)}.")
     return " ".join(parts)

@@ -75,13 +75,26 @@ def marks(long: pd.DataFrame) -> pd.Series:
         key = (cell.model, cell.sparsity, cell.task)
         if cell.method not in ("omp", "full") and key in omp.index:
             reference = omp.loc[key]
-            spread = max(cell.std, reference["std"])
-            if not pd.isna(spread) and abs(cell.mean - reference["mean"]) <= spread:
+            if within_spread(cell.mean, cell.std, reference["mean"], reference["std"]):
                 text += WITHIN_NOISE
         if at_chance(cell.mean, cell.std, cell.chance):
             text += AT_CHANCE
         out.append(text)
     return pd.Series(out, index=long.index, dtype=object)
+
+
+def seed_spread(std_a: float, std_b: float) -> float:
+    """The larger of two standard deviations, of those measured (a cell of one run has none); NaN when neither
+    is."""
+    measured = [float(s) for s in (std_a, std_b) if not pd.isna(s)]
+    return max(measured) if measured else float("nan")
+
+
+def within_spread(mean_a: float, std_a: float, mean_b: float, std_b: float) -> bool:
+    """Whether two cells differ by no more than :func:`seed_spread` (:data:`WITHIN_NOISE`); never when neither
+    has a spread."""
+    spread = seed_spread(std_a, std_b)
+    return not pd.isna(spread) and abs(mean_a - mean_b) <= spread
 
 
 def at_chance(mean: float, std: float, chance: float) -> bool:

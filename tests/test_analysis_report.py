@@ -16,6 +16,7 @@ from analysis.figure import Figure
 from analysis.figures import Outcome
 
 CHANCE = {"sst2": 50.0, "rte": 52.0}
+NAN = float("nan")
 LEGACY = {"steps": None, "lr": None, "batch_size": None, "weight_decay": None, "block_size": 512,
           "schedule_steps": None, "threshold_period": 1, "save_steps": [], "pruning_interval": 2792, "rewind": True,
           "zero_rounding": "floor", "kd_include_padding": False, "max_grad_norm": 1.0, "alpha": 2.0, "phi": 0.01,
@@ -93,8 +94,8 @@ def test_findings_are_per_model():
                                            _run("rand", 0.5, 1, "sst2", 60, model="other")])])
     stated = findings.findings(results_table.build(two))
     assert set(stated) == {"m", "other"}
-    assert stated["other"][1].startswith("50%: OMP scores highest, 70.0, beyond the seed spread of the next, Rand "
-                                         "60.0.")  # one run each: no spread, so any difference is beyond it
+    assert stated["other"][1].startswith("50%: OMP scores highest, 70.0, ahead of the next (one run each: no seed "
+                                         "spread to compare), Rand 60.0.")
 
 
 def test_settings_show_only_what_applies_to_each_method():
@@ -182,3 +183,17 @@ def test_findings_write_neighbouring_sparsities_as_a_range_and_skip_a_highest_at
                                              for seed, score in enumerate(values, start=1)])])
     lines = findings.findings(results_table.build(frame))["m"]
     assert "Highest on SST-2: TAMT-KD at 50%; every method at chance level at 70%." in lines
+
+
+def test_cells_of_one_run_are_not_said_to_differ_beyond_a_spread_they_do_not_have():
+    one_run = pd.DataFrame([_run("omp", 0.5, 1, "sst2", 80), _run("imp", 0.5, 1, "sst2", 82),
+                            _run("rand", 0.5, 1, "sst2", 70), _run("rand", 0.5, 2, "sst2", 72)])
+    built = results_table.build(one_run)
+    lines = findings.findings(built)["m"]
+    assert lines[1].startswith("50%: IMP scores highest, 82.0, ahead of the next (one run each: no seed spread to "
+                               "compare), OMP 80.0.")
+    # Rand has a spread (70/72: std 1.4) and OMP none: the measured one decides, as in the table.
+    assert "beyond it Rand −9.0; one run each, no spread to compare IMP +2.0." in lines[1]
+    # The table's ≈ takes the measured std whichever cell has it.
+    assert results_table.within_spread(80, float("nan"), 81, 1.5) and results_table.within_spread(81, 1.5, 80, NAN)
+    assert not results_table.within_spread(80, NAN, 80.5, NAN)
