@@ -5,7 +5,8 @@ column per task in Tab. 1's order and "Average" last. The average is over the ta
 (the table names them); a row that lacks some of them averages the rest and is marked †.
 
 Two marks say how much a number means. ``≈``: the cell's difference to OMP at the same sparsity is within the
-seed spread (no larger than the larger of the two standard deviations), so the runs do not tell the two apart.
+seed spread (no larger than the larger of the two standard deviations, of those measured), so the runs do not
+tell the two apart.
 ``°``: the cell is at chance level, within one standard deviation (or one point) of what a predictor that ignores
 its input scores (the majority class; 0 for correlations and SQuAD): that subnetwork learnt nothing.
 """
