@@ -18,8 +18,8 @@ from typing import TextIO
 
 import pandas as pd
 
-from analysis import (low_data, main_results, omp_vs_rand, pretrain_cost, pretrain_loss, report, results_table,
-                      similarity, style, table)
+from analysis import (findings, low_data, main_results, omp_vs_rand, pretrain_cost, pretrain_loss, report,
+                      results_table, similarity, style, table)
 from analysis.figure import Figure, Skip
 
 FIGURES: tuple[Figure, ...] = (*omp_vs_rand.FIGURES, *main_results.FIGURES, *pretrain_loss.FIGURES,
@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     target = Path(args.out)
+    style.register(rows["method"].dropna().unique())  # one colour per method, the same in every figure
     stages = ", ".join(f"{name} {count:,}" for name, count in rows["stage"].value_counts().items())
     print(f"[tamt] {len(rows):,} rows from {args.runs} ({stages}); per-model analyses for {model}", file=out)
     if len(stale):
@@ -119,6 +120,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     written = results_table.write(results, target) if results is not None else []
     page = report.write(rows, outcomes, results, written, target, runs=args.runs, model=model,
                         stale=(stale, args.include_stale))
+    if results is not None:
+        for table_model, lines in findings.findings(results).items():
+            print(f"[tamt] findings for {style.model_name(table_model)}:", file=out)
+            for line in lines:
+                print(f"         {line}", file=out)
     drawn = sum(1 for outcome in outcomes if not outcome.skipped)
     print(f"[tamt] {drawn} of {len(outcomes)} figures drawn (PNG and PDF) in {target.resolve()}/", file=out)
     for path in written:

@@ -73,12 +73,12 @@ def _scatter(ax, found: pd.DataFrame, loss: str) -> None:
             continue
         if method in TAMT:
             for index, (_, run) in enumerate(ours.sort_values("mask_step").groupby("mask_run_id")):
-                ax.plot(run[loss], run["score"], marker=style.MARKERS[method], markersize=4, linewidth=1,
-                        color=style.COLORS[method], label=f"{style.method_name(method)} (along training)"
+                ax.plot(run[loss], run["score"], marker=style.method_marker(method), markersize=4, linewidth=1,
+                        color=style.method_color(method), label=f"{style.method_name(method)} (along training)"
                         if index == 0 else None)
         else:
-            ax.scatter(ours[loss], ours["score"], marker=style.MARKERS[method], s=60 if method == "full" else 28,
-                       color=style.COLORS[method], label=style.method_name(method), zorder=3)
+            ax.scatter(ours[loss], ours["score"], marker=style.method_marker(method), s=60 if method == "full" else 28,
+                       color=style.method_color(method), label=style.method_name(method), zorder=3)
 
 
 def _check(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[float]]:

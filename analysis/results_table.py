@@ -5,7 +5,8 @@ column per task in Tab. 1's order and "Average" last. The average is over the ta
 (the table names them); a row that lacks some of them averages the rest and is marked †.
 
 Two marks say how much a number means. ``≈``: the cell's difference to OMP at the same sparsity is within the
-seed spread (no larger than the larger of the two standard deviations), so the runs do not tell the two apart.
+seed spread (no larger than the larger of the two standard deviations, of those measured), so the runs do not
+tell the two apart.
 ``°``: the cell is at chance level, within one standard deviation (or one point) of what a predictor that ignores
 its input scores (the majority class; 0 for correlations and SQuAD): that subnetwork learnt nothing.
 """
@@ -75,14 +76,48 @@ def marks(long: pd.DataFrame) -> pd.Series:
         key = (cell.model, cell.sparsity, cell.task)
         if cell.method not in ("omp", "full") and key in omp.index:
             reference = omp.loc[key]
-            spread = max(cell.std, reference["std"])
-            if not pd.isna(spread) and abs(cell.mean - reference["mean"]) <= spread:
+            if within_spread(cell.mean, cell.std, reference["mean"], reference["std"]):
                 text += WITHIN_NOISE
-        if not pd.isna(cell.chance) and cell.mean - cell.chance <= (CHANCE_MARGIN if pd.isna(cell.std)
-                                                                     else max(cell.std, CHANCE_MARGIN)):
+        if at_chance(cell.mean, cell.std, cell.chance):
             text += AT_CHANCE
         out.append(text)
     return pd.Series(out, index=long.index, dtype=object)
+
+
+def seed_spread(std_a: float, std_b: float) -> float:
+    """The larger of two standard deviations, of those measured (a cell of one run has none); NaN when neither
+    is."""
+    measured = [float(s) for s in (std_a, std_b) if not pd.isna(s)]
+    return max(measured) if measured else float("nan")
+
+
+def within_spread(mean_a: float, std_a: float, mean_b: float, std_b: float) -> bool:
+    """Whether two cells differ by no more than :func:`seed_spread` (:data:`WITHIN_NOISE`); never when neither
+    has a spread."""
+    spread = seed_spread(std_a, std_b)
+    return not pd.isna(spread) and abs(mean_a - mean_b) <= spread
+
+
+def at_chance(mean: float, std: float, chance: float) -> bool:
+    """Whether a cell is at chance level (:data:`AT_CHANCE`): its mean is no more than one standard deviation (at
+    least :data:`CHANCE_MARGIN`) above the score of a predictor that ignores its input. The figures mark the same
+    cells (hollow markers)."""
+    if pd.isna(chance) or pd.isna(mean):
+        return False
+    return bool(mean - chance <= (CHANCE_MARGIN if pd.isna(std) else max(std, CHANCE_MARGIN)))
+
+
+def marked_cells(rows: pd.DataFrame) -> pd.DataFrame:
+    """The table's cells (:attr:`ResultsTable.long`) with ``at_chance``: what Fig. 1, 3 and 8 draw, so that a
+    figure's point and the table's cell are one number with one mark."""
+    long = build(rows).long
+    return long.assign(at_chance=long["marks"].str.contains(AT_CHANCE, regex=False))
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key of methods: the paper's in its order, then any other alphabetically."""
+    order = list(style.METHODS)
+    return (order.index(method), "") if method in order else (len(order), str(method))
 
 
 def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
@@ -91,10 +126,9 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
     rows = results.long[results.long["model"] == model]
     tasks = results.tasks[model]
     columns = tasks + ([AVERAGE] if len(tasks) > 1 else [])
-    method_rank = {m: i for i, m in enumerate(style.METHODS)}
-    cells = rows.set_index(["sparsity", "method", "task"])
+    by_cell = rows.set_index(["sparsity", "method", "task"])
     keys = sorted({(s, m) for s, m in zip(rows["sparsity"], rows["method"])},
-                  key=lambda k: (k[0], method_rank.get(k[1], len(method_rank))))
+                  key=lambda k: (k[0], method_rank(k[1])))
     lines, notes = [], []
     for sparsity, method in keys:
         line = {"Sparsity": "—" if method == "full" else style.percent(sparsity),
@@ -102,10 +136,10 @@ def wide(results: ResultsTable, model: str) -> tuple[pd.DataFrame, list[str]]:
         counts = set()
         for column in columns:
             key = (sparsity, method, column)
-            if key not in cells.index:
+            if key not in by_cell.index:
                 line[_heading(column, results.metrics)] = "—"
                 continue
-            cell = cells.loc[key]
+            cell = by_cell.loc[key]
             text = style.mean_std_text(cell["mean"], cell["std"]) + (f" {cell['marks']}" if cell["marks"] else "")
             if column == AVERAGE and not cell["complete"]:
                 text += " †"
@@ -131,8 +165,9 @@ def notes_below(results: ResultsTable, model: str) -> list[str]:
     masks = results.masks[results.masks["model"] == model]
     steps = masks[masks["mask_steps"].ne("") & masks["method"].isin(["imp", "tamt-mlm", "tamt-kd"])]
     if not steps.empty:
+        ordered = sorted(steps.itertuples(), key=lambda r: (method_rank(r.method), r.sparsity))
         out.append("Masks at step: " + "; ".join(f"{style.method_name(r.method)} {style.percent(r.sparsity)} "
-                                                 f"{r.mask_steps}" for r in steps.itertuples()) + ".")
+                                                 f"{r.mask_steps}" for r in ordered) + ".")
     sizes = results.sizes[results.sizes["model"] == model].set_index("task")["train_examples"]
     out.append("Training examples: " + ", ".join(f"{style.task_name(t)} {sizes[t]:,.0f}" for t in tasks) + ".")
     return out

@@ -92,8 +92,8 @@ def draw(rows: pd.DataFrame) -> Drawing:
             for method in style.ordered(curves["method"].unique(), style.METHODS):
                 curve = curves[curves["method"] == method]
                 if method == "omp":
-                    ax.scatter(curve["distance"], curve["mean"], color=style.COLORS[method], zorder=3,
-                               marker=style.MARKERS[method], label=style.method_name(method))
+                    ax.scatter(curve["distance"], curve["mean"], color=style.method_color(method), zorder=3,
+                               marker=style.method_marker(method), label=style.method_name(method))
                 else:
                     style.line(ax, curve["distance"], curve["mean"], curve["std"], method=method)
             ax.set(xlabel="Distance from the OMP mask", ylabel="Average dev score")

@@ -226,7 +226,7 @@ def test_figures_whose_inputs_are_missing_are_skipped_not_drawn_empty(tmp_path):
         assert not (tmp_path / "figures" / f"{name}.png").exists()
     assert "run sweeps/pretrain_cost.py" in printed and "run sweeps/mask_similarity.py" in printed
     report = (tmp_path / "figures" / "report.html").read_text()
-    assert "Skipped figures" in report and "Fig. 7" in report
+    assert "Not drawn" in report and "Fig. 7" in report
 
 
 def test_a_missing_table_is_a_clear_error(tmp_path, capsys):
