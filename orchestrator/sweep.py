@@ -51,8 +51,10 @@ def plan_record(plan: Plan) -> list[dict[str, Any]]:
     rows under older algorithm versions (stale rows)."""
     table = THROUGHPUT["v100"]
     trials = []
+    with_model = several_models(plan)
     for run_id, spec in ((spec.run_id, spec) for spec in plan.specs()):
-        trial = {"run_id": run_id, "stage": spec.stage, "method": method_of(plan, spec), "label": run_name(spec),
+        trial = {"run_id": run_id, "stage": spec.stage, "method": method_of(plan, spec),
+                 "label": run_name(spec, plan.searches.get, with_model),
                  "needs": list(plan.dependencies(spec)), "gpu_s": round(trial_seconds(spec, table), 1)}
         earlier = plan.earlier_ids(run_id)
         if earlier:
@@ -66,6 +68,11 @@ def method_of(plan: Plan, spec: Spec) -> str:
     if isinstance(spec, SearchSpec):
         return spec.config.method
     return plan.method_of(spec) if isinstance(spec, FinetuneSpec) else spec.stage
+
+
+def several_models(plan: Plan) -> bool:
+    """Whether the plan's trials use more than one model (their run names then say which)."""
+    return len({spec.model for spec in plan.specs()}) > 1
 
 
 def stale_rows(plan: Plan, finished: set[str]) -> dict[str, str]:
@@ -171,7 +178,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         counts = SweepCounts(len(todo))
         sweep_ledger = SweepLedger(storage, name, time.time(), cluster_size(), watchdog.reasons)
         sweep_ledger.beat()
-        tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
+        tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri},
+                                searches=plan.searches, storage=storage, model_in_names=several_models(plan))
         report.experiment_id = tracker.experiment_id
         progress = Progress(counts, len(todo), report.skipped, progress_every_s, out)
         trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
