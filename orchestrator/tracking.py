@@ -19,11 +19,13 @@ import json
 import logging
 import math
 import queue
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "tamt"
 SWEEP_TAG, RUN_ID_TAG, STAGE_TAG, PARENT_TAG = "tamt.sweep", "tamt.run_id", "tamt.stage", "mlflow.parentRunId"
+ARTIFACTS_DIR = "mlflow-artifacts"
+"""Where the artifacts of an sqlite store's experiment go: beside ``mlflow.db`` (MLflow's default is ``./mlruns``
+under whatever directory the driver was started from)."""
 _NOT_METRICS = {"step", "tamt_done"}
 _TUNE_KEYS = {"time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
               "iterations_since_restore"}
@@ -84,6 +89,14 @@ def runs_view(uri: str, experiment_id: str | None, port: int = 5000) -> tuple[st
     if uri.startswith(("http://", "https://")):
         return None, f"{uri.rstrip('/')}/{page}"
     return f"mlflow ui --backend-store-uri {uri} --port {port}", f"http://127.0.0.1:{port}/{page}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new ``tamt`` experiment keeps its artifacts: beside an sqlite store's file; ``None`` (the server's
+    or database's default) otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).resolve().as_uri()
+    return None
 
 
 def _flat_params(spec: Spec) -> dict[str, str]:
@@ -249,7 +262,7 @@ class MlflowTracker(Callback):
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(EXPERIMENT))
+                              else self.client.create_experiment(EXPERIMENT, artifact_location(tracking_uri)))
         parents = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=1)
         if parents:
             self.parent_id = parents[0].info.run_id
@@ -426,3 +439,37 @@ def _merged(batch: list[tuple]) -> list[tuple]:
             out.append(operation)
     return out
 
+
+# --- the sweep's own artifacts -----------------------------------------------------------------------------------
+
+ArtifactWriter = Callable[[Storage, Path], object]
+"""Writes what the analysis draws from a storage's results table (results table, figures, ``report.html``) into a
+directory; leaves it empty when there is nothing to draw yet (``sweeps.common.write_analysis``)."""
+
+
+def attach_artifacts(uri: str, sweep: str, storage: Storage, write: ArtifactWriter) -> str | None:
+    """Have ``write`` draw the analysis of ``storage`` and log it to the sweep's parent run, as its artifacts
+    (replacing files of the same name from an earlier run). Returns the line to print: what the parent holds now,
+    or why it holds nothing new; ``None`` when there was nothing to draw or the sweep has no parent run. Never
+    raises: an artifact that failed does not fail the sweep."""
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        parents = [] if experiment is None else client.search_runs(
+            [experiment.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=1)
+        if not parents:
+            return None
+        with tempfile.TemporaryDirectory(prefix="tamt-artifacts-") as directory:
+            write(storage, Path(directory))
+            files = sorted(path for path in Path(directory).rglob("*") if path.is_file())
+            if not files:
+                return None
+            client.log_artifacts(parents[0].info.run_id, directory)
+        figures = sum(1 for path in files if path.suffix == ".png")
+        html = [path.name for path in files if path.suffix == ".html"]
+        return (f"  MLflow parent run {sweep!r} holds the analysis: {figures} figures"
+                + (f", {', '.join(html)}" if html else "") + f" ({len(files)} files)")
+    except Exception as error:  # the analysis or MLflow: the sweep's results are in the table either way
+        first = (str(error).splitlines() or [""])[0][:200]
+        return (f"  MLflow parent run {sweep!r}: the analysis was not attached ({type(error).__name__}: {first}); "
+                "python -m analysis.figures draws it")

@@ -7,16 +7,20 @@ every IMP run prunes to 90 %. So main_results, pretrain_correlation, pretrain_co
 name identical searches, and a storage they share runs each once. The smoke presets follow the same pattern on
 the built-in model in minutes.
 
-Every script starts through :func:`sweep_main`, which ends a sweep with the analysis's results table.
+Every script starts through :func:`sweep_main`, which ends a sweep with the analysis's results table, and leaves
+the analysis's figures, table and report in the sweep's MLflow parent run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator import cli
+from orchestrator import cli, results
 from orchestrator.grid import Grid
 from orchestrator.search_settings import PerSparsity, SearchSettings
 from orchestrator.storage import Storage
@@ -95,6 +99,28 @@ def print_results(storage: Storage, out: TextIO) -> None:
     print_so_far(storage.uri, out)
 
 
+def write_analysis(storage: Storage, out: Path) -> None:
+    """What ``python -m analysis.figures --runs STORAGE --out OUT`` writes (every figure the table has data for, as
+    PNG and PDF, ``results.md``/``results.csv`` and ``report.html``) and its log as ``analysis.log``, without the
+    cache of rows it read; nothing when no trial has finished yet. What the sweep's MLflow parent run holds.
+
+    Raises:
+        RuntimeError: the analysis failed (its message).
+    """
+    from analysis.figures import CACHE, main
+
+    if not results.finished_run_ids(storage):
+        return
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        code = main(["--runs", storage.uri, "--out", str(out)], out=printed)
+    (out / CACHE).unlink(missing_ok=True)
+    if code:
+        raise RuntimeError(errors.getvalue().strip() or f"python -m analysis.figures exited with {code}")
+    (out / "analysis.log").write_text(printed.getvalue())
+
+
 def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, **options: Any) -> int:
-    """:func:`orchestrator.cli.sweep_main` (same arguments), ending a sweep with :func:`print_results`."""
-    return cli.sweep_main(name, presets, argv, results=print_results, **options)
+    """:func:`orchestrator.cli.sweep_main` (same arguments), ending a sweep with :func:`print_results` and leaving
+    :func:`write_analysis`'s files in its MLflow parent run."""
+    return cli.sweep_main(name, presets, argv, results=print_results, artifacts=write_analysis, **options)

@@ -5,13 +5,18 @@ MLflow store and real results rows; Tune's hooks are called as Tune calls them."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from mlflow.tracking import MlflowClient
 
 from orchestrator import results
 from orchestrator.grid import Grid
 from orchestrator.specs import DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec
 from orchestrator.storage import Storage
-from orchestrator.tracking import EXPERIMENT, PARENT_TAG, RUN_ID_TAG, MlflowTracker, child_params, run_name
+from orchestrator.tracking import (ARTIFACTS_DIR, EXPERIMENT, PARENT_TAG, RUN_ID_TAG, MlflowTracker,
+                                   attach_artifacts, child_params, run_name)
 
 
 class Trial:
@@ -176,6 +181,45 @@ def test_child_params_of_every_kind(plan):
     assert (params["method"], params["sparsity"], params["task"]) == ("full", "0", "sst2")
     assert "mask_seed" not in params
     assert "method" not in child_params(by_method(plan, "omp", "finetune"))  # its search unknown: no guess
+
+
+def test_the_parent_holds_the_analysis_of_the_sweep(tmp_path):
+    """With the analysis's writer (what ``sweeps/`` hands in), the parent run holds the results table, the figures
+    and report.html, in the artifact folder beside the sqlite store; nothing is attached while the table is empty,
+    and a writer that fails costs one line, never the sweep."""
+    from sweeps.common import write_analysis
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = Storage.at(tmp_path / "runs")
+    storage.prepare()
+    tracker = MlflowTracker(uri, "main", {})
+    tracker.finish()
+    assert attach_artifacts(uri, "main", storage, write_analysis) is None  # nothing has finished yet
+    assert not tracker.client.list_artifacts(tracker.parent_id)
+    assert attach_artifacts(uri, "no-such-sweep", storage, write_analysis) is None
+
+    for seed, (full, omp) in enumerate([(90.0, 70.0), (92.0, 74.0)], start=1):
+        for method, score in (("full", full), ("omp", omp)):
+            results.write_row(storage, {
+                "run_id": f"{method}-{seed}", "stage": "finetune", "model": "m", "method": method,
+                "sparsity": 0.0 if method == "full" else 0.5, "mask_seed": None if method == "full" else 0,
+                "mask_run_id": None if method == "full" else "omp50", "mask_step": None if method == "full" else 0,
+                "task": "rte", "finetune_seed": seed, "train_examples": 320, "best_score": score,
+                "select_metric": "accuracy", "info": json.dumps({"chance": {"accuracy": 50.0}})})
+    line = attach_artifacts(uri, "main", storage, write_analysis)
+    assert line and "report.html" in line, line
+    names = {artifact.path for artifact in MlflowClient(uri).list_artifacts(tracker.parent_id)}
+    assert {"report.html", "results.md", "results.csv", "analysis.log"} <= names, names
+    assert "rows.parquet" not in names  # the analysis's cache stays out
+    stored = Path(tmp_path / ARTIFACTS_DIR)
+    assert (stored / tracker.parent_id / "artifacts" / "report.html").is_file()
+    assert "<html" in (stored / tracker.parent_id / "artifacts" / "report.html").read_text()
+
+    def broken(storage, out):
+        raise RuntimeError("matplotlib ran out of ink")
+
+    line = attach_artifacts(uri, "main", storage, broken)
+    assert "not attached" in line and "matplotlib ran out of ink" in line and "\n" not in line
 
 
 def test_children_stay_in_the_tamt_experiment(tmp_path, plan):
