@@ -51,10 +51,8 @@ def plan_record(plan: Plan) -> list[dict[str, Any]]:
     rows under older algorithm versions (stale rows)."""
     table = THROUGHPUT["v100"]
     trials = []
-    with_model = several_models(plan)
     for run_id, spec in ((spec.run_id, spec) for spec in plan.specs()):
-        trial = {"run_id": run_id, "stage": spec.stage, "method": method_of(plan, spec),
-                 "label": run_name(spec, plan.searches.get, with_model),
+        trial = {"run_id": run_id, "stage": spec.stage, "method": method_of(plan, spec), "label": run_name(spec),
                  "needs": list(plan.dependencies(spec)), "gpu_s": round(trial_seconds(spec, table), 1)}
         earlier = plan.earlier_ids(run_id)
         if earlier:

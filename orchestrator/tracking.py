@@ -135,8 +135,24 @@ def _no_search(search_id: str) -> None:  # noqa: ARG001 (a SearchOf that knows n
     return None
 
 
-def run_name(spec: Spec, search_of: SearchOf = _no_search, with_model: bool = False) -> str:
-    """A trial's name, as the runs table and ``python -m sweeps status`` show it: ``sst2 · TAMT-MLM 50% · seed 3``
+def run_name(spec: Spec) -> str:
+    """A trial's short label in ``python -m sweeps status`` (``search rand s0.5 seed1``, ``finetune sst2 mask
+    c91420 s0.5 seed3 n320``); MLflow names its child run by :func:`child_name`."""
+    if spec.stage == "search":
+        config = spec.config
+        return f"search {config.method} s{config.sparsity:g} seed{config.seed}"
+    if spec.stage == "dense-loss":
+        return f"dense-loss {spec.model}"
+    if spec.stage == "similarity":
+        against = "all pairs" if spec.reference is None else f"vs {spec.reference.search_id[:6]}"
+        return f"similarity s{spec.sparsity:g} {len(spec.masks)} masks {against}"
+    mask = "full" if spec.mask is None else f"mask {spec.mask.search_id[:6]} s{spec.mask.sparsity:g}"
+    size = "" if spec.config.train_size is None else f" n{spec.config.train_size}"
+    return f"finetune {spec.config.task} {mask} seed{spec.config.seed}{size}"
+
+
+def child_name(spec: Spec, search_of: SearchOf = _no_search, with_model: bool = False) -> str:
+    """A trial's run name, as MLflow's runs table shows it: ``sst2 · TAMT-MLM 50% · seed 3``
     (a fine-tune, its seed; the mask's seed follows for methods that have one, the mask's step when it is not the
     search's last, the training set's size when it is cut), ``TAMT-MLM 50% · seed 1 · search``, ``sst2 · full
     model · seed 3``; ``with_model`` adds the model (a sweep of several)."""
@@ -299,7 +315,7 @@ class MlflowTracker(Callback):
     def child_for(self, spec: Spec) -> str:
         """The child run of ``spec``: found by its tags (and given the name and params of today's code, if an older
         one created it), or created with its name and params on first sight."""
-        name = run_name(spec, self.search_of, self.model_in_names)
+        name = child_name(spec, self.search_of, self.model_in_names)
         params = child_params(spec, self.search_of)
         found = self.client.search_runs(
             [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{RUN_ID_TAG}` = '{spec.run_id}'",

@@ -16,7 +16,7 @@ from orchestrator.grid import Grid
 from orchestrator.specs import DenseLossSpec, FinetuneSpec, MaskRef, SearchSpec, SimilaritySpec
 from orchestrator.storage import Storage
 from orchestrator.tracking import (ARTIFACTS_DIR, EXPERIMENT, PARENT_TAG, RUN_ID_TAG, MlflowTracker,
-                                   attach_artifacts, child_params, run_name)
+                                   attach_artifacts, child_name, child_params)
 
 
 class Trial:
@@ -74,21 +74,21 @@ def run(tracker: MlflowTracker, trial: Trial, *reports: dict) -> None:
 
 def test_names_say_what_each_trial_ran(plan):
     imp, tamt, omp = (by_method(plan, m) for m in ("imp", "tamt-mlm", "omp"))
-    assert run_name(tamt) == "TAMT-MLM 50% · seed 1 · search"
-    assert run_name(omp) == "OMP 50% · search"  # OMP has no seed
-    assert run_name(by_method(plan, "tamt-mlm", "finetune"), plan.searches.get) == (
+    assert child_name(tamt) == "TAMT-MLM 50% · seed 1 · search"
+    assert child_name(omp) == "OMP 50% · search"  # OMP has no seed
+    assert child_name(by_method(plan, "tamt-mlm", "finetune"), plan.searches.get) == (
         "sst2 · TAMT-MLM 50% · seed 3 · mask seed 1 · n=320")
-    assert run_name(by_method(plan, "omp", "finetune"), plan.searches.get) == "sst2 · OMP 50% · seed 3 · n=320"
+    assert child_name(by_method(plan, "omp", "finetune"), plan.searches.get) == "sst2 · OMP 50% · seed 3 · n=320"
     full = next(spec for spec in plan.finetunes.values() if spec.mask is None and spec.config.seed == 3)
-    assert run_name(full, plan.searches.get) == "sst2 · full model · seed 3 · n=320"
-    assert run_name(full, plan.searches.get, with_model=True) == "sst2 · full model · seed 3 · n=320 · m"
+    assert child_name(full, plan.searches.get) == "sst2 · full model · seed 3 · n=320"
+    assert child_name(full, plan.searches.get, with_model=True) == "sst2 · full model · seed 3 · n=320 · m"
     # a mask that is not its search's last says which step it is; a search nobody knows goes by its id
     early = FinetuneSpec(by_method(plan, "imp", "finetune").config, MaskRef(imp.run_id, 0.5, 3))
-    assert run_name(early, plan.searches.get).endswith("IMP 50% · seed 3 · mask seed 1 · mask step 3 · n=320")
-    assert run_name(early).startswith(f"sst2 · mask {imp.run_id[:6]} 50% · seed 3")
-    assert run_name(DenseLossSpec("m")) == "full model · dev losses"
+    assert child_name(early, plan.searches.get).endswith("IMP 50% · seed 3 · mask seed 1 · mask step 3 · n=320")
+    assert child_name(early).startswith(f"sst2 · mask {imp.run_id[:6]} 50% · seed 3")
+    assert child_name(DenseLossSpec("m")) == "full model · dev losses"
     similarity = SimilaritySpec("m", 0.5, (tamt.final_mask(),), omp.final_mask())
-    assert run_name(similarity, plan.searches.get) == "mask similarity 50% · 1 masks · vs OMP"
+    assert child_name(similarity, plan.searches.get) == "mask similarity 50% · 1 masks · vs OMP"
 
 
 def test_children_carry_readable_params_and_headline_metrics(tmp_path, plan):
