@@ -219,6 +219,9 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
             report.interrupted = True
             tracker.finish("KILLED", timeout_s=10.0)
             raise
+        except Exception:  # Tune or Ray gave up (a node out of memory): the runs say so, not RUNNING for ever
+            tracker.finish("FAILED", timeout_s=10.0)
+            raise
         finally:
             counts.close()
             report.succeeded = set(counts.succeeded)
