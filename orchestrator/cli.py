@@ -1,8 +1,9 @@
 """The command line every sweep script shares: pick a preset, check everything, dry-run or run, say where it all is.
 
 A sweep script declares ``{"paper": [Grid, ...], "smoke": [Grid, ...]}`` and calls :func:`sweep_main` (through
-``sweeps.common.sweep_main``, which hands in the analysis's results table to print when a sweep ends: the
-orchestrator writes the table and never imports the package that reads it).
+``sweeps.common.sweep_main``, which hands in the analysis's results table to print when a sweep ends, and the
+analysis's figures, table and report to attach to the sweep's MLflow parent run: the orchestrator writes the table
+and never imports the package that reads it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from orchestrator.plan import Plan, PlanError
 from orchestrator.prefetch import invoked_as
 from orchestrator.storage import DEFAULT_STORAGE, Storage, StorageError
 from orchestrator.study import TamtStudy
-from orchestrator.tracking import runs_view
+from orchestrator.tracking import ArtifactWriter, attach_artifacts, runs_view
 
 Declaration = Grid | MaskSimilarity | Plan | TamtStudy
 """What a preset lists: grids, similarity trials and plans (anything with a ``plan()``), or tuning studies."""
@@ -213,11 +214,13 @@ def union(parts: Mapping[str, Presets]) -> Presets:
 
 def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *, description: str = "",
                out: TextIO | None = None, parts: Mapping[str, Presets] | None = None,
-               results: ResultsPrinter | None = None) -> int:
+               results: ResultsPrinter | None = None, artifacts: ArtifactWriter | None = None) -> int:
     """Entry point of ``sweeps/<name>.py``; returns the process exit code (2: bad input, 1: failed trials).
 
     ``parts`` (``python -m sweeps``): the sweeps that ``presets`` unites, broken down in a dry run. ``results``:
-    what prints the results table after the summary of a sweep that ran; ``None`` prints none.
+    what prints the results table after the summary of a sweep that ran; ``None`` prints none. ``artifacts``: what
+    writes the analysis (results table, figures, report) that the sweep's MLflow parent run then holds, once a
+    sweep that was not interrupted ends (:func:`orchestrator.tracking.attach_artifacts`); ``None`` attaches none.
     """
     out = out or sys.stdout
     args = build_parser(description, presets).parse_args(argv)
@@ -264,7 +267,7 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
             return 0
         with invoked_as("--all" if name == "all" and parts else " ".join(name.split("+")), preset):
             code = _run(name, plan, studies, storage, args, use_gpu=gpus and preset != "smoke", out=out,
-                        results=results)
+                        results=results, artifacts=artifacts)
             print_notes(notes_of(declarations), out)
             return code
     except (PlanError, StorageError, ValueError) as error:
@@ -277,7 +280,8 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
 
 
 def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args: argparse.Namespace, *,
-         use_gpu: bool, out: TextIO, results: ResultsPrinter | None) -> int:
+         use_gpu: bool, out: TextIO, results: ResultsPrinter | None,
+         artifacts: ArtifactWriter | None = None) -> int:
     from orchestrator.resources import Resources
     from orchestrator.sweep import run_sweep
     from orchestrator.tuning import run_study
@@ -300,6 +304,10 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
         print_where(report, out, results)
         if report.signalled:
             return 128 + signal.SIGTERM
+        if artifacts is not None and not report.interrupted:
+            line = attach_artifacts(report.mlflow_uri, name, storage, artifacts)
+            if line:
+                print(line, file=out, flush=True)
         complete = report.complete
     for study in studies:
         report = run_study(study, storage=storage, mlflow_uri=args.mlflow_uri, resources=resources,

@@ -69,6 +69,11 @@ def method_of(plan: Plan, spec: Spec) -> str:
     return plan.method_of(spec) if isinstance(spec, FinetuneSpec) else spec.stage
 
 
+def several_models(plan: Plan) -> bool:
+    """Whether the plan's trials use more than one model (their run names then say which)."""
+    return len({spec.model for spec in plan.specs()}) > 1
+
+
 def stale_rows(plan: Plan, finished: set[str]) -> dict[str, str]:
     """Rows of the plan's trials by older code: stale row id → the trial's run id today."""
     return {earlier: run_id for run_id in plan.run_ids() for earlier in plan.earlier_ids(run_id)
@@ -177,7 +182,8 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         counts = SweepCounts(len(todo))
         sweep_ledger = SweepLedger(storage, name, time.time(), cluster_size(), watchdog.reasons)
         sweep_ledger.beat()
-        tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri})
+        tracker = MlflowTracker(uri, name, {"trials_planned": len(plan), "storage": storage.uri},
+                                searches=plan.searches, storage=storage, model_in_names=several_models(plan))
         report.experiment_id = tracker.experiment_id
         trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
         max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
@@ -221,6 +227,9 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         except KeyboardInterrupt:
             report.interrupted = True
             tracker.finish("KILLED", timeout_s=10.0)
+            raise
+        except Exception:  # Tune or Ray gave up (a node out of memory): the runs say so, not RUNNING for ever
+            tracker.finish("FAILED", timeout_s=10.0)
             raise
         finally:
             counts.close()

@@ -7,16 +7,20 @@ every IMP run prunes to 90 %. So main_results, pretrain_correlation, pretrain_co
 name identical searches, and a storage they share runs each once. The smoke presets follow the same pattern on
 the built-in model in minutes.
 
-Every script starts through :func:`sweep_main`, which ends a sweep with the analysis's results table.
+Every script starts through :func:`sweep_main`, which ends a sweep with the analysis's results table, and leaves
+the analysis's figures, table and report in the sweep's MLflow parent run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator import cli
+from orchestrator import cli, results
 from orchestrator.grid import Grid
 from orchestrator.search_settings import PerSparsity, SearchSettings
 from orchestrator.storage import Storage
@@ -129,10 +133,32 @@ def print_results(storage: Storage, out: TextIO) -> None:
     print_so_far(storage.uri, out)
 
 
+def write_analysis(storage: Storage, out: Path) -> None:
+    """What ``python -m analysis.figures --runs STORAGE --out OUT`` writes (every figure the table has data for, as
+    PNG and PDF, ``results.md``/``results.csv`` and ``report.html``) and its log as ``analysis.log``, without the
+    cache of rows it read; nothing when no trial has finished yet. What the sweep's MLflow parent run holds.
+
+    Raises:
+        RuntimeError: the analysis failed (its message).
+    """
+    from analysis.figures import CACHE, main
+
+    if not results.finished_run_ids(storage):
+        return
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        code = main(["--runs", storage.uri, "--out", str(out)], out=printed)
+    (out / CACHE).unlink(missing_ok=True)
+    if code:
+        raise RuntimeError(errors.getvalue().strip() or f"python -m analysis.figures exited with {code}")
+    (out / "analysis.log").write_text(printed.getvalue())
+
+
 def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = None, *, description: str | None = "",
                out: TextIO | None = None, parts: Mapping[str, cli.Presets] | None = None) -> int:
     """The command line of a sweep script: pick a preset, check everything, dry-run or run it, then print the
-    results table so far (:func:`print_results`) and where everything is (:func:`orchestrator.cli.sweep_main`).
+    results table so far (:func:`print_results`) and where everything is (:func:`orchestrator.cli.sweep_main`),
+    leaving :func:`write_analysis`'s files in the sweep's MLflow parent run.
 
     Args:
         name: the sweep's name: what ``python -m sweeps status`` and MLflow call it, and ``SWEEPS``' entry for a
@@ -149,7 +175,7 @@ def sweep_main(name: str, presets: cli.Presets, argv: Sequence[str] | None = Non
         The process's exit code: 0 done, 1 failed trials, 2 bad input, 130 interrupted, 143 stopped by SIGTERM.
     """
     return cli.sweep_main(name, presets, argv, description=first_paragraph(description), out=out, parts=parts,
-                          results=print_results)
+                          results=print_results, artifacts=write_analysis)
 
 
 def first_paragraph(text: str | None) -> str:
