@@ -93,8 +93,8 @@ class SlurmCluster:
         return done
 
     def log_tails(self) -> str:
-        return "\n".join(f"--- {path.name}:\n{path.read_text(errors='replace')[-1500:]}"
-                         for path in sorted((self.root / "log").glob("*.log")))
+        logs = sorted((self.root / "log").glob("*.log")) + sorted((self.root / "munge").glob("*.log"))
+        return "\n".join(f"--- {path.name}:\n{path.read_text(errors='replace')[-1500:]}" for path in logs)
 
 
 def _config(root: Path, ports: dict[str, int]) -> str:
@@ -189,7 +189,7 @@ def slurm_cluster():
     root = Path(tempfile.mkdtemp(prefix="tsl-", dir="/tmp"))  # short: Ray's socket paths live under it
     root.chmod(0o755)
     marker = root.name
-    munge = root / "munge"  # the socket's directory must be searchable by all; the key's readable by munge only
+    munge = root / "munge"  # socket and log: searchable by all, writable by munge; the key: munge's alone
     keys = root / "munge-key"
     for directory, mode in ((munge, 0o755), (keys, 0o700)):
         directory.mkdir()
@@ -219,7 +219,7 @@ def slurm_cluster():
 
         start("munged", [_binary("munged"), "--foreground", f"--socket={munge}/socket",
                          f"--key-file={keys}/munge.key", f"--pid-file={keys}/munged.pid",
-                         f"--log-file={root}/log/munged.log", f"--seed-file={keys}/munged.seed"],
+                         f"--log-file={munge}/munged.log", f"--seed-file={keys}/munged.seed"],
               user="munge", group="munge", extra_groups=[])
         deadline = time.time() + DAEMON_TIMEOUT_S
         while not (munge / "socket").exists():
