@@ -65,7 +65,14 @@ def _duration(seconds: float) -> str:
 
 class SweepLedger(tune.Callback):
     """Keeps what ``python -m sweeps status`` reads in the storage (:mod:`orchestrator.ledger`): the driver's
-    heartbeat with the trials running now, and the error of each trial that fails for good."""
+    heartbeat with the trials running now, and the error of each trial that fails for good.
+
+    The running trials are counted as the live progress counts them (started, not yet complete or failed for
+    good), and a change is written within ``CHANGE_EVERY_S``, so ``status`` and the progress line agree. The last
+    heartbeat of an interrupted sweep keeps them: ``status`` then shows them as interrupted, to be resumed."""
+
+    CHANGE_EVERY_S = 2.0
+    """The shortest time between two heartbeats written for a change of the running trials."""
 
     def __init__(self, storage: Storage, sweep: str, started_at: float, cluster: dict[str, float],
                  reasons: dict[str, str] | None = None) -> None:
@@ -74,21 +81,32 @@ class SweepLedger(tune.Callback):
         self.storage, self.sweep, self.started_at, self.cluster = storage, sweep, started_at, cluster
         self.reasons = {} if reasons is None else reasons
         self.last_beat = time.monotonic()
-        self.running: list[str] = []
+        self.running: dict[str, str] = {}  # trial id → run id
+        self.changed = False
 
     def beat(self, ended: str | None = None) -> None:
-        self.last_beat = time.monotonic()
-        ledger.write_heartbeat(self.storage, self.sweep, self.started_at, [] if ended else self.running, ended,
-                               self.cluster)
+        """Write the heartbeat; ``ended`` (``complete``, ``incomplete``, ``interrupted``) once the driver stops,
+        with the trials still running then only when it was interrupted."""
+        self.last_beat, self.changed = time.monotonic(), False
+        running = [] if ended in ("complete", "incomplete") else list(self.running.values())
+        ledger.write_heartbeat(self.storage, self.sweep, self.started_at, running, ended, self.cluster)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if "run_id" in trial.config:
+            self.running[trial.trial_id] = trial.config["run_id"]
+            self.changed = True
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.changed |= self.running.pop(trial.trial_id, None) is not None
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        if time.monotonic() - self.last_beat >= ledger.HEARTBEAT_EVERY_S:
-            self.running = [trial.config["run_id"] for trial in trials
-                            if trial.status == "RUNNING" and "run_id" in trial.config]
+        since = time.monotonic() - self.last_beat
+        if since >= ledger.HEARTBEAT_EVERY_S or (self.changed and since >= self.CHANGE_EVERY_S):
             self.beat()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """Called once Tune gives a trial up (its retries spent)."""
+        self.changed |= self.running.pop(trial.trial_id, None) is not None
         spec = spec_from_dict(trial.config["spec"])
         written = Path(trial.error_file) if trial.error_file else None  # Tune's text of the error, on this node
         error = (written.read_text() if written is not None and written.is_file()

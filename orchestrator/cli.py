@@ -25,7 +25,7 @@ from tamt_core.device import PRECISIONS
 from tamt_core.methods import METHODS
 
 from orchestrator.control import STOP_GRACE_S, StallLimits
-from orchestrator.estimate import THROUGHPUT, Throughput, gpu_hours, measured_throughput
+from orchestrator.estimate import THROUGHPUT, UNIT_SECONDS, Throughput, gpu_hours, measured_throughput, table_for
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
 from orchestrator.prefetch import invoked_as
@@ -256,11 +256,12 @@ def sweep_main(name: str, presets: Presets, argv: Sequence[str] | None = None, *
             raise PlanError("--throughput changes the GPU-hour estimate of a dry run only; add --dry-run")
         if args.dry_run:
             table = (measured_throughput(args.throughput, args.precision or "bf16") if args.throughput
-                     else THROUGHPUT["v100"])
+                     else table_for(plan, on_gpu=gpus and preset != "smoke"))
             if parts:
                 print_parts(parts, preset, out, table)
             if len(plan) or not studies:
-                print_plan(plan, name, preset, storage, out, table)
+                slots = max(1, int((args.num_cpus or os.cpu_count() or 1) // args.cpus_per_trial))
+                print_plan(plan, name, preset, storage, out, table, slots)
             for study in studies:
                 print_study(study, out, table)
             print_notes(notes_of(declarations), out)
@@ -322,7 +323,7 @@ def _run(name: str, plan: Plan, studies: list[TamtStudy], storage: Storage, args
 def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO, table: Throughput = THROUGHPUT["v100"]
                 ) -> None:
     """Each sweep's own plan beside their union: what running them one by one, or together, costs."""
-    print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  measurements     GPU-h", file=out)
+    print(f"sweeps, preset {preset}:      trials  searches  fine-tunes  measurements  {table.unit:>8s}", file=out)
     separate = 0.0
     sweeps_of: dict[str, int] = {}
     for name, presets in parts.items():
@@ -330,7 +331,7 @@ def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO, table: T
         plan = plan_of([d for d in declarations if not isinstance(d, TamtStudy)])
         studies = [d for d in declarations if isinstance(d, TamtStudy)]
         hours = (sum(sum(h.values()) for h in gpu_hours(plan, table).values())
-                 + sum(study_gpu_hours(study, table) for study in studies))
+                 + sum(study_gpu_hours(study, table) for study in studies)) * 3600 / UNIT_SECONDS[table.unit]
         separate += hours
         for run_id in plan.run_ids():
             sweeps_of[run_id] = sweeps_of.get(run_id, 0) + 1
@@ -339,8 +340,8 @@ def print_parts(parts: Mapping[str, Presets], preset: str, out: TextIO, table: T
               f"  {len(plan.measurements):12d}  {hours:8.1f}"
               + ("  (Optuna trials: drawn at run time, never shared)" if studies else ""), file=out)
     shared = sum(1 for count in sweeps_of.values() if count > 1)
-    print(f"  {shared} trials belong to more than one sweep and run once; {separate:.1f} GPU-h if every sweep ran "
-          "on its own storage", file=out)
+    print(f"  {shared} trials belong to more than one sweep and run once; {separate:.1f} {table.unit} if every sweep "
+          "ran on its own storage", file=out)
 
 
 def study_gpu_hours(study: TamtStudy, table: Throughput = THROUGHPUT["v100"]) -> float:
@@ -354,7 +355,7 @@ def print_study(study: TamtStudy, out: TextIO, table: Throughput = THROUGHPUT["v
     space = ", ".join(f"{k} ∈ [{lo:g}, {hi:g}]" for k, (lo, hi) in study.space.items())
     print(f"study {study.name}: {study.trials} Optuna trials of {study.method} at sparsity {study.sparsity:g} on "
           f"{study.model}, minimising {study.objective} over {space} (log-uniform); "
-          f"{study_gpu_hours(study, table):.1f} GPU-h", file=out)
+          f"{study_gpu_hours(study, table) * 3600 / UNIT_SECONDS[table.unit]:.1f} {table.unit}", file=out)
 
 
 def print_study_report(report, out: TextIO) -> None:
@@ -372,11 +373,15 @@ STAGE_NAMES = {"search": "mask searches", "finetune": "fine-tunes", "measure": "
 
 
 def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO,
-               table: Throughput = THROUGHPUT["v100"]) -> None:
+               table: Throughput = THROUGHPUT["v100"], slots: int = 1) -> None:
+    """The plan's trials and estimated hours per stage and method; for a CPU table also the wall time at ``slots``
+    trials at a time."""
     from orchestrator.results import finished_run_ids
 
     done = finished_run_ids(storage) if storage.is_local and storage.local_root.exists() else set()
     counts, hours = plan.counts(), gpu_hours(plan, table)
+    scale = 3600 / UNIT_SECONDS[table.unit]
+    hours = {stage: {method: value * scale for method, value in values.items()} for stage, values in hours.items()}
     tables = {"search": plan.searches, "finetune": plan.finetunes, "measure": plan.measurements}
     print(f"sweep {name}, preset {preset}: {len(plan)} unique trials ("
           + ", ".join(f"{len(tables[stage])} {STAGE_NAMES[stage]}" for stage in tables) + ")", file=out)
@@ -384,15 +389,18 @@ def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO
         if not ids:
             continue
         finished = sum(1 for run_id in ids if run_id in done)
-        print(f"  {stage:8s} {len(ids):6d} trials  {sum(hours[stage].values()):9.1f} GPU-h"
+        print(f"  {stage:8s} {len(ids):6d} trials  {sum(hours[stage].values()):9.1f} {table.unit}"
               f"{f'  ({finished} already done)' if finished else ''}", file=out)
         for method, count in sorted(counts[stage].items()):
-            print(f"    {method:10s} {count:6d}  {hours[stage].get(method, 0.0):9.1f} GPU-h", file=out)
+            print(f"    {method:10s} {count:6d}  {hours[stage].get(method, 0.0):9.1f} {table.unit}", file=out)
     waiting = sum(1 for spec in plan.specs() if plan.dependencies(spec))
     print(f"  dependencies: {waiting} trials wait for the searches that write their masks; "
           f"{len(plan) - len(plan.searches) - waiting} others wait for nothing", file=out)
     total = sum(sum(h.values()) for h in hours.values())
-    print(f"  total {total:.1f} GPU-h ({table.source})", file=out)
+    print(f"  total {total:.1f} {table.unit} ({table.source})", file=out)
+    if table.unit == "CPU-min":
+        print(f"  about {max(1, round(total / slots))} min of wall time here, {slots} trial"
+              f"{'s' * (slots > 1)} at a time (less where trials are already done)", file=out)
 
 
 def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> None:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tamt_core.models import BUILTIN_MODEL_NAME
 from tamt_core.tasks import get_task
 
 from orchestrator.plan import Plan, PlanError
@@ -35,6 +36,9 @@ class Throughput:
     squad_eval_per_s: float
     load_s: float
     dev_loss_s: float
+    unit: str = "GPU-h"
+    """How plans are costed by this table: one GPU's hours, or one CPU trial's minutes (``CPU-min``) on the machine
+    it was measured on (:data:`UNIT_SECONDS`)."""
 
 
 _TAB3_S = {("bert", "imp"): 4 * 3600 + 6 * 60 + 26, ("bert", "tamt-mlm"): 3 * 3600 + 54 * 60 + 58,
@@ -50,6 +54,14 @@ THROUGHPUT: dict[str, Throughput] = {
         load_s=30.0, dev_loss_s=60.0),
 }
 """Per device class. Fine-tuning figures are assumptions until measured (``bench/bench_finetune.py``)."""
+CPU_BUILTIN = Throughput(
+    source="the built-in model on two CPU cores, one core per trial (measured, docs/smoke.md)",
+    search_s_per_iteration={("bert", "imp"): 0.8, ("bert", "tamt-mlm"): 0.8, ("bert", "tamt-kd"): 0.8},
+    glue_train_per_s=64.0, glue_eval_per_s=400.0, squad_train_per_s=16.0, squad_eval_per_s=100.0,
+    load_s=3.0, dev_loss_s=4.0, unit="CPU-min")
+"""The smoke presets' own figures: trials on the built-in model where no GPU is used, in CPU trial-minutes."""
+UNIT_SECONDS = {"GPU-h": 3600.0, "CPU-min": 60.0}
+"""Seconds in one of each :attr:`Throughput.unit`."""
 KEPT = {"glue_eval_per_s": "GLUE evaluation", "squad_train_per_s": "SQuAD training",
         "squad_eval_per_s": "SQuAD evaluation", "load_s": "model loading", "dev_loss_s": "dev losses"}
 """The figures ``bench/gpu_check.py`` does not measure: a measured table keeps the V100 table's."""
@@ -160,6 +172,14 @@ def trial_seconds(spec: Spec, table: Throughput) -> float:
     if isinstance(spec, FinetuneSpec):
         return finetune_seconds(spec, table)
     return measurement_seconds(spec, table)
+
+
+def table_for(plan: Plan, on_gpu: bool) -> Throughput:
+    """The table a plan's estimates come from: :data:`CPU_BUILTIN` for a plan on the built-in model without GPUs,
+    whose V100 GPU-hours would say nothing of the wait; the V100 table otherwise."""
+    if not on_gpu and all(spec.model == BUILTIN_MODEL_NAME for spec in plan.specs()):
+        return CPU_BUILTIN
+    return THROUGHPUT["v100"]
 
 
 def gpu_hours(plan: Plan, device: str | Throughput = "v100") -> dict[str, dict[str, float]]:

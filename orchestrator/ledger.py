@@ -47,12 +47,14 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
 
 
 def write_plan(storage: Storage, name: str, trials: list[dict[str, Any]], provenance: dict[str, str],
-               algorithm_versions: dict[str, int]) -> None:
+               algorithm_versions: dict[str, int], unit: str = "GPU-h", unit_s: float = 3600.0) -> None:
     """Record the plan of sweep ``name``: ``trials`` as :func:`orchestrator.sweep.plan_record` lists them, the
-    code that planned them (``provenance``) and its ``algorithm_versions``."""
+    code that planned them (``provenance``), its ``algorithm_versions`` and the ``unit`` of the trials' estimates
+    (``GPU-h`` or ``CPU-min``, :class:`orchestrator.estimate.Throughput`) with its seconds ``unit_s``."""
     _write_json(storage, storage.path("sweeps", f"{name}.json"), {
         "sweep": name, "planned_at": time.time(), "provenance": provenance,
-        "algorithm_versions": algorithm_versions, "trials": trials})
+        "algorithm_versions": algorithm_versions, "hours_unit": unit, "unit_s": unit_s,
+        "trials": trials})
 
 
 def read_plans(storage: Storage) -> dict[str, dict[str, Any]]:
@@ -70,7 +72,7 @@ def read_plans(storage: Storage) -> dict[str, dict[str, Any]]:
 def write_heartbeat(storage: Storage, name: str, started_at: float, running: list[str],
                     ended: str | None = None, cluster: dict[str, float] | None = None) -> None:
     """The driver of sweep ``name`` is alive, on a Ray cluster of ``cluster`` (nodes, CPUs, GPUs), and runs
-    ``running`` (run ids); ``ended`` (``complete``, ``interrupted``, ``failed``) when it stops."""
+    ``running`` (run ids); ``ended`` (``complete``, ``incomplete``, ``interrupted``) when it stops."""
     _write_json(storage, storage.path("sweeps", f"{name}.driver.json"), {
         "sweep": name, "host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
         "beat_at": time.time(), "every_s": HEARTBEAT_EVERY_S, "running": sorted(running), "ended": ended,

@@ -2,8 +2,9 @@
 
 For each sweep that recorded its plan there (:mod:`orchestrator.ledger`) and each stage: trials planned, done,
 running, interrupted (running when the driver stopped), failed, blocked (waiting for a failed search), not started,
-and stale rows (results of the same trials by older algorithm versions, kept but not reused); GPU-hours done and
-left from the plan's estimates; the last error of each failed trial; and whether the driver is alive.
+and stale rows (results of the same trials by older algorithm versions, kept but not reused); hours done and
+left from the plan's estimates (V100 GPU-hours, or CPU trial-minutes for a sweep on CPUs); the last error of each
+failed trial; and whether the driver is alive.
 
 It reads a handful of small files, the listings of the results table and the run ids of its parts, writes
 nothing, and imports no training code, so it answers in well under a second on a paper-sized store, on a shared
@@ -66,6 +67,10 @@ class SweepStatus:
     """Trials failed for good: ``run_id``, ``label``, ``stage``, ``error`` (the kept text), ``path``."""
     outdated: dict[str, tuple[int, int]]
     """Algorithms whose version in this code differs from the one the plan was made with: (planned, now)."""
+    unit: str = "GPU-h"
+    """The unit of the plan's estimates: V100 ``GPU-h``, or ``CPU-min`` of a sweep on CPUs (the plan records it)."""
+    unit_s: float = 3600.0
+    """Seconds in one :attr:`unit`."""
 
     @property
     def total(self) -> StageStatus:
@@ -105,7 +110,7 @@ def sweep_status(plan: dict[str, Any], finished: set[str], failures: dict[str, s
             failed.append({**trial, "path": failures[run_id]})
         elif any(need in failed_here for need in trial["needs"]):
             state = "blocked"
-        elif run_id in in_flight and driver in ("running", "lost"):
+        elif run_id in in_flight:  # the driver's last heartbeat had it running
             state = "running" if driver == "running" else "interrupted"
         else:
             state = "not started"
@@ -119,7 +124,8 @@ def sweep_status(plan: dict[str, Any], finished: set[str], failures: dict[str, s
     outdated = {name: (planned_versions.get(name, 1), version) for name, version in algorithm_versions().items()
                 if planned_versions.get(name, 1) != version}
     return SweepStatus(plan["sweep"], plan["planned_at"], plan.get("provenance", {}), driver, heartbeat, stages,
-                       failed, outdated)
+                       failed, outdated, plan.get("hours_unit", "GPU-h"),
+                       plan.get("unit_s", 3600.0))
 
 
 def collect(storage: Storage, names: Sequence[str] | None = None) -> tuple[list[SweepStatus], int]:
@@ -174,19 +180,23 @@ def render(status: SweepStatus, now: float, out: TextIO) -> None:
     on = (f" on a Ray cluster of {cluster['nodes']} nodes ({cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs)"
           if cluster.get("nodes") else "")
     if status.driver == "running":
-        print(f"  driver: running on {beat['host']} (pid {beat['pid']}){on} since {_clock(beat['started_at'])}, "
-              f"last heard {_ago(now - beat['beat_at'])} ago", file=out)
+        print(f"  driver: running on {beat['host']} (pid {beat['pid']}){on} since {_clock(beat['started_at'])} "
+              f"({_ago(now - beat['started_at'])}), last heard {_ago(now - beat['beat_at'])} ago", file=out)
     elif status.driver == "lost":
         print(f"  driver: silent since {_clock(beat['beat_at'])} ({_ago(now - beat['beat_at'])}) without ending: "
               f"killed, or its machine lost; rerun the sweep to go on (finished trials are kept)", file=out)
     elif beat is not None:
         print(f"  driver: {status.driver} at {_clock(beat['beat_at'])}{on}", file=out)
     print(f"  {'stage':11s} {'planned':>7s} " + " ".join(f"{state:>{max(len(state), 5)}s}" for state in STATES)
-          + f" {'stale':>5s} {'GPU-h done':>10s} {'GPU-h left':>10s}", file=out)
+          + f" {'stale':>5s} {status.unit + ' done':>10s} {status.unit + ' left':>10s}", file=out)
+    per_unit = status.unit_s
     for name, stage in [*status.stages.items(), ("total", status.total)]:
         print(f"  {name:11s} {stage.planned:7d} "
               + " ".join(f"{stage.states.get(state, 0):{max(len(state), 5)}d}" for state in STATES)
-              + f" {stage.stale:5d} {stage.gpu_s_done / 3600:10.1f} {stage.gpu_s_left / 3600:10.1f}", file=out)
+              + f" {stage.stale:5d} {stage.gpu_s_done / per_unit:10.1f} {stage.gpu_s_left / per_unit:10.1f}", file=out)
+    if status.unit == "CPU-min":
+        print("  CPU-min: estimated minutes of one CPU trial on the built-in model (docs/smoke.md's figures); trials "
+              "run side by side, so the wall time left is about CPU-min left / trials at a time", file=out)
     if status.total.stale:
         print(f"  stale: {status.total.stale} rows are results of these trials by older algorithm versions; the "
               "sweep does not reuse them and the analysis leaves them out (python -m analysis.figures "

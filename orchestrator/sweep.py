@@ -30,7 +30,7 @@ from orchestrator import ledger, results
 from orchestrator.callbacks import SweepLedger
 from orchestrator.compaction import Compactor
 from orchestrator.control import STOP_GRACE_S, Drain, StallLimits, SweepControl, Watchdog, on_sigterm
-from orchestrator.estimate import THROUGHPUT, trial_seconds
+from orchestrator.estimate import THROUGHPUT, UNIT_SECONDS, Throughput, table_for, trial_seconds
 from orchestrator.memory import release_freed_memory
 from orchestrator.plan import Plan
 from orchestrator.progress import EtaModel, LiveProgress, progress_units, trial_costs
@@ -46,11 +46,10 @@ from orchestrator.train import trains
 from orchestrator.trial import check_models, tune_trial
 
 
-def plan_record(plan: Plan) -> list[dict[str, Any]]:
-    """Every trial of ``plan`` as ``status`` needs it: stage, method, label, the searches it waits for, its GPU
-    seconds (:data:`orchestrator.estimate.THROUGHPUT`'s V100) and, once a version has been raised, the ids of its
-    rows under older algorithm versions (stale rows)."""
-    table = THROUGHPUT["v100"]
+def plan_record(plan: Plan, table: Throughput = THROUGHPUT["v100"]) -> list[dict[str, Any]]:
+    """Every trial of ``plan`` as ``status`` needs it: stage, method, label, the searches it waits for, its
+    estimated seconds by ``table`` (``gpu_s``, in the table's unit) and, once a version has been raised, the ids of
+    its rows under older algorithm versions (stale rows)."""
     trials = []
     for run_id, spec in ((spec.run_id, spec) for spec in plan.specs()):
         trial = {"run_id": run_id, "stage": spec.stage, "method": method_of(plan, spec), "label": run_name(spec),
@@ -158,8 +157,9 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         print(f"[tamt] {len(stale)} rows in the table are results of these trials by older code (this code has "
               f"{raised}): they stay in the table but are not reused, their trials run under the new versions, "
               "and the analysis uses the newest version of each", file=out or sys.stdout, flush=True)
-    ledger.write_plan(storage, name, plan_record(plan), {**package_versions(), **source_revision()},
-                      algorithm_versions())
+    table = table_for(plan, on_gpu=resources.search_gpu > 0 or resources.finetune_gpu > 0)
+    ledger.write_plan(storage, name, plan_record(plan, table), {**package_versions(), **source_revision()},
+                      algorithm_versions(), table.unit, UNIT_SECONDS[table.unit])
     compactor = Compactor(storage)
     merged = compactor.compact_once()
     if merged is not None and merged.part is not None:
@@ -187,7 +187,7 @@ def run_sweep(plan: Plan, *, name: str, storage: Storage, mlflow_uri: str | None
         report.experiment_id = tracker.experiment_id
         trainable = tune.with_resources(trainable, lambda config: resources.for_trial(config["spec"]))
         max_concurrent = max_concurrent or default_concurrency(resources, attached=attached(ray_address))
-        costs = trial_costs(Plan.of(plan.get(run_id) for run_id in todo), THROUGHPUT["v100"], progress_units)
+        costs = trial_costs(Plan.of(plan.get(run_id) for run_id in todo), table, progress_units)
         progress = LiveProgress(counts, EtaModel(costs, slots=max_concurrent),
                                 {run_id: run_name(plan.get(run_id)) for run_id in todo}, report.skipped,
                                 watchdog.latest, progress_every_s, out)

@@ -197,3 +197,61 @@ def test_status_reads_an_object_store_uri(store):
     printed = io.StringIO()
     assert status.main(["--storage", f"file://{storage.local_root}"], printed) == 0
     assert _counts(printed.getvalue(), "total")["planned"] == 7
+
+
+def test_trials_running_when_the_driver_was_interrupted_count_as_interrupted(store):
+    """A Ctrl-C or SIGTERM leaves the running trials in the last heartbeat: ``status`` shows them as interrupted,
+    not as not started; a sweep that ended complete has none."""
+    storage, plan, *_ = store
+    tamt = next(spec for spec in plan.searches.values() if spec.config.method == "tamt-mlm")
+    ledger.write_heartbeat(storage, "main_results", time.time() - 60, [tamt.run_id], ended="interrupted")
+    printed = io.StringIO()
+    status.main(["--storage", storage.uri], printed)
+    counts = _counts(printed.getvalue(), "search")
+    assert (counts["running"], counts["interrupted"], counts["not started"]) == (0, 1, 0)
+
+
+def test_the_heartbeat_counts_running_trials_as_the_progress_line_does(tmp_path):
+    """SweepLedger and LiveProgress see the same trials start and end; the heartbeat follows within its change
+    period, and an interrupted end keeps the running trials while a complete one clears them."""
+    from types import SimpleNamespace
+
+    from orchestrator.callbacks import SweepLedger
+
+    storage = Storage.at(tmp_path / "runs")
+    storage.prepare()
+    sweep_ledger = SweepLedger(storage, "s", time.time(), {})
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"run_id": f"r{i}"}) for i in range(3)]
+    for trial in trials:
+        sweep_ledger.on_trial_start(0, trials, trial)
+    sweep_ledger.on_trial_complete(0, trials, trials[0])
+    sweep_ledger.last_beat -= SweepLedger.CHANGE_EVERY_S
+    sweep_ledger.on_step_end(0, trials)
+    assert ledger.read_heartbeat(storage, "s")["running"] == ["r1", "r2"]
+    sweep_ledger.on_trial_complete(0, trials, trials[1])
+    sweep_ledger.on_step_end(0, trials)  # within the change period: not yet written
+    assert ledger.read_heartbeat(storage, "s")["running"] == ["r1", "r2"]
+    sweep_ledger.beat(ended="interrupted")
+    assert ledger.read_heartbeat(storage, "s")["running"] == ["r2"]
+    sweep_ledger.beat(ended="complete")
+    assert ledger.read_heartbeat(storage, "s")["running"] == []
+
+
+def test_a_sweep_on_cpus_is_costed_in_cpu_minutes(store):
+    """A plan on the built-in model without GPUs is costed by the CPU table, and ``status`` prints its unit."""
+    from orchestrator.estimate import CPU_BUILTIN, table_for
+    from orchestrator.sweep import plan_record
+    from sweeps.common import smoke_grid
+
+    smoke = smoke_grid(methods=("omp",), sparsities=(0.5,), tasks=("sst2",)).plan()
+    assert table_for(smoke, on_gpu=False) is CPU_BUILTIN
+    assert table_for(smoke, on_gpu=True).unit == "GPU-h" and table_for(_plan(), on_gpu=False).unit == "GPU-h"
+    storage = store[0]
+    ledger.write_plan(storage, "smoke", plan_record(smoke, CPU_BUILTIN), {}, ids.algorithm_versions(), "CPU-min",
+                      60.0)
+    printed = io.StringIO()
+    status.main(["--storage", storage.uri, "--sweep", "smoke"], printed)
+    text = printed.getvalue()
+    assert "CPU-min done" in text and "GPU-h" not in text
+    left = _counts(text, "total")["gpu_h_left"]
+    assert left == pytest.approx(sum(t["gpu_s"] for t in plan_record(smoke, CPU_BUILTIN)) / 60, abs=0.05)
