@@ -32,4 +32,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(sweep_main("one_shot", PRESETS, description=__doc__.split("\n\n")[0]))
+    raise SystemExit(sweep_main("one_shot", PRESETS, description=__doc__))
