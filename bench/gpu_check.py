@@ -63,7 +63,7 @@ from tamt_core import hparams
 from tamt_core.checkpoints import RunStopped
 from tamt_core.data import pretrain
 from tamt_core.data.pretrain import PretrainData
-from tamt_core.device import deterministic, resolve_precision
+from tamt_core.device import counted_host_syncs, deterministic, resolve_precision
 from tamt_core.losses import mlm_loss, with_encoder_mask, with_mlm_positions
 from tamt_core.methods import METHODS
 from tamt_core.methods.trained import training_step
@@ -255,10 +255,6 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-SYNCING = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-"""Tensor methods that copy a device's value to the host (``tests/test_host_syncs.py``'s list)."""
-
-
 @contextlib.contextmanager
 def counted_syncs(device: torch.device) -> Iterator[Counter]:
     """Count the host syncs of the block: on CUDA the warnings of ``torch.cuda.set_sync_debug_mode("warn")`` (the
@@ -275,41 +271,9 @@ def counted_syncs(device: torch.device) -> Iterator[Counter]:
         counts.update(f"{Path(w.filename).name}:{w.lineno}" for w in caught  # where Python asked for it
                       if "synchroniz" in str(w.message).lower())
         return
-    patched: list[tuple[Any, str, Any]] = []
-
-    def patch(owner: Any, name: str, replacement: Any) -> None:
-        patched.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, replacement)
-
-    def counting(name: str) -> Callable[..., Any]:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, **kwargs):
-            counts[name] += 1
-            return original(self, *args, **kwargs)
-
-        return counted
-
-    for name in SYNCING:
-        patch(torch.Tensor, name, counting(name))
-    nonzero, getitem = torch.nonzero, torch.Tensor.__getitem__
-
-    def counting_nonzero(*args, **kwargs):
-        counts["nonzero"] += 1
-        return nonzero(*args, **kwargs)
-
-    def counting_getitem(self, index):
-        if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
-            counts["boolean index"] += 1
-        return getitem(self, index)
-
-    patch(torch, "nonzero", counting_nonzero)
-    patch(torch.Tensor, "__getitem__", counting_getitem)
-    try:
+    with counted_host_syncs() as patched:
         yield counts
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
+    counts.update(patched)
 
 
 def timed_steps(step: Callable[[int], Any], warmup: int, steps: int, device: torch.device) -> float:

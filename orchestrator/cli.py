@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tamt_core.console import quiet_libraries
+from tamt_core.cli import seconds
 from tamt_core.device import PRECISIONS
 from tamt_core.methods import METHODS
 
@@ -135,16 +136,6 @@ def check_address_answers(address: str | None, timeout_s: float = 3.0) -> None:
                         f"{source} the sweep runs on a private local Ray.") from error
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from error
-    if not value >= 0:  # nan too
-        raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {value:g}")
-    return value
-
-
 def _program() -> str | None:
     """How the running sweep was started, for its usage line: ``python my_sweep.py`` (the path as typed),
     ``python -m sweeps``; ``None`` (argparse's own) when not started from a script."""
@@ -177,7 +168,7 @@ def build_parser(description: str, presets: Presets) -> argparse.ArgumentParser:
                              "--gpus-per-search GPUs; they split the global batch (default 1)")
     parser.add_argument("--max-failures", type=int, default=3,
                         help="retries of a failed trial, and restarts of a search's workers (node loss, OOM)")
-    parser.add_argument("--checkpoint-every", type=_seconds, default=300.0, metavar="SECONDS",
+    parser.add_argument("--checkpoint-every", type=seconds, default=300.0, metavar="SECONDS",
                         help="checkpoint period of fine-tunes and searches (searches also checkpoint at each mask; "
                              "default 300)")
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -186,10 +177,10 @@ def build_parser(description: str, presets: Presets) -> argparse.ArgumentParser:
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels in every search and fine-tune: on GPUs a rerun or a resumed "
                              "trial then repeats its numbers exactly, as on CPUs (slower; docs/fidelity.md)")
-    parser.add_argument("--stop-grace", type=_seconds, default=STOP_GRACE_S, metavar="SECONDS",
+    parser.add_argument("--stop-grace", type=seconds, default=STOP_GRACE_S, metavar="SECONDS",
                         help="on SIGTERM (a time limit, a preemption, scancel), how long running trials get to "
                              f"checkpoint before the sweep exits (default {STOP_GRACE_S:.0f}); rerun to go on")
-    parser.add_argument("--stall-limit", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--stall-limit", type=seconds, metavar="SECONDS",
                         help="stop and retry a trial without progress for this long (default per kind: searches "
                              f"{StallLimits().search:.0f}, fine-tunes {StallLimits().finetune:.0f}, measurements "
                              f"{StallLimits().measurement:.0f}; 0 turns the watchdog off)")

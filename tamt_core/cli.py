@@ -56,7 +56,8 @@ def _sparsity(text: str) -> float:
     return value
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds ≥ 0 (a negative or nan period is refused at parse time)."""
     try:
         value = float(text)
     except ValueError as error:
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun the "
                                          "local rank's GPU)")
     search.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
-    search.add_argument("--checkpoint-every", type=_seconds, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
+    search.add_argument("--checkpoint-every", type=seconds, default=CHECKPOINT_EVERY_S, metavar="SECONDS",
                         help="IMP/TAMT: checkpoint at most this often, and at every saved mask (default "
                              f"{CHECKPOINT_EVERY_S:.0f}); rerun the same command to continue an interrupted search")
 

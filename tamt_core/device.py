@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterator
 
 import torch
@@ -77,3 +78,43 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[1]
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+"""Tensor methods that copy a device's value to the host (or, for ``nonzero``, its size)."""
+
+
+@contextlib.contextmanager
+def counted_host_syncs() -> Iterator[Counter]:
+    """Count, while the block runs, the calls that would make the host wait for a GPU: :data:`SYNCING`,
+    ``torch.nonzero`` and boolean-mask indexing, by patching torch (so it counts on the CPU too, where nothing
+    waits). A training step should make as few as it can (``tests/test_host_syncs.py``, ``bench/gpu_check.py``)."""
+    counts: Counter = Counter()
+    patched: list[tuple[object, str, object]] = []
+
+    def patch(owner: object, name: str, replacement: object) -> None:
+        patched.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    def counting(name: str, original):
+        def counted(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+        return counted
+
+    getitem = torch.Tensor.__getitem__
+
+    def counting_getitem(self, index):
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+            counts["boolean index"] += 1
+        return getitem(self, index)
+
+    try:
+        for name in SYNCING:
+            patch(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+        patch(torch, "nonzero", counting("nonzero", torch.nonzero))
+        patch(torch.Tensor, "__getitem__", counting_getitem)
+        yield counts
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)

@@ -4,48 +4,14 @@ counted over one step (on the CPU, by patching torch's synchronising calls; with
 
 from __future__ import annotations
 
-import contextlib
-from collections import Counter
-
 import pytest
-import torch
 
+from tamt_core.device import counted_host_syncs
 from tamt_core.methods import METHODS
 from tamt_core.methods.trained import training_step
 from tamt_core.models import load_pretrained
 from tamt_core.search.config import SearchConfig
 from tamt_core.search.runner import pretraining_data
-
-SYNCING = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-"""Tensor methods that copy a device's value to the host (or, for ``nonzero``, its size)."""
-
-
-@contextlib.contextmanager
-def counted_syncs(counts: Counter):
-    """Count the calls of :data:`SYNCING`, ``torch.nonzero`` and boolean-mask indexing while the block runs."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SYNCING:
-            original = getattr(torch.Tensor, name)
-
-            def counting(self, *args, _name=name, _original=original, **kwargs):
-                counts[_name] += 1
-                return _original(self, *args, **kwargs)
-
-            patch.setattr(torch.Tensor, name, counting)
-        nonzero, getitem = torch.nonzero, torch.Tensor.__getitem__
-
-        def counting_nonzero(*args, **kwargs):
-            counts["nonzero"] += 1
-            return nonzero(*args, **kwargs)
-
-        def counting_getitem(self, index):
-            if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
-                counts["boolean index"] += 1
-            return getitem(self, index)
-
-        patch.setattr(torch, "nonzero", counting_nonzero)
-        patch.setattr(torch.Tensor, "__getitem__", counting_getitem)
-        yield
 
 
 @pytest.mark.parametrize("method, expected", [
@@ -64,8 +30,7 @@ def test_one_training_step_synchronises_at_most_once(method, expected, tiny_bert
     training.model.train()
     for step in (1, 2):  # the second step: the optimizer and the threshold bands exist
         batch = training.on_host(next(training.batches))  # the CPU's share of the work, before the transfer
-        counts: Counter = Counter()
-        with counted_syncs(counts):
+        with counted_host_syncs() as counts:
             training_step(training, batch)
             training.after_update(step)
             training.optimizer.zero_grad(set_to_none=True)
