@@ -5,10 +5,10 @@ MLflow store and real results rows; Tune's hooks are called as Tune calls them."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from conftest import write_rte_scores
 from mlflow.tracking import MlflowClient
 
 from orchestrator import results
@@ -198,14 +198,7 @@ def test_the_parent_holds_the_analysis_of_the_sweep(tmp_path):
     assert not tracker.client.list_artifacts(tracker.parent_id)
     assert attach_artifacts(uri, "no-such-sweep", storage, write_analysis) is None
 
-    for seed, (full, omp) in enumerate([(90.0, 70.0), (92.0, 74.0)], start=1):
-        for method, score in (("full", full), ("omp", omp)):
-            results.write_row(storage, {
-                "run_id": f"{method}-{seed}", "stage": "finetune", "model": "m", "method": method,
-                "sparsity": 0.0 if method == "full" else 0.5, "mask_seed": None if method == "full" else 0,
-                "mask_run_id": None if method == "full" else "omp50", "mask_step": None if method == "full" else 0,
-                "task": "rte", "finetune_seed": seed, "train_examples": 320, "best_score": score,
-                "select_metric": "accuracy", "info": json.dumps({"chance": {"accuracy": 50.0}})})
+    write_rte_scores(storage)
     line = attach_artifacts(uri, "main", storage, write_analysis)
     assert line and "report.html" in line, line
     names = {artifact.path for artifact in MlflowClient(uri).list_artifacts(tracker.parent_id)}

@@ -7,6 +7,7 @@ import logging
 import math
 
 import pytest
+from conftest import write_rte_scores
 from ray.tune.search import Searcher
 
 from orchestrator import results
@@ -132,20 +133,12 @@ def test_a_sweep_ends_with_its_results_and_the_runs_view_of_mlflow(tmp_path, pla
     """The end of a sweep prints the compact results table (mean ± std over seeds, with the marks) and a link
     that opens MLflow's runs table, not its GenAI overview."""
     import io
-    import json
 
     from sweeps.common import print_results
     from orchestrator.tracking import runs_view
 
     storage = Storage.at(tmp_path / "runs")
-    for seed, (full, omp) in enumerate([(90.0, 70.0), (92.0, 74.0)], start=1):
-        for method, score in (("full", full), ("omp", omp)):
-            results.write_row(storage, {
-                "run_id": f"{method}-{seed}", "stage": "finetune", "model": "m", "method": method,
-                "sparsity": 0.0 if method == "full" else 0.5, "mask_seed": None if method == "full" else 0,
-                "mask_run_id": None if method == "full" else "omp50", "mask_step": None if method == "full" else 0,
-                "task": "rte", "finetune_seed": seed, "train_examples": 320, "best_score": score,
-                "select_metric": "accuracy", "info": json.dumps({"chance": {"accuracy": 50.0}})})
+    write_rte_scores(storage)
     printed = io.StringIO()
     print_results(storage, printed)
     lines = printed.getvalue().splitlines()
