@@ -1,12 +1,14 @@
 """What a sweep shows while it runs: per stage, the trials done and an ETA, and which trials run and how far along.
 
-**The ETA.** Every trial has an estimated cost (:func:`orchestrator.estimate.trial_seconds`: GPU seconds at the
-V100 pace of Tab. 3, or of the GPU that ``bench/gpu_check.py`` measured). The estimates are right in proportion, not
-in scale (a CPU, another GPU, a smaller model), so :class:`EtaModel` calibrates them per kind of trial (the
-searches of each method, fine-tunes, measurements): the ratio of measured to estimated seconds of the trials of that
-kind that have finished, or, before any has, of those running that report how far they are (a search's steps, a
-fine-tune's steps). A stage's ETA is the calibrated cost of what is left of it and of the stages before it, spread
-over the trials that run at once, and never less than its longest remaining trial.
+**The ETA.** Every trial has an estimated cost (:func:`orchestrator.estimate.trial_seconds`: seconds at the V100
+pace of Tab. 3, of the GPU that ``bench/gpu_check.py`` measured, or of the built-in model on CPU cores). The
+estimates are right in proportion, not in scale (a CPU, another GPU, a smaller model), so :class:`EtaModel`
+calibrates them per kind of trial (the searches of each method, fine-tunes, measurements): the ratio of measured to
+estimated seconds of the trials of that kind that have finished, or, before any has, of those running that report
+how far they are (a search's steps, a fine-tune's steps). A running trial's own time left comes from its pace since
+its first report, which leaves out its set-up (a model, a teacher, data to load). A stage's ETA is the calibrated
+cost of what is left of it and of the stages before it, spread over the trials that run at once, and never less than
+its longest remaining trial.
 
 **The display** (:class:`LiveProgress`): on a terminal, a live panel (``rich``) with one bar per stage and the
 running trials; elsewhere (a log file, a batch job's output), one plain line every ``every_s`` seconds.
@@ -47,20 +49,42 @@ class EtaModel:
     finished_s: dict[str, float] = field(default_factory=dict)  # run id → measured seconds
     started_at: dict[str, float] = field(default_factory=dict)  # run id → when it (last) started
     progress: dict[str, int] = field(default_factory=dict)  # run id → its progress count now
+    anchors: dict[str, tuple[float, int]] = field(default_factory=dict)  # run id → (when, count) of its first report
 
     def start(self, run_id: str, now: float) -> None:
         self.started_at[run_id] = now
+        self.progress.pop(run_id, None)
+        self.anchors.pop(run_id, None)
+
+    def report(self, run_id: str, count: int, now: float) -> None:
+        """A running trial's progress count, seen at ``now``; the first one it reports anchors its pace."""
+        if run_id in self.started_at and count > 0:
+            self.anchors.setdefault(run_id, (now, count))
+        self.progress[run_id] = count
 
     def finish(self, run_id: str, now: float) -> None:
         if run_id in self.started_at:
             self.finished_s[run_id] = now - self.started_at.pop(run_id)
         self.progress.pop(run_id, None)
+        self.anchors.pop(run_id, None)
 
     def drop(self, run_id: str) -> None:
         """A trial that will not run (failed, blocked): no longer part of what is left."""
         self.started_at.pop(run_id, None)
         self.progress.pop(run_id, None)
+        self.anchors.pop(run_id, None)
         self.finished_s.setdefault(run_id, float("nan"))
+
+    def _paced_left(self, run_id: str, now: float) -> float | None:
+        """Seconds left of a running trial at its pace since its first report, which leaves out its set-up
+        (loading a model, a teacher, data): known once it has gone a tenth of its units past that report."""
+        units, count, anchor = self.costs[run_id].units, self.progress.get(run_id), self.anchors.get(run_id)
+        if not units or count is None or anchor is None:
+            return None
+        since, first = anchor
+        if count - first < max(1.0, 0.1 * units) or now <= since:
+            return None
+        return (now - since) / (count - first) * max(0, units - count)
 
     def _fraction(self, run_id: str) -> float | None:
         units = self.costs[run_id].units
@@ -69,7 +93,7 @@ class EtaModel:
 
     def calibration(self, now: float) -> dict[str, float]:
         """Measured / estimated seconds per kind, and ``"*"`` over every kind; from finished trials, and from
-        running ones a quarter done or more (their projected total)."""
+        running ones whose pace is known or that are a quarter done or more (their projected total)."""
         measured: Counter = Counter()
         estimated: Counter = Counter()
         for run_id, seconds in self.finished_s.items():
@@ -78,10 +102,10 @@ class EtaModel:
                 measured[cost.kind] += seconds
                 estimated[cost.kind] += cost.estimate_s
         for run_id, started in self.started_at.items():
-            fraction = self._fraction(run_id)
-            if fraction is not None and fraction >= 0.25:
+            fraction, left = self._fraction(run_id), self._paced_left(run_id, now)
+            if left is not None or (fraction is not None and fraction >= 0.25):
                 cost = self.costs[run_id]
-                measured[cost.kind] += (now - started) / fraction
+                measured[cost.kind] += now - started + left if left is not None else (now - started) / fraction
                 estimated[cost.kind] += cost.estimate_s
         ratios = {kind: measured[kind] / estimated[kind] for kind in measured if estimated[kind] > 0}
         if estimated and sum(estimated.values()) > 0:
@@ -94,11 +118,16 @@ class EtaModel:
         ratio = ratios.get(cost.kind, ratios.get("*"))
         started = self.started_at.get(run_id)
         fraction = self._fraction(run_id) if started is not None else None
-        if fraction:
+        paced = self._paced_left(run_id, now) if started is not None else None
+        if paced is not None:
+            return paced
+        if fraction and (fraction >= 0.25 or ratio is None):
             return (now - started) * (1 - fraction) / fraction
         if ratio is None:
             return None
-        return max(0.0, ratio * cost.estimate_s - (now - started if started is not None else 0.0))
+        expected = ratio * cost.estimate_s
+        # a trial past its calibrated estimate is taken to be nine tenths done, not done
+        return max(0.1 * expected, expected - (now - started if started is not None else 0.0))
 
     def eta(self, now: float) -> dict[str, float | None]:
         """Seconds until each stage's last trial ends (0: nothing left; ``None``: not known yet)."""
@@ -183,7 +212,7 @@ class LiveProgress(tune.Callback):
     def on_step_end(self, iteration, trials, **info) -> None:
         for run_id in list(self.model.started_at):
             if run_id in self.progress:
-                self.model.progress[run_id] = self.progress[run_id][0]
+                self.model.report(run_id, self.progress[run_id][0], time.monotonic())
         for run_id in self.counts.blocked:
             if run_id in self.model.costs and run_id not in self.model.finished_s:
                 self.model.drop(run_id)

@@ -54,3 +54,25 @@ def test_a_dropped_trial_leaves_what_is_left():
     for i in range(8):
         model.drop(f"f{i}")
     assert model.eta(100.0) == {"search": 0.0, "finetune": 0.0}
+
+
+def test_a_running_trials_setup_does_not_count_in_its_pace():
+    """A search spends 60 s loading, then 1 s per unit of 100: at unit 11 (71 s) it has 89 s left. Its first
+    report anchors the pace; projecting 71 s over 11 % would say 574 s."""
+    model = EtaModel({"s": TrialCost("search", "search:tamt-kd", 100.0, 100)}, slots=1)
+    model.start("s", 0.0)
+    model.report("s", 1, 61.0)
+    assert model.eta(61.0)["search"] is not None  # nothing paces it yet: its own fraction of the way
+    model.report("s", 11, 71.0)
+    assert model.eta(71.0)["search"] == pytest.approx(89.0)
+    assert model.calibration(71.0)["search:tamt-kd"] == pytest.approx(160.0 / 100.0)
+
+
+def test_a_trial_past_its_estimate_is_not_shown_as_done():
+    model = _model(slots=1)
+    model.start("s", 0.0)
+    model.finish("s", 100.0)  # calibrates searches at 1×
+    model.start("f0", 100.0)
+    model.finish("f0", 110.0)  # and fine-tunes at 1×
+    model.start("f1", 110.0)
+    assert model.remaining("f1", model.calibration(140.0), 140.0) == pytest.approx(1.0)
