@@ -358,7 +358,8 @@ from sweeps.common import SMOKE_SEARCH, smoke_grid, sweep_main
 
 PRESETS = {{"smoke": lambda: [smoke_grid(methods=("omp", "tamt-mlm"), sparsities=(0.5,), tasks=("sst2",),
                                          full_model=False,
-                                         search=SMOKE_SEARCH.updated(steps={SIGTERM_STEPS}, save_steps=()),
+                                         search=SMOKE_SEARCH.with_method("tamt-mlm", {{"steps": {SIGTERM_STEPS},
+                                                                                 "save_steps": ()}}),
                                          finetune_steps=PerSparsity({{0.5: {SIGTERM_STEPS}}}))]}}
 
 if __name__ == "__main__":
