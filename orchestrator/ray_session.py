@@ -10,9 +10,10 @@ started, whichever way the run ends. A Ray it starts or attaches to sets up each
 action from a user (the token-authentication notice, "Started a local Ray instance", a worker's C++ log line about
 an actor's constructor arguments, Tune's experiment box and its "View detailed results here" folder of trial
 directories, a failed attempt's traceback that Tune retries, "Resume experiment with: Tuner.restore", which is not
-how a sweep resumes). Unless ``verbose``, Ray's driver logs warnings and errors only, worker output stays in Ray's
-log files (the sweep prints where, once), and Tune runs with its old, silent reporter; a trial that fails for good
-is still reported by the sweep, with its run id and its error. ``--verbose`` shows everything.
+how a sweep resumes, the raylet's count of worker processes started on a small machine). Unless ``verbose``, Ray's
+driver logs warnings and errors only, worker output stays in Ray's log files (the sweep prints where, once), and
+Tune runs with its old, silent reporter; a trial that fails for good is still reported by the sweep, with its run id
+and its error. ``--verbose`` shows everything.
 """
 
 from __future__ import annotations
@@ -48,8 +49,16 @@ def connect(ray_address: str | None, ray_init: dict[str, Any] | None, verbose: b
     if attached(ray_address):
         ray.init(address=ray_address or os.environ["RAY_ADDRESS"], runtime_env=runtime_env, **quiet)
     else:
-        ray.init(address="local", runtime_env=runtime_env, **{**quiet, **options})
+        system = {"worker_maximum_startup_concurrency": LOCAL_STARTUP_CONCURRENCY, **options.pop("_system_config", {})}
+        ray.init(address="local", runtime_env=runtime_env, _system_config=system, **{**quiet, **options})
     return True
+
+
+LOCAL_STARTUP_CONCURRENCY = 8
+"""Worker processes a private local Ray starts at once. Ray's default is the machine's CPU count, and its raylet
+warns once more than four times that have started; a Ray Train search starts about six helper processes of its own
+(controller, synchronisation, data, preemption and placement-group watchers) beside its workers, so two searches
+on a 2-CPU laptop set off that warning, which asks nothing of a user."""
 
 
 def logs_directory() -> str | None:
