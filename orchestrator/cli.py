@@ -26,7 +26,8 @@ from tamt_core.device import PRECISIONS
 from tamt_core.methods import METHODS
 
 from orchestrator.control import STOP_GRACE_S, StallLimits
-from orchestrator.estimate import THROUGHPUT, UNIT_SECONDS, Throughput, gpu_hours, measured_throughput, table_for
+from orchestrator.estimate import (THROUGHPUT, UNIT_SECONDS, Throughput, gpu_hours, measured_throughput, table_for,
+                                   trial_seconds)
 from orchestrator.grid import Grid, MaskSimilarity
 from orchestrator.plan import Plan, PlanError
 from orchestrator.prefetch import invoked_as
@@ -390,8 +391,9 @@ def print_plan(plan: Plan, name: str, preset: str, storage: Storage, out: TextIO
     total = sum(sum(h.values()) for h in hours.values())
     print(f"  total {total:.1f} {table.unit} ({table.source})", file=out)
     if table.unit == "CPU-min":
-        print(f"  about {max(1, round(total / slots))} min of wall time here, {slots} trial"
-              f"{'s' * (slots > 1)} at a time (less where trials are already done)", file=out)
+        left = sum(trial_seconds(spec, table) for spec in plan.specs() if spec.run_id not in done) / 60
+        print(f"  about {max(1, round(left / slots))} min of wall time here for the trials not done yet, {slots} "
+              f"trial{'s' * (slots > 1)} at a time", file=out)
 
 
 def print_where(report, out: TextIO, results: ResultsPrinter | None = None) -> None:
