@@ -243,7 +243,7 @@ def test_a_sweep_starts_ray_with_the_worker_logging_hook_and_keeps_the_callers_r
     import ray
 
     from orchestrator import ray_logging
-    from orchestrator.ray_session import connect
+    from orchestrator.ray_session import LOCAL_STARTUP_CONCURRENCY, connect
 
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -254,9 +254,11 @@ def test_a_sweep_starts_ray_with_the_worker_logging_hook_and_keeps_the_callers_r
     assert connect(None, None, verbose=True) is True
     hook = {"worker_process_setup_hook": ray_logging.SETUP_HOOK}
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # worker output stays in Ray's log files
-    assert calls == [{"address": "local", "num_cpus": 2, "runtime_env": {**hook, "env_vars": {"A": "1"}}, **quiet},
+    local = {"_system_config": {"worker_maximum_startup_concurrency": LOCAL_STARTUP_CONCURRENCY}}
+    assert calls == [{"address": "local", "num_cpus": 2, "runtime_env": {**hook, "env_vars": {"A": "1"}}, **local,
+                      **quiet},
                      {"address": "10.0.0.1:6379", "runtime_env": hook, **quiet},
-                     {"address": "local", "runtime_env": hook}]
+                     {"address": "local", "runtime_env": hook, **local}]
 
 
 def test_source_revision_names_the_commit_and_whether_the_tree_was_dirty(tmp_path):

@@ -204,6 +204,7 @@ def test_model_files_are_config_tokenizer_and_one_kind_of_weights():
         prefetch.model_files(["config.json", "tf_model.h5"])
 
 
+@pytest.mark.slow
 def test_the_cache_serves_tamt_offline_exactly_where_it_looks(cache, tmp_path):
     """With only HF_HOME pointing at the cache, as on a compute node: the check passes for what is there, tamt
     reads the model and the data from it, and the check names what is not."""
