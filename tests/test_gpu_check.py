@@ -52,7 +52,9 @@ def test_tiny_check_prints_and_writes_every_row(tmp_path):
             assert record["figures"]["train"][precision][method]["tokens_per_s"] > 0
     # What the CPU can check, it checks: one sync per TAMT step, none per IMP step, an exact resume.
     syncs = record["figures"]["host_syncs"]
+    # one transfer per TAMT step; a second only on a step whose τ band missed (rare: median of five steps)
     assert syncs["tamt-mlm"]["per_step"] == 1 and syncs["tamt-kd"]["per_step"] == 1
+    assert syncs["tamt-mlm"]["calls"] == {"tolist": 1} and len(syncs["tamt-mlm"]["each_step"]) == 5
     assert syncs["imp"]["per_step"] == 0
     assert record["figures"]["kill_and_resume"]["equal"] is True
     assert record["rows"]["resume/cpu-to-cuda"]["figure"] == "skipped: no CUDA"

@@ -241,7 +241,8 @@ def test_a_plan_larger_than_a_window_runs_every_trial_once_in_dependency_order(r
     assert (masked.wall_s.to_numpy() > rows.loc[masked.mask_run_id, "wall_s"].to_numpy()).all()
     experiments = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "runs" / "ray").glob("windows-*"))
     assert experiments == ["w1", "w2", "w3"], experiments  # 2 searches + 1, then 3, then the 2 left unblocked
-    assert "in windows of 3" in printed.getvalue() and "done 7/11" in printed.getvalue()
+    last = printed.getvalue().splitlines()[-1]  # the progress line at the end of the last window: 7 of 11 done
+    assert "in windows of 3" in printed.getvalue() and "search 1/2" in last and "finetune 6/9" in last, last
     assert "Failed to fetch metrics" not in capfd.readouterr().err + caplog.text
 
 

@@ -177,10 +177,11 @@ def _teardown(cluster: SlurmCluster) -> list[int]:
     return _marked_processes(cluster.marker)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_cluster():
-    """munged, slurmctld and slurmd for n1 and n2, each a foreground process of this session; yields a
-    :class:`SlurmCluster` once both nodes are idle."""
+    """munged, slurmctld and slurmd for n1 and n2, each a foreground process of this module; yields a
+    :class:`SlurmCluster` once both nodes are idle. Module-scoped, so that stopping them belongs to this module's
+    last test (slow, like all here) and not to whichever test the session ends with."""
     why = _missing()
     if why is not None:
         if os.environ.get("CI") == "true":
