@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from tamt_core.hparams import SettingError
+
 if TYPE_CHECKING:
     from tamt_core.data.pretrain import PretrainData
     from tamt_core.models import Pretrained
@@ -37,6 +39,15 @@ def setting(default: Any, help: str, **metadata: Any) -> Any:
     """A field of a method's settings dataclass: its default and the help the command line shows (``choices``
     may list the allowed values)."""
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def check_choices(settings: Any) -> None:
+    """Refuse a value outside the ``choices`` its :func:`setting` lists (``SettingError`` naming the field);
+    ``None`` leaves a setting to its default."""
+    for spec in fields(settings):
+        choices, value = spec.metadata.get("choices"), getattr(settings, spec.name)
+        if choices is not None and value is not None and value not in choices:
+            raise SettingError(spec.name, f"{spec.name} must be one of {tuple(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)

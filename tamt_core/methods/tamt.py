@@ -35,7 +35,7 @@ from tamt_core.losses import (encoder_layer_states, kd_loss, loss_denominator, m
 from tamt_core.masks.masked_model import (apply_score_masks, base_model, current_mask, dense_weights,
                                          mask_parametrizations)
 from tamt_core.masks.pruning import ROUNDINGS, n_zeros
-from tamt_core.methods.base import FoundMask, SearchContext, setting
+from tamt_core.methods.base import FoundMask, SearchContext, check_choices, setting
 from tamt_core.methods.omp import omp_mask
 from tamt_core.methods.threshold import BandedThresholds, reset_due
 from tamt_core.methods.trained import TrainingSettings, schedule_length, train
@@ -68,9 +68,7 @@ class TamtSettings(TrainingSettings):
             raise hparams.SettingError("steps", f"steps must be a positive integer, got {self.steps}")
         if self.threshold_period < 1:
             raise hparams.SettingError("threshold_period", f"threshold_period must be ≥ 1, got {self.threshold_period}")
-        if self.zero_rounding not in ROUNDINGS:
-            raise hparams.SettingError("zero_rounding", f"zero_rounding must be one of {ROUNDINGS}, got "
-                                                        f"{self.zero_rounding!r}")
+        check_choices(self)
         if not (self.alpha > 1.0 and self.phi > 0.0):
             raise hparams.SettingError("alpha", f"alpha must be > 1 and phi > 0 (Eq. 5: kept scores start at α·φ "
                                                 f"above the threshold φ), got alpha={self.alpha}, phi={self.phi}")

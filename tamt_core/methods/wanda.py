@@ -36,7 +36,7 @@ from torch import nn
 from tamt_core import hparams
 from tamt_core.masks.masked_model import EMBEDDING, base_model, dense_weights
 from tamt_core.masks.pruning import n_zeros, prune_smallest
-from tamt_core.methods.base import FoundMask, OneShot, SearchContext, setting
+from tamt_core.methods.base import FoundMask, OneShot, SearchContext, check_choices, setting
 from tamt_core.methods.omp import omp_mask
 
 if TYPE_CHECKING:
@@ -61,9 +61,7 @@ class WandaSettings:
             raise hparams.SettingError("samples", f"samples must be a positive number of sequences, got {self.samples}")
         if self.block_size < 8:
             raise hparams.SettingError("block_size", f"block_size must be ≥ 8, got {self.block_size}")
-        if self.comparison not in COMPARISONS:
-            raise hparams.SettingError("comparison", f"comparison must be one of {COMPARISONS}, got "
-                                                     f"{self.comparison!r}")
+        check_choices(self)
 
 
 def wanda_mask(weight: torch.Tensor, input_norm: torch.Tensor, sparsity: float, comparison: str = "row"
